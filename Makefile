@@ -1,0 +1,37 @@
+# Set-up on a fresh machine:  `make demo` (convert the bundled sample) and `make test` (the tests).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO_OUT ?= demo-output
+
+.PHONY: demo test lint bench system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install -q -e . 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import boxmask, torch, cv2, pycocotools"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test]' 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import pytest"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/boxmask convert --pipeline pipelines/ilsvrc_loc_to_pixel_imagenet.toml \
+		--input data/samples/ilsvrc_loc --output $(DEMO_OUT)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check boxmask tests benchmarks
+
+# Slurm (slurm-wlm, munge) and Chromium for the cluster and gallery tests; needs root and apt.
+system-deps:
+	scripts/install-system-deps.sh
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

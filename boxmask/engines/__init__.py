@@ -1,0 +1,26 @@
+"""Box -> mask engines behind one interface (``Engine.segment``); ``create_engine`` builds one by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Engine, Prediction, SegmentRequest, default_inside_points
+
+ENGINES = ("grabcut", "iog")
+
+
+def create_engine(name: str, **options: Any) -> Engine:
+    """Build the engine called ``name`` with its options (see each engine's constructor)."""
+    if name == "grabcut":
+        from .grabcut import GrabCutEngine
+
+        return GrabCutEngine(**options)
+    if name == "iog":
+        from .iog import IOGEngine
+
+        return IOGEngine(**options)
+    raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+
+
+__all__ = ["ENGINES", "Engine", "Prediction", "SegmentRequest", "create_engine",
+           "default_inside_points"]

@@ -1,0 +1,80 @@
+"""The engine interface: box (+ clicks) -> one mask and a score per box, a batch of images at a time.
+
+Engines see decoded RGB images and validated boxes in the library convention (0-based inclusive
+pixel ``(x0, y0, x1, y1)``, already clipped to the image). They never touch files: the worker
+decodes images and writers encode masks. Taking many images per call lets a network engine stack
+crops from several images into one forward pass.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..records import Click
+
+
+@dataclass
+class SegmentRequest:
+    """All boxes of one image to segment."""
+
+    image: np.ndarray
+    """H x W x 3 uint8 RGB."""
+    boxes: np.ndarray
+    """(N, 4) int64 boxes, library convention, inside the image."""
+    inside: np.ndarray | None = None
+    """(N, 2) float64 inside points ``(x, y)`` in image pixels; None = the engine's default
+    (the box centre). Set by an inside-point policy (``boxmask.points``)."""
+    extra_clicks: list[list[Click]] | None = None
+    """Per box, additional user clicks (refinement); None or empty lists for none."""
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.int64).reshape(-1, 4)
+        if self.inside is not None:
+            self.inside = np.asarray(self.inside, dtype=np.float64).reshape(-1, 2)
+            if len(self.inside) != len(self.boxes):
+                raise ValueError("inside points and boxes differ in number")
+
+
+@dataclass
+class Prediction:
+    """One box's mask."""
+
+    mask: np.ndarray
+    """H x W bool, full-image coordinates."""
+    score: float
+    """Confidence in [0, 1]; each engine documents what it measures."""
+    clicks: list[Click] = field(default_factory=list)
+    """The clicks the engine actually used (inside point, corners, extra clicks)."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Engine-specific diagnostics recorded in the sidecar (e.g. ``stability``)."""
+
+
+class Engine(ABC):
+    """A box -> mask strategy. Subclasses set ``name`` and implement ``segment``."""
+
+    name: str = "engine"
+
+    def describe(self) -> dict[str, Any]:
+        """Settings that determine the output (recorded in the plan and the manifest).
+
+        Two engines with equal descriptions must produce identical masks on identical input.
+        """
+        return {"name": self.name}
+
+    @abstractmethod
+    def segment(self, requests: Sequence[SegmentRequest]) -> list[list[Prediction]]:
+        """One list of predictions per request, one prediction per box, in box order."""
+
+    def close(self) -> None:
+        """Release resources (worker threads, GPU memory)."""
+
+
+def default_inside_points(boxes: np.ndarray) -> np.ndarray:
+    """Box centres ``(x, y)`` for (N, 4) library boxes: the baseline inside point."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2.0, (boxes[:, 1] + boxes[:, 3]) / 2.0], axis=1)

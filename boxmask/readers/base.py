@@ -1,0 +1,53 @@
+"""The reader interface: an input format -> a stream of image records (and error records).
+
+Readers stream: they never hold a whole annotation CSV in memory, and they yield records in a
+deterministic order (the source's own order), so that planning the same input twice gives the
+same shards. Anything wrong with one image's annotation (malformed XML, a row that cannot be
+parsed, an unsafe file name) becomes an ``ErrorRecord`` with stage ``"read"``; the stream goes on.
+Coordinates are converted to the library box convention here (see ``boxmask.records``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..labels import LabelMap
+from ..records import ErrorRecord, ImageRecord
+
+Item = ImageRecord | ErrorRecord
+
+
+class Reader(ABC):
+    """Iterate to get records; ``images_root`` is where ``ImageRecord.image_path`` is relative to."""
+
+    source: str = "reader"
+
+    def __init__(self, input_path: str | Path, images_root: str | Path | None = None,
+                 labels_file: str | Path | None = None) -> None:
+        self.input_path = Path(input_path)
+        self.images_root = Path(images_root) if images_root is not None else self.default_images_root()
+        self.label_map = LabelMap()
+        if labels_file is not None:
+            from ..labels import read_label_file
+
+            self.label_map = read_label_file(labels_file)
+
+    def default_images_root(self) -> Path:
+        """Where the images are when ``--images-root`` is not given (format-specific)."""
+        return self.input_path.parent
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[Item]:
+        """Yield records in the source's order; errors as ``ErrorRecord(stage="read")``."""
+
+    def labels(self) -> LabelMap:
+        """Class ids and names known so far (complete after iteration)."""
+        return self.label_map
+
+    def describe(self) -> dict[str, Any]:
+        """What was read, for the plan and the manifest."""
+        return {"source": self.source, "input": str(self.input_path),
+                "images_root": str(self.images_root)}

@@ -1,0 +1,42 @@
+"""The writer interface: per-image files during the run, streaming merge at the end.
+
+A conversion produces, per image, an ``ImageResult`` (masks as RLE, clicks, scores, metrics,
+errors). Writers turn those into an output format in two steps:
+
+* ``write_image``: per-image files (PNG masks), called by the worker right after the engine, each
+  written atomically; calling it twice for the same image writes identical bytes (idempotent).
+* ``merge``: the format's index files (COCO JSON, Open Images CSV, class index), built by streaming
+  over all results in plan order. ``results()`` may be called several times (one pass each);
+  nothing may hold all results in memory.
+
+Each format lives in its own folder under the output directory (``<output>/<format name>/``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..labels import LabelMap
+from ..records import ImageResult
+
+ResultsFactory = Callable[[], Iterator[ImageResult]]
+"""Returns a fresh iterator over every image result of the run, in plan order."""
+
+
+class Writer(ABC):
+    name: str = "writer"
+
+    def __init__(self, output_dir: str | Path, labels: LabelMap | None = None) -> None:
+        self.output_dir = Path(output_dir)
+        self.root = self.output_dir / self.name
+        self.labels = labels if labels is not None else LabelMap()
+
+    def write_image(self, result: ImageResult) -> list[str]:
+        """Write this image's per-image files; return their paths relative to ``output_dir``."""
+        return []
+
+    @abstractmethod
+    def merge(self, results: ResultsFactory) -> list[str]:
+        """Write the format's index files from all results; return paths relative to ``output_dir``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import Item, Reader
+from .base import Item, Reader, stable_box_id
 
 SOURCES = ("ilsvrc-loc", "kaggle-loc", "openimages", "coco")
 
@@ -26,4 +26,4 @@ def open_reader(source: str, input_path: str | Path, images_root: str | Path | N
     return cls(input_path, images_root, **options)
 
 
-__all__ = ["SOURCES", "Item", "Reader", "open_reader"]
+__all__ = ["SOURCES", "Item", "Reader", "open_reader", "stable_box_id"]

@@ -51,3 +51,14 @@ class Reader(ABC):
         """What was read, for the plan and the manifest."""
         return {"source": self.source, "input": str(self.input_path),
                 "images_root": str(self.images_root)}
+
+
+def stable_box_id(image_id: str, index: int) -> str:
+    """An 8-hex-digit box id derived from the image id and the box's position in the record.
+
+    Stable across runs and machines, filename-safe, and shaped like Open Images ``BoxID`` values.
+    Used where the source has no box id of its own (ILSVRC XML, Kaggle CSV, Open Images boxes).
+    """
+    import hashlib
+
+    return hashlib.sha1(f"{image_id}/{index}".encode()).hexdigest()[:8]

@@ -1,23 +1,36 @@
 """Atomic file output: write to a temporary file, fsync, rename over the final name.
 
 A reader never sees a half-written output: either the old file (or none) or the complete new one.
-Temporary files are hidden (``.<name>.tmp-<pid>-<random>``) in the destination folder, so the
-rename stays on one filesystem; ``remove_stale_temps`` clears those a killed process left behind.
+Temporary files are hidden (``.<name>.tmp-<pid>-<8 hex digits>``) in the destination folder, so
+the rename stays on one filesystem; ``remove_stale_temps`` clears those a killed process left
+behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 TEMP_MARK = ".tmp-"
+_TEMP_NAME = re.compile(r"\..+" + re.escape(TEMP_MARK) + r"[0-9]+-[0-9a-f]{8}", re.DOTALL)
+_MAX_TEMP_STEM_BYTES = 200
+"""Longest part of the final name kept in a temporary name (file names are limited to 255
+bytes and the temporary name adds up to about 30)."""
 
 
 def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    stem = path.name
+    raw = os.fsencode(stem)
+    if len(raw) > _MAX_TEMP_STEM_BYTES:
+        stem = os.fsdecode(raw[:_MAX_TEMP_STEM_BYTES])
+    return path.with_name(f".{stem}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def fsync_dir(path: Path) -> None:
@@ -31,16 +44,21 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb", fsync: bool = True) -> Iterator:
+def atomic_open(path: str | os.PathLike, mode: str = "wb", fsync: bool = True) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success it replaces ``path`` atomically.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    ``mode`` is ``"wb"`` (bytes) or ``"w"`` (UTF-8 text, newlines written as given). With
+    ``fsync`` the data and the rename are flushed to disk before returning. On an exception
+    (or ``KeyboardInterrupt``) the temporary file is removed and ``path`` is left untouched; a
+    process killed outright leaves only a hidden temporary file (see ``remove_stale_temps``).
     """
+    if mode not in ("w", "wt", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path)
-    encoding = None if "b" in mode else "utf-8"
-    f = open(tmp, mode, encoding=encoding, newline=None if "b" in mode else "")
+    binary = "b" in mode
+    f = open(tmp, mode, encoding=None if binary else "utf-8", newline=None if binary else "")
     try:
         yield f
         f.flush()
@@ -58,25 +76,40 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", fsync: bool = True) -
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically (see ``atomic_open``)."""
     with atomic_open(path, "wb", fsync=fsync) as f:
         f.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = True) -> None:
+    """Write ``text`` as UTF-8 to ``path`` atomically (see ``atomic_open``)."""
     with atomic_open(path, "w", fsync=fsync) as f:
         f.write(text)
 
 
-def is_temp(path: Path) -> bool:
-    return path.name.startswith(".") and TEMP_MARK in path.name
+def is_temp(path: str | os.PathLike) -> bool:
+    """True for a name ``atomic_open`` gives its temporary files (``.<name>.tmp-<pid>-<hex>``)."""
+    return _TEMP_NAME.fullmatch(Path(path).name) is not None
 
 
-def remove_stale_temps(folder: Path) -> int:
-    """Delete temporary files left by killed writers anywhere below ``folder``; return the count."""
+def remove_stale_temps(folder: str | os.PathLike, min_age_s: float = 0.0) -> int:
+    """Delete temporary files left by killed writers anywhere below ``folder``; return the count.
+
+    Only regular files whose name matches ``is_temp`` and whose last modification is at least
+    ``min_age_s`` seconds old are removed; symbolic links are neither removed nor followed. Call it
+    when no writer is active in ``folder`` (e.g. when a shard is taken over), or pass a
+    ``min_age_s`` longer than any write takes.
+    """
     n = 0
-    for p in Path(folder).rglob(f".*{TEMP_MARK}*"):
-        if p.is_file():
+    now = time.time()
+    for dirpath, _dirnames, filenames in os.walk(folder):
+        for name in filenames:
+            if not _TEMP_NAME.fullmatch(name):
+                continue
+            p = Path(dirpath, name)
             with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                n += 1
+                st = p.lstat()
+                if stat.S_ISREG(st.st_mode) and now - st.st_mtime >= min_age_s:
+                    p.unlink()
+                    n += 1
     return n

@@ -4,63 +4,104 @@ Library convention: ``(x0, y0, x1, y1)``, 0-based, inclusive integer pixel indic
 ``boxmask.records``). "Edge" coordinates are continuous: pixel ``i`` spans ``[i, i + 1)``, so the
 inclusive box ``(x0, .., x1, ..)`` has edges ``x0`` and ``x1 + 1``. Conversions from edges use
 ``floor`` for the left/top edge and ``ceil - 1`` for the right/bottom edge (the box covers every
-pixel the edge box touches), with a small tolerance against float noise in normalised inputs.
+pixel the edge box touches), after snapping values that lie within float noise of a whole pixel
+onto it (for normalised inputs the noise allowed grows with the image size, see
+``from_normalized``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .records import BoxXYXY
+from .records import Box, BoxXYXY
 
 _EPS = 1e-6
+"""Absolute snapping tolerance in pixels for edge coordinates."""
+
+NORMALIZED_DIGITS = 6
+"""Decimal digits of normalised coordinates in Open Images CSVs (``0.195312``)."""
 
 
-def _floor(v: float) -> int:
-    return math.floor(v + _EPS)
+def _finite(values: Sequence[float], what: str) -> None:
+    if not all(math.isfinite(float(v)) for v in values):
+        raise ValueError(f"{what} {list(values)} has a NaN or infinite coordinate")
 
 
-def _ceil(v: float) -> int:
-    return math.ceil(v - _EPS)
+def _snap(v: float, tol: float) -> float:
+    r = round(v)
+    return float(r) if abs(v - r) <= tol else v
 
 
-def from_edges(x0: float, y0: float, x1: float, y1: float) -> BoxXYXY:
+def from_edges(x0: float, y0: float, x1: float, y1: float, tol: float = _EPS) -> BoxXYXY:
     """Edge coordinates in pixels (right/bottom exclusive) -> library box.
 
-    A box of zero or negative extent on an axis comes out inverted (``x1 < x0``), which
-    ``validate`` rejects.
+    Values within ``tol`` pixels of a whole number are snapped onto it first. A box of zero or
+    negative extent on an axis comes out inverted (``x1 < x0``), which ``validate`` rejects.
+    Raises ``ValueError`` for NaN or infinite coordinates.
     """
-    return (_floor(x0), _floor(y0), _ceil(x1) - 1, _ceil(y1) - 1)
+    _finite((x0, y0, x1, y1), "edge box")
+    x0, y0, x1, y1 = (_snap(float(v), tol) for v in (x0, y0, x1, y1))
+    return (math.floor(x0), math.floor(y0), math.ceil(x1) - 1, math.ceil(y1) - 1)
+
+
+def _nearest(v: float) -> int:
+    """Round half up (``round`` rounds half to even, which would treat 1.5 and 2.5 differently)."""
+    return math.floor(float(v) + 0.5)
 
 
 def from_voc(xmin: float, ymin: float, xmax: float, ymax: float) -> BoxXYXY:
-    """PASCAL VOC / ILSVRC XML ``<bndbox>`` (1-based, inclusive) -> library box."""
-    return (round(xmin) - 1, round(ymin) - 1, round(xmax) - 1, round(ymax) - 1)
+    """PASCAL VOC / ILSVRC XML ``<bndbox>`` (1-based, inclusive pixel indices) -> library box.
+
+    Fractional values (some tools write them) are rounded to the nearest pixel, halves up.
+    Raises ``ValueError`` for NaN or infinite coordinates.
+    """
+    _finite((xmin, ymin, xmax, ymax), "VOC box")
+    return (_nearest(xmin) - 1, _nearest(ymin) - 1, _nearest(xmax) - 1, _nearest(ymax) - 1)
 
 
 def to_voc(box: BoxXYXY) -> tuple[int, int, int, int]:
-    """Library box -> 1-based inclusive VOC coordinates."""
-    x0, y0, x1, y1 = box
+    """Library box -> 1-based inclusive VOC coordinates ``(xmin, ymin, xmax, ymax)``."""
+    x0, y0, x1, y1 = (int(v) for v in box)
     return (x0 + 1, y0 + 1, x1 + 1, y1 + 1)
 
 
 def from_xywh(x: float, y: float, w: float, h: float) -> BoxXYXY:
-    """COCO ``bbox`` ``[x, y, w, h]`` (floats on pixel edges) -> library box."""
+    """COCO ``bbox`` ``[x, y, w, h]`` (floats on pixel edges) -> library box (covering pixels)."""
+    _finite((x, y, w, h), "COCO box")
     return from_edges(x, y, x + w, y + h)
 
 
 def to_xywh(box: BoxXYXY) -> list[float]:
-    """Library box -> COCO ``[x, y, w, h]`` on pixel edges."""
+    """Library box -> COCO ``[x, y, w, h]`` on pixel edges (``w = x1 - x0 + 1``)."""
     x0, y0, x1, y1 = box
     return [float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)]
 
 
+def normalized_tolerance(size: int) -> float:
+    """Snapping tolerance in pixels for a normalised coordinate scaled by ``size`` pixels.
+
+    A value printed with ``NORMALIZED_DIGITS`` decimals is off by up to ``0.5e-6``, i.e.
+    ``0.5e-6 * size`` pixels after scaling (``0.195312 * 640 = 124.99968`` for the edge 125).
+    Twice that bound is allowed; it stays far below half a pixel for any realistic image size.
+    """
+    return max(_EPS, 10.0 ** -NORMALIZED_DIGITS * size)
+
+
 def from_normalized(x0: float, y0: float, x1: float, y1: float, width: int, height: int) -> BoxXYXY:
-    """Normalised edges in [0, 1] (Open Images ``XMin, YMin, XMax, YMax``) -> library box."""
-    return from_edges(x0 * width, y0 * height, x1 * width, y1 * height)
+    """Normalised edges in [0, 1] (Open Images ``XMin, YMin, XMax, YMax``) -> library box.
+
+    ``width`` x ``height`` is the pixel size of the image the box is resolved in. Edges within the
+    rounding error of the CSV's six decimals of a pixel edge are snapped onto it.
+    """
+    _finite((x0, y0, x1, y1), "normalised box")
+    tx, ty = normalized_tolerance(width), normalized_tolerance(height)
+    left, right = (_snap(v * width, tx) for v in (x0, x1))
+    top, bottom = (_snap(v * height, ty) for v in (y0, y1))
+    return from_edges(left, top, right, bottom)
 
 
 def to_normalized(box: BoxXYXY, width: int, height: int) -> tuple[float, float, float, float]:
@@ -70,19 +111,47 @@ def to_normalized(box: BoxXYXY, width: int, height: int) -> tuple[float, float, 
 
 
 def rescale(box: BoxXYXY, from_wh: tuple[int, int], to_wh: tuple[int, int]) -> BoxXYXY:
-    """Map a box from an image of size ``from_wh`` to the same image resized to ``to_wh``."""
-    sx = to_wh[0] / from_wh[0]
-    sy = to_wh[1] / from_wh[1]
-    x0, y0, x1, y1 = box
-    return from_edges(x0 * sx, y0 * sy, (x1 + 1) * sx, (y1 + 1) * sy)
+    """Map a box from an image of size ``from_wh`` to the same image resized to ``to_wh``.
+
+    Sizes are ``(width, height)`` in pixels. The result covers every target pixel the source box's
+    edges touch; the arithmetic is exact (integers), so a box touching the border of the source
+    touches the border of the target and never crosses it.
+    """
+    (fw, fh), (tw, th) = from_wh, to_wh
+    if min(fw, fh, tw, th) <= 0:
+        raise ValueError(f"image sizes must be positive, got {from_wh} -> {to_wh}")
+    x0, y0, x1, y1 = (int(v) for v in box)
+    # floor(a * t / f) for the left/top edge, ceil((b + 1) * t / f) - 1 for the right/bottom.
+    return ((x0 * tw) // fw, (y0 * th) // fh, -((-(x1 + 1) * tw) // fw) - 1,
+            -((-(y1 + 1) * th) // fh) - 1)
+
+
+def resolve_box(box: Box, width: int, height: int,
+                declared_size: tuple[int, int] | None = None) -> BoxXYXY:
+    """The library box of a record's ``Box`` in the decoded image of ``width`` x ``height``.
+
+    Normalised boxes (``xyxy_norm``) are scaled by the decoded size. Pixel boxes (``xyxy``) are in
+    the frame of ``declared_size`` (the record's ``width, height``) when given, and are rescaled
+    when it differs from the decoded size. The result is not validated (see ``validate``).
+    """
+    if box.xyxy_norm is not None:
+        return from_normalized(*box.xyxy_norm, width, height)
+    if box.xyxy is None:
+        raise ValueError(f"box {box.box_id!r} has neither pixel nor normalised coordinates")
+    xyxy = tuple(int(v) for v in box.xyxy)
+    if declared_size is not None and tuple(declared_size) != (width, height):
+        return rescale(xyxy, tuple(declared_size), (width, height))
+    return xyxy
 
 
 def width_height(box: BoxXYXY) -> tuple[int, int]:
+    """``(width, height)`` in pixels of an inclusive box (``x1 - x0 + 1``; <= 0 when inverted)."""
     x0, y0, x1, y1 = box
     return (x1 - x0 + 1, y1 - y0 + 1)
 
 
 def area(box: BoxXYXY) -> int:
+    """Number of pixels the box covers (0 for an inverted box)."""
     w, h = width_height(box)
     return max(w, 0) * max(h, 0)
 
@@ -94,7 +163,7 @@ def center(box: BoxXYXY) -> tuple[float, float]:
 
 
 def clip(box: BoxXYXY, width: int, height: int) -> BoxXYXY | None:
-    """Intersect with the image; ``None`` when nothing of the box lies inside it."""
+    """Intersect with the ``width`` x ``height`` image; ``None`` when no pixel of it is inside."""
     x0, y0, x1, y1 = box
     cx0, cy0 = max(x0, 0), max(y0, 0)
     cx1, cy1 = min(x1, width - 1), min(y1, height - 1)
@@ -104,7 +173,7 @@ def clip(box: BoxXYXY, width: int, height: int) -> BoxXYXY | None:
 
 
 def iou(a: BoxXYXY, b: BoxXYXY) -> float:
-    """Intersection over union of two library boxes (pixel counts, inclusive)."""
+    """Intersection over union of two library boxes, counting pixels (inclusive boxes)."""
     ix0, iy0 = max(a[0], b[0]), max(a[1], b[1])
     ix1, iy1 = min(a[2], b[2]), min(a[3], b[3])
     inter = max(ix1 - ix0 + 1, 0) * max(iy1 - iy0 + 1, 0)
@@ -113,7 +182,10 @@ def iou(a: BoxXYXY, b: BoxXYXY) -> float:
 
 
 def mask_to_box(mask: np.ndarray) -> BoxXYXY | None:
-    """Tight library box of the non-zero pixels of a 2-D mask; ``None`` for an empty mask."""
+    """Tight library box of the non-zero pixels of a 2-D (H x W) mask; ``None`` if it is empty."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H x W), got shape {mask.shape}")
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return None
@@ -130,23 +202,41 @@ class Checked:
     warning: str | None = None
 
 
+def _as_int_box(box: Sequence[float]) -> BoxXYXY | None:
+    try:
+        values = [float(v) for v in box]
+    except (TypeError, ValueError):
+        return None
+    if len(values) != 4 or not all(math.isfinite(v) and v.is_integer() for v in values):
+        return None
+    x0, y0, x1, y1 = (int(v) for v in values)
+    return (x0, y0, x1, y1)
+
+
 def validate(box: BoxXYXY, width: int, height: int, min_side: int = 2) -> Checked:
     """Check a library box against an image of ``width`` x ``height`` pixels.
 
-    Inverted boxes, boxes smaller than ``min_side`` pixels on a side and boxes entirely outside
-    the image are errors; a box partly outside is clipped to the image, with a warning.
+    Errors: coordinates that are not four whole numbers, inverted or zero-area boxes
+    (``x1 < x0`` or ``y1 < y0``), boxes entirely outside the image, and boxes whose part inside
+    the image is narrower or shorter than ``min_side`` pixels. A box partly outside the image is
+    clipped to it, with a warning. The returned box is made of Python ints.
     """
-    x0, y0, x1, y1 = box
+    b = _as_int_box(box)
+    if b is None:
+        return Checked(None, error=f"box {list(box)} is not four whole pixel coordinates")
+    x0, y0, x1, y1 = b
     if x1 < x0 or y1 < y0:
-        return Checked(None, error=f"inverted or zero-area box {list(box)} (x1 < x0 or y1 < y0)")
-    clipped = clip(box, width, height)
+        return Checked(None, error=f"inverted or zero-area box {list(b)} (x1 < x0 or y1 < y0)")
+    clipped = clip(b, width, height)
     if clipped is None:
-        return Checked(None, error=f"box {list(box)} lies entirely outside the {width}x{height} image")
+        return Checked(None, error=f"box {list(b)} lies entirely outside the "
+                                   f"{width}x{height} image")
     w, h = width_height(clipped)
     if w < min_side or h < min_side:
-        return Checked(None, error=f"box {list(box)} is {w}x{h} px inside the image, "
+        return Checked(None, error=f"box {list(b)} is {w}x{h} px inside the image, "
                                    f"smaller than the minimum side of {min_side} px")
     warning = None
-    if clipped != tuple(box):
-        warning = f"box {list(box)} extends outside the {width}x{height} image; clipped to {list(clipped)}"
+    if clipped != b:
+        warning = (f"box {list(b)} extends outside the {width}x{height} image; "
+                   f"clipped to {list(clipped)}")
     return Checked(clipped, warning=warning)

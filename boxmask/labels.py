@@ -1,9 +1,10 @@
 """Class lists: id -> display name, and a stable class index.
 
-Sources: the ILSVRC ``LOC_synset_mapping.txt`` (``n01440764 tench, Tinca tinca`` per line; line order
-is the standard 0..999 class index), the Open Images class-description CSV (``/m/011k07,Tortoise``,
-with or without a header line), and COCO ``categories``. Labels seen in the data but missing from
-the list are appended in sorted order when the list is frozen.
+Sources: the ILSVRC ``LOC_synset_mapping.txt`` (``n01440764 tench, Tinca tinca`` per line; line
+order is the standard 0..999 class index), the Open Images class-description CSV
+(``/m/011k07,Tortoise``, with or without a header line), and COCO ``categories``. Labels met in
+the data but missing from the list are appended in the order they are met while planning (a
+deterministic order).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ class Box:
     box_id: str
     """Stable, filename-safe id (``[A-Za-z0-9_-]``, at most 64 chars), unique within the image."""
     label: str
-    """Source class id: a WordNet id (ILSVRC), a ``/m/...`` MID (Open Images), a COCO category id."""
+    """Source class id: WordNet id (ILSVRC), ``/m/...`` MID (Open Images), COCO category id."""
     index: int
     """0-based position of the box in the source record; instance value in PNGs is ``index + 1``."""
     xyxy: BoxXYXY | None = None
@@ -117,7 +117,7 @@ class Click:
     positive: bool
     """True for foreground (inside) clicks, False for background (outside / corner) clicks."""
     kind: str = "user"
-    """``inside`` (the IOG inside point), ``corner`` (a box corner), or ``user`` (a refinement click)."""
+    """``inside`` (IOG inside point), ``corner`` (a box corner), ``user`` (a refinement click)."""
 
     def to_json(self) -> list[Any]:
         return [round(float(self.x), 2), round(float(self.y), 2), int(self.positive), self.kind]
@@ -171,7 +171,7 @@ class MaskResult:
 
 
 STAGES = ("read", "decode", "box", "engine", "write")
-"""Where an error can happen: annotation parsing, image decoding, box validation, the engine, output."""
+"""Where an error can happen: annotation parsing, image decoding, box check, engine, output."""
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Box -> mask engines behind one interface (``Engine.segment``); ``create_engine`` builds one by name."""
+"""Box -> mask engines behind one interface (``Engine.segment``); ``create_engine`` builds one."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The engine interface: box (+ clicks) -> one mask and a score per box, a batch of images at a time.
+"""The engine interface: box (+ clicks) -> one mask and a score per box, many images per call.
 
 Engines see decoded RGB images and validated boxes in the library convention (0-based inclusive
 pixel ``(x0, y0, x1, y1)``, already clipped to the image). They never touch files: the worker
@@ -70,7 +70,7 @@ class Engine(ABC):
     def segment(self, requests: Sequence[SegmentRequest]) -> list[list[Prediction]]:
         """One list of predictions per request, one prediction per box, in box order."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (worker threads, GPU memory)."""
 
 

@@ -21,14 +21,15 @@ Item = ImageRecord | ErrorRecord
 
 
 class Reader(ABC):
-    """Iterate to get records; ``images_root`` is where ``ImageRecord.image_path`` is relative to."""
+    """Iterate to get records; ``ImageRecord.image_path`` is relative to ``images_root``."""
 
     source: str = "reader"
 
     def __init__(self, input_path: str | Path, images_root: str | Path | None = None,
                  labels_file: str | Path | None = None) -> None:
         self.input_path = Path(input_path)
-        self.images_root = Path(images_root) if images_root is not None else self.default_images_root()
+        self.images_root = (Path(images_root) if images_root is not None
+                            else self.default_images_root())
         self.label_map = LabelMap()
         if labels_file is not None:
             from ..labels import read_label_file

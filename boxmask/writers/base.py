@@ -39,4 +39,4 @@ class Writer(ABC):
 
     @abstractmethod
     def merge(self, results: ResultsFactory) -> list[str]:
-        """Write the format's index files from all results; return paths relative to ``output_dir``."""
+        """Write the format's index files from all results; return paths relative to output_dir."""

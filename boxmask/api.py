@@ -1,0 +1,168 @@
+"""The Python API behind the command line: plan, convert, segment one image.
+
+``convert`` = plan (or resume an existing plan) + workers + merge. Re-running it on the same output
+directory with the same settings resumes where it stopped; other settings are refused unless
+``force`` discards the earlier conversion.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .engines import create_engine
+from .engines.base import Engine, Prediction, SegmentRequest
+from .jobs.merge import merge
+from .jobs.plan import (
+    Settings,
+    check_contract,
+    contract,
+    discard_job,
+    load_plan,
+    make_plan,
+    resolve_settings,
+)
+from .jobs.progress import Progress
+from .jobs.status import job_status
+from .jobs.worker import Worker, WorkerReport
+from .points import create_policy
+from .records import Click
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+"""Some items failed (see errors.jsonl) but the rest was converted."""
+EXIT_STOPPED = 4
+"""Stopped by a signal before the work was finished; run the same command again to resume."""
+
+
+def pick_engine_name(name: str) -> str:
+    """``auto``: IOG when the default IOG checkpoint is in the weights cache, else GrabCut."""
+    if name != "auto":
+        return name
+    try:
+        from .weights import DEFAULT_WEIGHTS, weights_path
+
+        if weights_path(DEFAULT_WEIGHTS).exists():
+            return "iog"
+    except Exception:  # no registry or unreadable cache: fall back to the weight-free engine
+        pass
+    return "grabcut"
+
+
+def prepare_plan(settings: Settings, out_dir: str | Path, *, force: bool = False,
+                 engine: Engine | None = None) -> tuple[dict[str, Any], Engine]:
+    """Plan ``settings`` into ``out_dir``, or check an existing plan against them.
+
+    Returns the plan and the engine built for it (reuse it to avoid loading weights twice).
+    """
+    settings = resolve_settings(settings)
+    if engine is None:
+        engine = create_engine(settings.engine, **settings.engine_options)
+    description = engine.describe()
+    plan = load_plan(out_dir)
+    if plan is not None and force:
+        log.warning("discarding the conversion in %s (--force)", out_dir)
+        discard_job(out_dir)
+        plan = None
+    if plan is not None:
+        check_contract(plan, contract(settings, description))
+        log.info("resuming the conversion planned in %s", out_dir)
+        return plan, engine
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return make_plan(settings, out_dir, description), engine
+
+
+def work(out_dir: str | Path, *, engine: Engine | None = None, progress: bool = True,
+         threads: int | None = None, **options: Any) -> WorkerReport:
+    """Run one worker in this process until the job has no shard left (or a signal stops it)."""
+    if threads:
+        set_threads(threads)
+    status = job_status(out_dir)
+    bar = Progress(status["items"]["total"], status["items"]["done"], enabled=progress)
+    max_shards = options.pop("max_shards", None)
+    worker = Worker(out_dir, progress=bar, **options)
+    if engine is not None:
+        from .jobs.worker import check_engine
+
+        check_engine(worker.plan, engine)
+        worker._engine = engine
+    try:
+        return worker.run(max_shards=max_shards)
+    finally:
+        bar.close()
+        worker.close()
+
+
+def set_threads(n: int) -> None:
+    """Limit torch and OpenCV to ``n`` threads in this process."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(n)
+    cv2.setNumThreads(n)
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+
+
+def convert(settings: Settings, out_dir: str | Path, *, workers: int = 1, force: bool = False,
+            progress: bool = True, lease_timeout_s: float | None = None,
+            device: str | None = None) -> dict[str, Any]:
+    """Plan (or resume), convert with ``workers`` local workers, merge; return the summary.
+
+    The summary is the manifest's counts plus ``exit_code`` (``EXIT_OK``, ``EXIT_PARTIAL`` when
+    some items failed, ``EXIT_STOPPED`` when interrupted before the end).
+    """
+    plan, engine = prepare_plan(settings, out_dir, force=force)
+    worker_options: dict[str, Any] = {}
+    if lease_timeout_s is not None:
+        worker_options["lease_timeout_s"] = lease_timeout_s
+    stopped = False
+    if workers <= 1:
+        report = work(out_dir, engine=engine, progress=progress,
+                      engine_overrides={"device": device}, **worker_options)
+        stopped = report.stopped
+    else:
+        engine.close()
+        from .jobs.local import run_local_workers
+
+        codes = run_local_workers(out_dir, workers, progress=progress, device=device,
+                                  lease_timeout_s=lease_timeout_s)
+        stopped = any(c == EXIT_STOPPED for c in codes)
+        if any(c not in (EXIT_OK, EXIT_PARTIAL, EXIT_STOPPED) for c in codes):
+            log.error("worker exit codes: %s", codes)
+    status = job_status(out_dir)
+    if not status["complete"]:
+        return {"complete": False, "status": status,
+                "exit_code": EXIT_STOPPED if stopped else EXIT_FATAL}
+    manifest = merge(out_dir)
+    counts = manifest["counts"]
+    return {"complete": True, **counts, "seconds": manifest["conversion_seconds"],
+            "exit_code": EXIT_PARTIAL if counts["errors"] else EXIT_OK}
+
+
+def segment_image(image_rgb: np.ndarray, box_xyxy: tuple[int, int, int, int], *,
+                  engine: Engine, inside_point: str = "center",
+                  clicks: list[Click] | None = None) -> Prediction:
+    """Segment one box of one decoded image (``box_xyxy`` in the library convention).
+
+    ``clicks``: an optional inside click (the first positive click is used as the inside point)
+    and further refinement clicks, all in image pixels.
+    """
+    inside = None
+    extra: list[Click] = []
+    for c in clicks or []:
+        if c.positive and inside is None and c.kind in ("inside", "user"):
+            inside = np.array([[c.x, c.y]], dtype=np.float64)
+        else:
+            extra.append(c)
+    request = SegmentRequest(image=image_rgb, boxes=np.array([box_xyxy]), inside=inside,
+                             extra_clicks=[extra] if extra else None)
+    policy = create_policy(inside_point)
+    return policy.segment(engine, [request])[0][0]

@@ -1,0 +1,432 @@
+"""The ``boxmask`` command line: click commands over the Python API, nothing more.
+
+Exit status of ``convert`` / ``work``: 0 = everything converted; 3 = some items failed (listed in
+``errors.jsonl``) and the rest was converted; 4 = stopped by a signal before the end (run the same
+command again to resume); 1 = fatal error; 2 = usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from . import __version__
+from .api import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, EXIT_STOPPED
+from .engines import ENGINES
+from .imageio import DEFAULT_MAX_PIXELS
+from .jobs.plan import Settings
+from .points import POLICIES
+from .readers import SOURCES
+from .records import Click
+from .writers import FORMATS
+
+log = logging.getLogger("boxmask")
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="boxmask")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+def cli(verbose: int, quiet: bool) -> None:
+    """Turn bounding-box datasets into instance masks (IOG or GrabCut), resumably, at scale.
+
+    Boxes are handled as (x0, y0, x1, y1), 0-based inclusive pixel indices; every reader converts
+    its source's convention into that and every writer converts out of it.
+    """
+    _setup_logging(verbose, quiet)
+
+
+# -- shared options ---------------------------------------------------------------------------
+
+def _parse_kv(values: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except ValueError:
+            out[key.strip()] = raw
+    return out
+
+
+def source_options(f: Any) -> Any:
+    """Options that define a conversion (shared by ``convert`` and ``plan``)."""
+    options = [
+        click.option("--pipeline", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="TOML file of preset options (see pipelines/); flags given on the "
+                          "command line override it."),
+        click.option("--source", type=click.Choice(SOURCES),
+                     help="Input format: ILSVRC-LOC XML tree, Kaggle LOC CSV, Open Images box "
+                          "CSV, or COCO instances JSON."),
+        click.option("--input", "input_path", type=click.Path(exists=True, path_type=Path),
+                     help="The annotation file or tree (ILSVRC: the folder holding "
+                          "Annotations/CLS-LOC)."),
+        click.option("--images-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                     help="Folder the image paths are relative to (default: per source, e.g. "
+                          "Data/CLS-LOC beside Annotations/)."),
+        click.option("--labels", "labels_file",
+                     type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Class list: LOC_synset_mapping.txt or an Open Images class-description "
+                          "CSV (fixes the class index and names)."),
+        click.option("--split", type=click.Choice(["all", "train", "val"]),
+                     help="ILSVRC-LOC only: which split to read (default all)."),
+        click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS),
+                     help="Output format; repeat for several (default pixel-imagenet)."),
+        click.option("--engine", type=click.Choice(("auto",) + ENGINES),
+                     help="Mask engine (default auto: iog when IOG weights are in the cache, else "
+                          "the weight-free grabcut)."),
+        click.option("--weights", help="IOG checkpoint: a path or a registry name "
+                                       "(see `boxmask weights list`)."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]),
+                     help="IOG arithmetic (default fp32, the parity-exact mode)."),
+        click.option("--batch-size", type=int, help="IOG crops per forward pass."),
+        click.option("--engine-option", "engine_option", multiple=True, metavar="KEY=VALUE",
+                     help="Any other engine setting (repeatable), e.g. iterations=5."),
+        click.option("--inside-point", type=click.Choice(POLICIES),
+                     help="How the inside click is chosen when only a box is known (default "
+                          "center)."),
+        click.option("--exif", type=click.Choice(["auto", "apply", "ignore"]),
+                     help="EXIF orientation policy (default auto: apply unless the annotation's "
+                          "declared size matches the stored pixels)."),
+        click.option("--max-pixels", type=int,
+                     help=f"Refuse larger images (default {DEFAULT_MAX_PIXELS})."),
+        click.option("--min-box-side", type=int,
+                     help="Boxes smaller than this many pixels on a side are errors (default 2)."),
+        click.option("--shard-size", type=int, help="Images per shard (default 1000)."),
+        click.option("--limit", type=int, help="Convert only the first N images."),
+        click.option("--output", "-o", "out_dir", required=True,
+                     type=click.Path(file_okay=False, path_type=Path), help="Output directory."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+_PIPELINE_KEYS = {"source", "input_path", "images_root", "labels_file", "split", "formats",
+                  "engine", "weights", "precision", "batch_size", "engine_option", "inside_point",
+                  "exif", "max_pixels", "min_box_side", "shard_size", "limit"}
+_PIPELINE_ALIASES = {"input": "input_path", "labels": "labels_file", "format": "formats",
+                     "engine_options": "engine_option"}
+
+
+def _apply_pipeline(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
+    """Fill options not given on the command line from the pipeline file, if any."""
+    path = params.get("pipeline")
+    if path is None:
+        return params
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise click.BadParameter(f"cannot read pipeline {path}: {e}",
+                                 param_hint="--pipeline") from None
+    preset = dict(data.get("convert", {}))
+    if "engine_options" in data:
+        preset["engine_options"] = data["engine_options"]
+    for key, value in preset.items():
+        name = _PIPELINE_ALIASES.get(key, key)
+        if name not in _PIPELINE_KEYS:
+            raise click.BadParameter(f"unknown key {key!r} in {path}", param_hint="--pipeline")
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None):
+            continue
+        if name == "formats":
+            value = tuple([value] if isinstance(value, str) else value)
+        elif name == "engine_option":
+            value = tuple(f"{k}={json.dumps(v)}" for k, v in value.items())
+        params[name] = value
+    return params
+
+
+def _settings(ctx: click.Context, params: dict[str, Any]) -> Settings:
+    from .api import pick_engine_name
+
+    p = _apply_pipeline(ctx, dict(params))
+    for required, flag in (("source", "--source"), ("input_path", "--input")):
+        if not p.get(required):
+            raise click.UsageError(f"missing {flag} (on the command line or in --pipeline)")
+    engine = pick_engine_name(p.get("engine") or "auto")
+    engine_options = _parse_kv(tuple(p.get("engine_option") or ()))
+    for key in ("weights", "precision", "batch_size"):
+        if p.get(key) is not None:
+            if engine != "iog":
+                raise click.UsageError(f"--{key.replace('_', '-')} applies to --engine iog only")
+            engine_options[key] = p[key]
+    if engine == "iog" and "weights" not in engine_options:
+        from .weights import DEFAULT_WEIGHTS
+
+        engine_options["weights"] = DEFAULT_WEIGHTS
+    reader_options = {"split": p["split"]} if p.get("split") and p["source"] == "ilsvrc-loc" else {}
+    s = Settings(
+        source=p["source"],
+        input=str(p["input_path"]),
+        formats=list(p.get("formats") or ("pixel-imagenet",)),
+        images_root=str(p["images_root"]) if p.get("images_root") else None,
+        labels_file=str(p["labels_file"]) if p.get("labels_file") else None,
+        reader_options=reader_options,
+        engine=engine,
+        engine_options=engine_options,
+        inside_point=p.get("inside_point") or "center",
+    )
+    for key in ("exif", "max_pixels", "min_box_side", "shard_size", "limit"):
+        if p.get(key) is not None:
+            setattr(s, key, p[key])
+    return s
+
+
+def _fail(e: Exception) -> None:
+    click.echo(f"error: {e}", err=True)
+    sys.exit(EXIT_FATAL)
+
+
+def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
+    if not summary.get("complete"):
+        st = summary["status"]
+        click.echo(f"stopped: {st['items']['done']}/{st['items']['total']} items done; run the "
+                   f"same command again to resume ({out_dir})", err=True)
+        return
+    errs = summary["errors"]
+    stages = ", ".join(f"{k} {v}" for k, v in summary["errors_by_stage"].items())
+    click.echo(
+        f"done: {summary['images']} images, {summary['boxes']} boxes -> {summary['masks']} masks; "
+        f"{errs} errors{f' ({stages})' if errs else ''}; {summary['warnings']} warnings; "
+        f"{summary['seconds'] or 0:.1f} s", err=True)
+    click.echo(f"outputs: {out_dir.resolve()}", err=True)
+    if errs:
+        click.echo(f"errors listed in {(out_dir / 'errors.jsonl').resolve()}", err=True)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+@cli.command()
+@source_options
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Local worker processes: one per GPU when there are GPUs, else CPU workers "
+                   "sharing the cores.")
+@click.option("--device", help="Device for the engine: auto, cpu, cuda, cuda:1 (default auto).")
+@click.option("--force", is_flag=True,
+              help="Discard an existing conversion in --output that used other settings.")
+@click.option("--lease-timeout", type=float, help="Seconds before a silent worker's shard is "
+                                                  "taken over (default 300).")
+@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+@click.pass_context
+def convert(ctx: click.Context, workers: int, device: str | None, force: bool,
+            lease_timeout: float | None, progress: bool, **params: Any) -> None:
+    """Convert a box dataset into masks: plan, run workers, merge.
+
+    Running the same command again on the same --output resumes where it stopped (after a crash,
+    Ctrl-C or a pre-empted job) without redoing or duplicating work.
+
+    \b
+    Example:
+      boxmask convert --source ilsvrc-loc --input ILSVRC --format pixel-imagenet --output out/
+    """
+    from .api import convert as run_convert
+    from .jobs.plan import PlanMismatchError
+
+    settings = _settings(ctx, params)
+    out_dir = params["out_dir"]
+    try:
+        summary = run_convert(settings, out_dir, workers=workers, force=force, progress=progress,
+                              lease_timeout_s=lease_timeout, device=device)
+    except PlanMismatchError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_FATAL)
+    _print_summary(summary, out_dir)
+    sys.exit(summary["exit_code"])
+
+
+@cli.command()
+@source_options
+@click.option("--force", is_flag=True, help="Discard an existing conversion in --output.")
+@click.pass_context
+def plan(ctx: click.Context, force: bool, **params: Any) -> None:
+    """Split a source into shards and write the plan (then run `work`, `submit` and `merge`)."""
+    from .api import prepare_plan
+    from .jobs.plan import PlanMismatchError
+
+    settings = _settings(ctx, params)
+    try:
+        plan_, engine = prepare_plan(settings, params["out_dir"], force=force)
+        engine.close()
+    except PlanMismatchError as e:
+        _fail(e)
+    t = plan_["totals"]
+    click.echo(f"plan: {t['images']} images, {t['boxes']} boxes, {t['read_errors']} read errors "
+               f"in {t['shards']} shards -> {params['out_dir']}", err=True)
+
+
+@cli.command()
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--worker-id", help="Name recorded in leases and done markers.")
+@click.option("--device", help="Engine device for this worker (auto, cpu, cuda, cuda:1).")
+@click.option("--batch-size", type=int, help="IOG crops per forward for this worker.")
+@click.option("--threads", type=int, help="CPU threads for this worker.")
+@click.option("--max-shards", type=int, help="Stop after this many shards.")
+@click.option("--lease-timeout", type=float, default=300.0, show_default=True,
+              help="Seconds before a silent worker's shard is taken over.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="When no shard is free, wait for other workers' shards (and take over those "
+                   "whose worker died) instead of exiting.")
+@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+def work(out_dir: Path, worker_id: str | None, device: str | None, batch_size: int | None,
+         threads: int | None, max_shards: int | None, lease_timeout: float, wait: bool,
+         progress: bool) -> None:
+    """Be a worker of a planned conversion until no shard is left.
+
+    Safe to run many at once, on one machine or many sharing OUT_DIR (this is what `submit` runs
+    on a cluster). SIGTERM, SIGUSR1 or Ctrl-C stop it cleanly after the current batch.
+    """
+    from .api import work as run_work
+
+    try:
+        report = run_work(out_dir, worker_id=worker_id, progress=progress, threads=threads,
+                          engine_overrides={"device": device, "batch_size": batch_size},
+                          lease_timeout_s=lease_timeout, wait_for_others=wait,
+                          max_shards=max_shards)
+    except Exception as e:  # a fatal worker error: the lease is released, the shard resumes later
+        log.exception("worker failed")
+        _fail(e)
+    click.echo(json.dumps(report.to_json()), err=True)
+    if report.stopped:
+        sys.exit(EXIT_STOPPED)
+    sys.exit(EXIT_PARTIAL if report.errors else EXIT_OK)
+
+
+@cli.command()
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--partial", is_flag=True, help="Merge the shards done so far (a preview).")
+def merge(out_dir: Path, partial: bool) -> None:
+    """Write the final COCO JSON / Open Images CSV / class index / sidecar from the shards."""
+    from .jobs.merge import IncompleteJobError
+    from .jobs.merge import merge as run_merge
+
+    try:
+        manifest = run_merge(out_dir, allow_partial=partial)
+    except IncompleteJobError as e:
+        _fail(e)
+    click.echo(json.dumps(manifest["counts"]), err=False)
+    sys.exit(EXIT_PARTIAL if manifest["counts"]["errors"] else EXIT_OK)
+
+
+@cli.command()
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--lease-timeout", type=float, default=300.0, show_default=True)
+def status(out_dir: Path, as_json: bool, lease_timeout: float) -> None:
+    """Show shards done / leased / stale / pending, items done, rate and ETA."""
+    from .jobs.status import job_status
+
+    st = job_status(out_dir, lease_timeout)
+    if as_json:
+        click.echo(json.dumps(st, indent=1))
+        return
+    sh, it = st["shards"], st["items"]
+    click.echo(f"shards: {sh['done']}/{sh['total']} done, {sh['leased']} leased, "
+               f"{sh['stale']} stale, {sh['pending']} pending")
+    click.echo(f"items:  {it['done']}/{it['total']} done; masks {st['masks_in_done_shards']}, "
+               f"errors {st['errors_in_done_shards']} (in done shards)")
+    if st["rate_items_per_s"]:
+        eta = st["eta_s"]
+        click.echo(f"rate:   {st['rate_items_per_s']:.2f} items/s; ETA "
+                   f"{eta / 3600:.2f} h" if eta else "rate: -")
+    for lease in st["leases"]:
+        click.echo(f"  shard {lease['shard']}: {lease['worker']} on {lease['host']}, heartbeat "
+                   f"{lease['heartbeat_age_s']} s ago{' (STALE)' if lease['stale'] else ''}, "
+                   f"{lease['items_done']}/{lease['items']} items")
+    click.echo("complete" + (", merged" if st["merged"] else ", not merged yet")
+               if st["complete"] else "not complete")
+
+
+def _parse_box(value: str) -> tuple[int, int, int, int]:
+    try:
+        x0, y0, x1, y1 = (int(round(float(v))) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not x0,y0,x1,y1") from None
+    return (x0, y0, x1, y1)
+
+
+def _parse_click(value: str) -> Click:
+    parts = value.split(",")
+    try:
+        x, y = float(parts[0]), float(parts[1])
+    except (ValueError, IndexError):
+        raise click.BadParameter(f"{value!r} is not x,y or x,y,neg") from None
+    negative = len(parts) > 2 and parts[2].strip().lower() in ("neg", "negative", "0", "-")
+    return Click(x, y, positive=not negative, kind="user")
+
+
+@cli.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--box", required=True, help="x0,y0,x1,y1: 0-based inclusive pixel indices.")
+@click.option("--click", "clicks", multiple=True, metavar="X,Y[,neg]",
+              help="A click in image pixels; the first positive one is the inside point, the "
+                   "others refine the mask (IOG: needs the refinement checkpoint).")
+@click.option("--engine", type=click.Choice(("auto",) + ENGINES), default="auto",
+              show_default=True)
+@click.option("--weights", help="IOG checkpoint path or registry name.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--output", "-o", "out_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="Mask PNG (0/255) to write.")
+def segment(image: Path, box: str, clicks: tuple[str, ...], engine: str, weights: str | None,
+            device: str, out_path: Path) -> None:
+    """Segment one box of one image and write the mask as a PNG."""
+    import cv2
+    import numpy as np
+
+    from . import boxes as B
+    from .api import pick_engine_name, segment_image
+    from .atomic import atomic_write_bytes
+    from .engines import create_engine
+    from .imageio import ImageDecodeError, decode_image
+
+    try:
+        decoded = decode_image(image)
+    except ImageDecodeError as e:
+        _fail(e)
+    w, h = decoded.size
+    checked = B.validate(_parse_box(box), w, h)
+    if checked.error:
+        _fail(ValueError(checked.error))
+    name = pick_engine_name(engine)
+    options: dict[str, Any] = {}
+    if name == "iog":
+        from .weights import DEFAULT_WEIGHTS
+
+        options = {"weights": weights or DEFAULT_WEIGHTS, "device": device}
+    elif weights:
+        raise click.UsageError("--weights applies to --engine iog only")
+    eng = create_engine(name, **options)
+    try:
+        pred = segment_image(decoded.rgb, checked.box, engine=eng,
+                             clicks=[_parse_click(c) for c in clicks])
+    except ValueError as e:
+        _fail(e)
+    finally:
+        eng.close()
+    ok, png = cv2.imencode(".png", pred.mask.astype(np.uint8) * 255)
+    atomic_write_bytes(out_path, png.tobytes())
+    click.echo(json.dumps({"output": str(out_path), "score": round(pred.score, 4),
+                           "area": int(pred.mask.sum()),
+                           "clicks": [c.to_json() for c in pred.clicks]}))
+
+
+def main() -> None:
+    cli(prog_name="boxmask")
+
+
+if __name__ == "__main__":
+    main()

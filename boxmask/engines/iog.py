@@ -1,0 +1,551 @@
+"""IOG engine: box + inside point -> mask with the Inside-Outside Guidance network, batched.
+
+Boxes are library boxes ``(x0, y0, x1, y1)`` (0-based, inclusive pixel indices); points are
+``(x, y)`` = (column, row) in image pixels. The guidance conventions (crop, clicks, heatmaps,
+paste-back, 512-space mapping) are those of ``boxmask.guidance``.
+
+What one box goes through
+-------------------------
+1. Crop box = box +- 30 px (not clipped, zero padding), resized to 512 x 512 bilinearly.
+2. Clicks in 512-space: the inside point (``request.inside``, default the box centre) rounded to
+   the nearest pixel, and the four corners of the box +- 10 px (``guidance.box_to_512``).
+3. Network input ``[R, G, B, inside, outside]`` (0..255); the network's fine logits (512 x 512).
+4. Score = stability of the fine logits: IoU of ``sigmoid > 0.5 + delta`` and
+   ``sigmoid > 0.5 - delta`` on the 512 crop (``stability_delta``, default 0.25, i.e. logits
+   beyond +-1.10); 0 when nothing is found. ``Prediction.extras["stability"]`` holds the same value.
+5. ``sigmoid``, bicubic resize to the crop size, paste into the image, ``> threshold`` (0.5).
+
+``Prediction.clicks``: the inside click (positive, kind ``"inside"``), the four corners (negative,
+``"corner"``) and any refinement clicks (kind ``"user"``), all as used, mapped back from 512-space
+to image pixels.
+
+Refinement
+----------
+With the refinement checkpoint (``IOG_PASCAL_SBD_REFINEMENT.pth``, detected from its keys) the
+backbone encodes the 5-channel input and the guidance branch reads a 2-channel click map: the
+inside/outside heatmaps with every extra click of ``request.extra_clicks`` merged in order the
+official way (``guidance.add_click``: positive clicks into channel 0, negative into channel 1,
+``255 * max(old / 255, g)``, truncated to uint8). Boxes without extra clicks get the plain map.
+Extra clicks with the main IOG checkpoint are an error: they need the refinement checkpoint.
+
+Throughput
+----------
+``segment`` flattens all boxes of all requests and runs them ``batch_size`` crops per forward,
+crops from different images mixed. A background thread prepares batch ``k + 1`` while batch ``k``
+runs, and a second one pastes masks back. On CUDA the crop/resize/heatmaps run on the GPU
+(``guidance.*_torch``, same results as the numpy path within ~2e-5), the post-processing too.
+
+Options (constructor)
+---------------------
+* ``weights``: checkpoint path or registry name (``boxmask.weights``); required.
+* ``device``: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+* ``batch_size``: crops per forward (default 4 on CPU, where larger batches gain nothing, 32 on
+  CUDA).
+* ``precision``: ``"fp32"`` (on CUDA with TF32 disabled, process-wide:
+  ``torch.backends.fp32_precision = "ieee"``), ``"bf16"`` or ``"fp16"`` (autocast). On the CPU,
+  bf16/fp16 need native support (AVX512-BF16/AMX, AMX-FP16); otherwise the engine refuses.
+* ``mode``: ``"eager"``; ``"freeze"``: BatchNorm folded into the convolutions
+  (``torch.fx.experimental.optimization.fuse``; ``torch.jit.freeze`` is deprecated in torch 2.14
+  and needs a minute to trace this network); ``"compile"``: ``torch.compile`` of the folded
+  network (45-75 s the first time); ``"auto"``: ``compile`` on CUDA when ``expected_crops`` is at
+  least ``COMPILE_MIN_CROPS``, else ``freeze``.
+* ``channels_last`` (default True), ``threshold`` (0.5), ``stability_delta`` (0.25),
+  ``preprocess`` (``"auto"``: torch on CUDA, numpy on CPU; ``"numpy"``, ``"torch"``),
+  ``workers`` (paste-back threads, default 2), ``num_threads`` (torch CPU threads).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .. import guidance as G
+from ..records import Click
+from .base import Engine, Prediction, SegmentRequest, default_inside_points
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+MODES = ("auto", "eager", "freeze", "compile")
+PREPROCESS = ("auto", "numpy", "torch")
+ARCHITECTURES = ("iog", "iog-refinement")
+DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 32}
+COMPILE_MIN_CROPS = 50_000
+"""``mode="auto"`` compiles on CUDA from this many crops: at a few hundred crops/s, compiling
+(about a minute) pays off only when it is a small share of the job."""
+
+
+# --------------------------------------------------------------------------- single object
+
+
+def fine_logits(net: nn.Module, x: Tensor, guidance: Tensor | None = None) -> Tensor:
+    """Fine logits ``[N, 1, 512, 512]`` of an IOG or IOG-refinement network for input ``x``
+    ``[N, 5, 512, 512]``. The refinement network reads ``guidance`` ``[N, 2, 512, 512]``
+    (default: the input's own heatmaps ``x[:, 3:5]``, i.e. no extra click)."""
+    if hasattr(net, "decode"):
+        guide = x[:, 3:5] if guidance is None else guidance
+        features = net.backbone_features(x)
+        if hasattr(net, "decode_fine"):
+            return net.decode_fine(features, guide)
+        return net.decode(features, guide)[4]
+    if hasattr(net, "forward_fine"):
+        return net.forward_fine(x)
+    return net(x)[4]
+
+
+def predict_proba(net: nn.Module, image_rgb_uint8: np.ndarray, box_xyxy: Sequence[int],
+                  inside_xy: Sequence[float]) -> np.ndarray:
+    """The single-object IOG path: float32 ``H x W`` foreground probabilities.
+
+    ``box_xyxy`` is a library box (0-based, inclusive pixels), ``inside_xy`` the inside point in
+    image pixels. Runs ``net`` (in eval mode, fp32) on the device of its parameters; probabilities
+    are 0 outside the crop box and may overshoot [0, 1] slightly (bicubic resize).
+    """
+    x, g = G.preprocess_box(np.asarray(image_rgb_uint8), box_xyxy, inside_xy)
+    device = next(net.parameters()).device
+    with torch.inference_mode():
+        fine = fine_logits(net, torch.from_numpy(x)[None].to(device))
+    return G.probability_full(fine[0, 0].float().cpu().numpy(), g.crop_box,
+                              image_rgb_uint8.shape[:2])
+
+
+# --------------------------------------------------------------------------- runtime helpers
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None -> CUDA when available, else CPU; anything else as ``torch.device``."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def cpu_supports(precision: str) -> bool:
+    """Whether this CPU runs ``precision`` natively (bf16: AVX512-BF16 or AMX; fp16: AMX-FP16)."""
+    if precision == "fp32":
+        return True
+    probes = {"bf16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"),
+              "fp16": ("_is_amx_fp16_supported",)}[precision]
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def _check_precision(precision: str, device: torch.device) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if device.type == "cpu" and not cpu_supports(precision):
+        raise ValueError(f"precision {precision!r} is not supported natively by this CPU "
+                         "(needs AVX512-BF16/AMX for bf16, AMX-FP16 for fp16); use fp32")
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU does not support bf16; use fp16 or fp32")
+
+
+def disable_tf32() -> None:
+    """Full fp32 convolutions and matmuls on CUDA (TF32 would change logits by ~1e-3 relative)."""
+    try:
+        torch.backends.fp32_precision = "ieee"
+    except (AttributeError, RuntimeError):  # torch < 2.9, or the legacy flags were set before
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+class _FineIOG(nn.Module):
+    """``x -> fine logits`` of the IOG network (one module so that fx can fold and compile it)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fine_logits(self.net, x)
+
+
+class _FineRefinement(nn.Module):
+    """``(x, guidance) -> fine logits`` of the refinement network."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor, guidance: Tensor) -> Tensor:
+        return fine_logits(self.net, x, guidance)
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of an eval-mode module with every BatchNorm that follows a convolution folded into
+    the convolution's weights (``torch.fx`` conv-BN fusion)."""
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(module.eval(), inplace=False)
+
+
+# --------------------------------------------------------------------------- work items
+
+
+@dataclass
+class _Item:
+    request: int
+    box_index: int
+    box: tuple[int, int, int, int]
+    inside: tuple[float, float]
+    extra: list[Click]
+    guidance: G.Guidance = field(init=False)
+    extra_512: list[tuple[int, int, bool]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.guidance = G.guidance_for_box(self.box, self.inside)
+        if self.extra:
+            pts = np.array([[c.x, c.y] for c in self.extra], dtype=np.float64)
+            px = G.round_to_pixel(G.points_to_512(pts, self.guidance.crop_box))
+            self.extra_512 = [(int(p[0]), int(p[1]), bool(c.positive))
+                              for p, c in zip(px, self.extra, strict=True)]
+
+    def clicks(self) -> list[Click]:
+        """The clicks used, in image pixels."""
+        crop_box = self.guidance.crop_box
+        used = self.guidance.clicks_image()
+        out = [Click(float(used[0, 0]), float(used[0, 1]), True, "inside")]
+        out += [Click(float(x), float(y), False, "corner") for x, y in used[1:]]
+        if self.extra_512:
+            pts = G.points_from_512(np.array([p[:2] for p in self.extra_512]), crop_box)
+            out += [Click(float(x), float(y), pos, "user")
+                    for (x, y), (_, _, pos) in zip(pts, self.extra_512, strict=True)]
+        return out
+
+
+@dataclass
+class _Batch:
+    items: list[_Item]
+    x: Tensor
+    """[B, 5, 512, 512] float32 network input on the engine's device."""
+    guide: Tensor | None
+    """[B, 2, 512, 512] refinement click maps, or None for the IOG architecture."""
+    ready: Any = None
+    """CUDA event recorded when the inputs are complete (torch preprocessing on a side stream)."""
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class IOGEngine(Engine):
+    """IOG masks for boxes, batched across images. See the module docstring for the options."""
+
+    name = "iog"
+
+    def __init__(self, weights: str | Path | None = None, *, device: str | None = "auto",
+                 batch_size: int | None = None, precision: str = "fp32", mode: str = "auto",
+                 channels_last: bool = True, threshold: float = 0.5,
+                 stability_delta: float = G.STABILITY_DELTA, preprocess: str = "auto",
+                 expected_crops: int | None = None, workers: int | None = None,
+                 num_threads: int | None = None) -> None:
+        if weights is None:
+            raise ValueError("the IOG engine needs weights: a checkpoint path or a registry name "
+                             "(e.g. IOG_PASCAL_SBD.pth; see `boxmask weights`)")
+        from ..models import build_iog, detect_architecture, load_checkpoint, sha256_file
+        from ..models.checkpoint import read_state_dict
+        from ..weights import resolve_weights
+
+        path = resolve_weights(weights)
+        state = read_state_dict(path)
+        architecture = detect_architecture(state)
+        net = load_checkpoint(build_iog(refinement=architecture == "iog-refinement"), state)
+        del state
+        self._setup(net, architecture, weights=str(weights), sha256=sha256_file(path),
+                    device=device, batch_size=batch_size, precision=precision, mode=mode,
+                    channels_last=channels_last, threshold=threshold,
+                    stability_delta=stability_delta, preprocess=preprocess,
+                    expected_crops=expected_crops, workers=workers, num_threads=num_threads)
+
+    @classmethod
+    def from_network(cls, net: nn.Module, architecture: str = "iog", **options: Any) -> IOGEngine:
+        """An engine around an already built network (``architecture``: ``"iog"`` or
+        ``"iog-refinement"``); ``describe()`` then names no weights file."""
+        self = cls.__new__(cls)
+        self._setup(net, architecture, weights=None, sha256=None, **options)
+        return self
+
+    def _setup(self, net: nn.Module, architecture: str, *, weights: str | None,
+               sha256: str | None, device: str | None = "auto", batch_size: int | None = None,
+               precision: str = "fp32", mode: str = "auto", channels_last: bool = True,
+               threshold: float = 0.5, stability_delta: float = G.STABILITY_DELTA,
+               preprocess: str = "auto", expected_crops: int | None = None,
+               workers: int | None = None, num_threads: int | None = None) -> None:
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {architecture!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if preprocess not in PREPROCESS:
+            raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS)}")
+        if not 0.0 < threshold < 1.0 or not 0.0 < stability_delta < 0.5:
+            raise ValueError("need 0 < threshold < 1 and 0 < stability_delta < 0.5")
+        self.device = resolve_device(device)
+        _check_precision(precision, self.device)
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        if self.device.type == "cuda" and precision == "fp32":
+            disable_tf32()
+        self.weights, self.sha256, self.architecture = weights, sha256, architecture
+        self.precision, self.threshold = precision, float(threshold)
+        self.stability_delta = float(stability_delta)
+        self.channels_last = bool(channels_last)
+        self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE.get(self.device.type, 4))
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.use_torch_preprocess = (preprocess == "torch"
+                                     or (preprocess == "auto" and self.device.type == "cuda"))
+        if mode == "auto":
+            big = expected_crops is not None and expected_crops >= COMPILE_MIN_CROPS
+            mode = "compile" if self.device.type == "cuda" and big else "freeze"
+        self.mode = mode
+        self._workers = int(workers or 2)
+        self._prep_pool: ThreadPoolExecutor | None = None
+        self._post_pool: ThreadPoolExecutor | None = None
+        self._side_stream: Any = None
+        self._main_stream: Any = None
+        self._run = self._build_runner(net.eval().to(self.device))
+
+    # -- network -----------------------------------------------------------------------------
+    def _build_runner(self, net: nn.Module) -> Callable[..., Tensor]:
+        wrapper: nn.Module = (_FineRefinement(net) if self.architecture == "iog-refinement"
+                              else _FineIOG(net)).eval()
+        if self.mode in ("freeze", "compile"):
+            wrapper = fold_batchnorm(wrapper)
+        if self.channels_last:
+            wrapper = wrapper.to(memory_format=torch.channels_last)
+        if self.mode == "compile":
+            eager = wrapper
+            compiled = torch.compile(wrapper, dynamic=False)
+            state = {"fn": compiled}
+
+            def run(*args: Tensor) -> Tensor:
+                try:
+                    return state["fn"](*args)
+                except Exception as exc:  # a missing compiler or backend: fall back, once
+                    if state["fn"] is eager:
+                        raise
+                    logger.warning("torch.compile failed (%s); running the folded network", exc)
+                    state["fn"] = eager
+                    self.mode = "freeze"
+                    return eager(*args)
+
+            return run
+        return wrapper
+
+    def _autocast(self) -> AbstractContextManager:
+        if self.precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _forward(self, batch: _Batch) -> Tensor:
+        n = len(batch.items)
+        x, guide = batch.x, batch.guide
+        if self.mode == "compile" and n < self.batch_size:  # one static shape: no recompiles
+            pad = self.batch_size - n
+            x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
+            if guide is not None:
+                guide = torch.cat([guide, guide.new_zeros((pad, *guide.shape[1:]))])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            if guide is not None:
+                guide = guide.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            out = self._run(x) if guide is None else self._run(x, guide)
+        return out[:n].float()
+
+    # -- public API --------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "weights": self.weights, "weights_sha256": self.sha256,
+            "architecture": self.architecture, "precision": self.precision,
+            "threshold": self.threshold, "stability_delta": self.stability_delta,
+            "relax": G.RELAX, "input_size": G.INPUT_SIZE, "corner_pad": G.CORNER_PAD,
+            "sigma": G.SIGMA,
+        }
+
+    def segment(self, requests: Sequence[SegmentRequest]) -> list[list[Prediction]]:
+        items = self._items(requests)
+        results: list[list[Prediction | None]] = [[None] * len(r.boxes) for r in requests]
+        batches = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        if not batches:
+            return [[] for _ in requests]
+        if self.device.type == "cuda":
+            self._main_stream = torch.cuda.current_stream(self.device)
+        prep = self._pool("_prep_pool", 1)
+        post = self._pool("_post_pool", self._workers)
+        pending: list[Future] = []
+        next_batch = prep.submit(self._prepare, batches[0], requests)
+        for k in range(len(batches)):
+            batch = next_batch.result()
+            if k + 1 < len(batches):
+                next_batch = prep.submit(self._prepare, batches[k + 1], requests)
+            if batch.ready is not None:
+                self._main_stream.wait_event(batch.ready)
+            fine = self._forward(batch)
+            pending += self._finish(batch, fine, requests, post)
+        for fut in pending:
+            (r, b), prediction = fut.result()
+            results[r][b] = prediction
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for name in ("_prep_pool", "_post_pool"):
+            pool = getattr(self, name, None)
+            if pool is not None:
+                pool.shutdown(wait=True)
+                setattr(self, name, None)
+
+    # -- steps -------------------------------------------------------------------------------
+    def _pool(self, name: str, workers: int) -> ThreadPoolExecutor:
+        pool = getattr(self, name)
+        if pool is None:
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"iog{name}")
+            setattr(self, name, pool)
+        return pool
+
+    def _items(self, requests: Sequence[SegmentRequest]) -> list[_Item]:
+        items = []
+        for r, req in enumerate(requests):
+            inside = req.inside if req.inside is not None else default_inside_points(req.boxes)
+            for b, box in enumerate(req.boxes):
+                extra = list(req.extra_clicks[b]) if req.extra_clicks else []
+                if extra and self.architecture != "iog-refinement":
+                    raise ValueError(
+                        "extra clicks need the refinement network: load the refinement "
+                        "checkpoint (IOG_PASCAL_SBD_REFINEMENT.pth) instead of "
+                        f"{self.weights or 'this IOG network'}")
+                items.append(_Item(r, b, tuple(int(v) for v in box),
+                                   (float(inside[b, 0]), float(inside[b, 1])), extra))
+        return items
+
+    def _prepare(self, items: list[_Item], requests: Sequence[SegmentRequest]) -> _Batch:
+        if self.use_torch_preprocess:
+            return self._prepare_torch(items, requests)
+        return prepare_numpy(items, requests, self.architecture == "iog-refinement")
+
+    def _prepare_torch(self, items: list[_Item], requests: Sequence[SegmentRequest]) -> _Batch:
+        cuda = self.device.type == "cuda"
+        if cuda and self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(self.device)
+        ctx = torch.cuda.stream(self._side_stream) if cuda else nullcontext()
+        with ctx, torch.inference_mode():
+            batch = prepare_torch(items, requests, self.architecture == "iog-refinement",
+                                  self.device)
+            if cuda:
+                batch.ready = torch.cuda.Event()
+                batch.ready.record(self._side_stream)
+                for t in (batch.x, batch.guide):
+                    if t is not None:  # used on the main stream: keep it alive until then
+                        t.record_stream(self._main_stream)
+        return batch
+
+    def _finish(self, batch: _Batch, fine: Tensor, requests: Sequence[SegmentRequest],
+                post: ThreadPoolExecutor) -> list[Future]:
+        scores = G.stability_score_torch(fine, self.stability_delta).cpu().tolist()
+        futures = []
+        if self.device.type == "cuda":
+            crops = []
+            for i, item in enumerate(batch.items):
+                h, w = requests[item.request].image.shape[:2]
+                crops.append(mask_crop_torch(fine[i], item.guidance.crop_box, h, w,
+                                             self.threshold))
+            done = torch.cuda.Event()
+            done.record()
+            for item, crop, score in zip(batch.items, crops, scores, strict=True):
+                futures.append(post.submit(self._paste_torch, item, crop, done, score, requests))
+        else:
+            fine_np = fine[:, 0].numpy()
+            for i, (item, score) in enumerate(zip(batch.items, scores, strict=True)):
+                futures.append(post.submit(self._paste_numpy, item, fine_np[i], score, requests))
+        return futures
+
+    def _prediction(self, item: _Item, mask: np.ndarray, score: float) -> Prediction:
+        extras: dict[str, Any] = {"stability": score}
+        if item.extra_512:
+            extras["refinement_clicks"] = len(item.extra_512)
+        return Prediction(mask=mask, score=score, clicks=item.clicks(), extras=extras)
+
+    def _paste_numpy(self, item: _Item, fine_512: np.ndarray, score: float,
+                     requests: Sequence[SegmentRequest]) -> tuple[tuple[int, int], Prediction]:
+        h, w = requests[item.request].image.shape[:2]
+        p = G.probability_crop(fine_512, item.guidance.crop_box)
+        mask = G.paste(p > self.threshold, item.guidance.crop_box, (h, w))
+        return (item.request, item.box_index), self._prediction(item, mask, score)
+
+    def _paste_torch(self, item: _Item, crop: Tensor | None, done: Any, score: float,
+                     requests: Sequence[SegmentRequest]) -> tuple[tuple[int, int], Prediction]:
+        done.synchronize()
+        h, w = requests[item.request].image.shape[:2]
+        mask = np.zeros((h, w), dtype=bool)
+        slices = G.inside_slices(item.guidance.crop_box, h, w)
+        if slices is not None and crop is not None:
+            mask[slices[0]] = crop.numpy()
+        return (item.request, item.box_index), self._prediction(item, mask, score)
+
+
+# --------------------------------------------------------------------------- batch building
+
+
+def prepare_numpy(items: Sequence[_Item], requests: Sequence[SegmentRequest],
+                  refinement: bool) -> _Batch:
+    """Network inputs of a batch with the numpy/OpenCV reference functions (CPU)."""
+    x = torch.empty((len(items), 5, G.INPUT_SIZE, G.INPUT_SIZE), dtype=torch.float32)
+    guide = torch.empty((len(items), 2, G.INPUT_SIZE, G.INPUT_SIZE)) if refinement else None
+    for i, item in enumerate(items):
+        g = item.guidance
+        maps = G.guidance_maps(g.inside_512, g.corners_512)
+        crop = G.crop_resized(requests[item.request].image, g.crop_box)
+        x[i] = torch.from_numpy(G.network_input(crop, maps))
+        if guide is not None:
+            for cx, cy, positive in item.extra_512:
+                maps = G.add_click(maps, (cx, cy), positive)
+            guide[i] = torch.from_numpy(maps)
+    return _Batch(list(items), x, guide)
+
+
+def prepare_torch(items: Sequence[_Item], requests: Sequence[SegmentRequest], refinement: bool,
+                  device: torch.device) -> _Batch:
+    """Network inputs of a batch computed with torch on ``device`` (the GPU path)."""
+    size = G.INPUT_SIZE
+    x = torch.empty((len(items), 5, size, size), dtype=torch.float32, device=device)
+    images: dict[int, Tensor] = {}
+    for i, item in enumerate(items):
+        if item.request not in images:
+            array = np.ascontiguousarray(requests[item.request].image)
+            src = torch.from_numpy(array)
+            if device.type == "cuda":
+                src = src.pin_memory()
+            images[item.request] = src.to(device, non_blocking=True).permute(2, 0, 1)
+        x[i, :3] = G.crop_resized_torch(images[item.request], item.guidance.crop_box, size)
+    clicks = torch.from_numpy(np.stack([it.guidance.clicks_512() for it in items])).to(device)
+    x[:, 3:] = G.guidance_maps_torch(clicks, size)
+    guide = None
+    if refinement:
+        guide = x[:, 3:5].clone()
+        for i, item in enumerate(items):
+            for cx, cy, positive in item.extra_512:
+                guide[i] = G.add_click_torch(guide[i], (cx, cy), positive)
+    return _Batch(list(items), x, guide)
+
+
+def mask_crop_torch(fine_512: Tensor, crop_box: Sequence[int], height: int, width: int,
+                    threshold: float) -> Tensor | None:
+    """The in-image part of one box's thresholded probability crop, as a CPU bool tensor copied
+    asynchronously (pinned memory); None when the crop does not touch the image."""
+    slices = G.inside_slices(crop_box, height, width)
+    if slices is None:
+        return None
+    p = G.probability_crop_torch(fine_512, crop_box)
+    mask = p[slices[1]] > threshold
+    out = torch.empty(mask.shape, dtype=torch.bool, pin_memory=True)
+    return out.copy_(mask, non_blocking=True)

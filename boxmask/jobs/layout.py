@@ -1,0 +1,90 @@
+"""Where everything of a conversion lives inside its output directory.
+
+```
+<output>/
+  plan.json                 the contract: settings, engine, shard list (written last by `plan`)
+  labels.json               class ids and names seen by the reader
+  shards/000000.jsonl       input items of shard 0: {"record": ...} or {"error": ...} per line
+  state/leases/000000.lease who works on shard 0 now (O_EXCL file, mtime = heartbeat)
+  state/results/000000.jsonl one ImageResult per input item, appended in item order
+  state/done/000000.json    shard 0 finished: counts and checksums
+  logs/                     cluster job logs
+  <format>/...              per-image outputs of each format, then its index files after merge
+  masks.jsonl errors.jsonl manifest.json   written by merge
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class JobLayout:
+    """Paths of one conversion's output directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.json"
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "labels.json"
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def leases_dir(self) -> Path:
+        return self.state_dir / "leases"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.state_dir / "results"
+
+    @property
+    def done_dir(self) -> Path:
+        return self.state_dir / "done"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def sidecar(self) -> Path:
+        return self.root / "masks.jsonl"
+
+    @property
+    def errors(self) -> Path:
+        return self.root / "errors.jsonl"
+
+    @staticmethod
+    def shard_name(shard_id: int) -> str:
+        return f"{shard_id:06d}"
+
+    def shard_file(self, shard_id: int) -> Path:
+        return self.shards_dir / f"{self.shard_name(shard_id)}.jsonl"
+
+    def lease_file(self, shard_id: int) -> Path:
+        return self.leases_dir / f"{self.shard_name(shard_id)}.lease"
+
+    def results_file(self, shard_id: int) -> Path:
+        return self.results_dir / f"{self.shard_name(shard_id)}.jsonl"
+
+    def done_file(self, shard_id: int) -> Path:
+        return self.done_dir / f"{self.shard_name(shard_id)}.json"
+
+    def make_dirs(self) -> None:
+        for d in (self.shards_dir, self.leases_dir, self.results_dir, self.done_dir):
+            d.mkdir(parents=True, exist_ok=True)

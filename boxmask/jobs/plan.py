@@ -1,0 +1,241 @@
+"""Planning: stream a source into deterministic shards and write the plan, the job's contract.
+
+A plan fixes everything that determines the output: source and options, formats, engine settings
+(with the weights' sha256), inside-point policy, decoding limits and the shard list. Workers read
+their settings from it and refuse to run when their engine would differ; ``convert`` on an existing
+output directory resumes only if the requested settings equal the planned ones.
+
+Shards group whole images (all boxes of an image in one shard) in source order: shard ``i`` holds
+items ``i*shard_size .. (i+1)*shard_size - 1``. Planning the same input twice gives the same shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..atomic import atomic_open, atomic_write_text
+from ..imageio import DEFAULT_MAX_PIXELS
+from ..labels import LabelMap
+from ..readers import open_reader
+from ..records import ErrorRecord, ImageRecord
+from .layout import JobLayout
+
+log = logging.getLogger(__name__)
+
+PLAN_FORMAT = 1
+
+
+class PlanMismatchError(RuntimeError):
+    """The requested settings differ from the plan already in the output directory."""
+
+
+@dataclass
+class Settings:
+    """Everything a user chooses that changes the output of a conversion."""
+
+    source: str
+    input: str
+    formats: list[str]
+    images_root: str | None = None
+    labels_file: str | None = None
+    reader_options: dict[str, Any] = field(default_factory=dict)
+    engine: str = "grabcut"
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    inside_point: str = "center"
+    inside_options: dict[str, Any] = field(default_factory=dict)
+    exif: str = "auto"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_box_side: int = 2
+    shard_size: int = 1000
+    limit: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Settings:
+        return cls(**d)
+
+    def normalized(self) -> Settings:
+        """Absolute paths, sorted-unique formats: the form stored in and compared with the plan."""
+        s = Settings.from_json(json.loads(json.dumps(self.to_json())))
+        s.input = str(Path(s.input).absolute())
+        if s.images_root is not None:
+            s.images_root = str(Path(s.images_root).absolute())
+        if s.labels_file is not None:
+            s.labels_file = str(Path(s.labels_file).absolute())
+        s.formats = sorted(set(s.formats))
+        return s
+
+
+RUNTIME_ENGINE_OPTIONS = frozenset({"device", "batch_size", "workers", "num_threads"})
+"""Engine options that change speed, not masks: a worker may choose them freely."""
+
+
+def contract(settings: Settings, engine_description: dict[str, Any]) -> dict[str, Any]:
+    """The part of a plan two runs must agree on to share an output directory."""
+    s = settings.normalized().to_json()
+    s["engine_options"] = {k: v for k, v in s["engine_options"].items()
+                           if k not in RUNTIME_ENGINE_OPTIONS}
+    return {"settings": s, "engine": engine_description}
+
+
+def contract_hash(c: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()
+
+
+def load_plan(out_dir: str | Path) -> dict[str, Any] | None:
+    """The plan of ``out_dir``, or None when there is no (complete) plan yet."""
+    path = JobLayout(out_dir).plan
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def describe_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Human-readable list of the keys where two JSON-like values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b)):
+            out += describe_differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    if a != b:
+        return [f"{prefix.rstrip('.')}: planned {a!r}, requested {b!r}"]
+    return []
+
+
+def check_contract(plan: dict[str, Any], requested: dict[str, Any]) -> None:
+    """Raise ``PlanMismatchError`` listing the differences when ``requested`` != the plan."""
+    if contract_hash(plan["contract"]) == contract_hash(requested):
+        return
+    diffs = describe_differences(plan["contract"], requested)
+    raise PlanMismatchError(
+        "the output directory holds a conversion with other settings:\n  "
+        + "\n  ".join(diffs[:20])
+        + "\nUse another --output, or --force to discard the existing conversion."
+    )
+
+
+def discard_job(out_dir: str | Path) -> None:
+    """Remove a previous conversion's plan, state and outputs from ``out_dir`` (``--force``)."""
+    root = Path(out_dir)
+    layout = JobLayout(root)
+    for p in (layout.plan, layout.labels, layout.manifest, layout.sidecar, layout.errors):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    for d in (layout.shards_dir, layout.state_dir):
+        shutil.rmtree(d, ignore_errors=True)
+    from ..writers import FORMATS
+
+    for name in FORMATS:
+        shutil.rmtree(root / name, ignore_errors=True)
+
+
+def resolve_settings(settings: Settings) -> Settings:
+    """Normalised settings with the reader's default images root filled in."""
+    settings = settings.normalized()
+    if settings.images_root is None:
+        reader = open_reader(settings.source, settings.input, None,
+                             labels_file=settings.labels_file, **settings.reader_options)
+        settings.images_root = str(Path(reader.images_root).absolute())
+    return settings
+
+
+class _ShardSink:
+    """Writes items into consecutive shard files of ``shard_size`` items each."""
+
+    def __init__(self, layout: JobLayout, shard_size: int) -> None:
+        self.layout = layout
+        self.shard_size = shard_size
+        self.shards: list[dict[str, Any]] = []
+        self._ctx = None
+        self._file = None
+        self._current: dict[str, Any] = {}
+
+    def add(self, item: ImageRecord | ErrorRecord) -> None:
+        if self._file is None:
+            shard_id = len(self.shards)
+            self._ctx = atomic_open(self.layout.shard_file(shard_id), "w", fsync=False)
+            self._file = self._ctx.__enter__()
+            self._current = {"id": shard_id, "items": 0, "images": 0, "boxes": 0,
+                             "read_errors": 0}
+        cur = self._current
+        if isinstance(item, ImageRecord):
+            line = {"record": item.to_json()}
+            cur["images"] += 1
+            cur["boxes"] += len(item.boxes)
+        else:
+            line = {"error": item.to_json()}
+            cur["read_errors"] += 1
+        self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
+        cur["items"] += 1
+        if cur["items"] >= self.shard_size:
+            self.close()
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(None, None, None)
+            self.shards.append(self._current)
+            self._ctx, self._file = None, None
+
+
+def make_plan(settings: Settings, out_dir: str | Path,
+              engine_description: dict[str, Any]) -> dict[str, Any]:
+    """Stream the source into shard files and write ``plan.json``; return the plan.
+
+    ``plan.json`` is written last: a directory without it has no plan, and planning starts over.
+    """
+    settings = resolve_settings(settings)
+    layout = JobLayout(out_dir)
+    if layout.shards_dir.exists():
+        shutil.rmtree(layout.shards_dir)
+    layout.make_dirs()
+    reader = open_reader(settings.source, settings.input, settings.images_root,
+                         labels_file=settings.labels_file, **settings.reader_options)
+    started = time.time()
+    sink = _ShardSink(layout, settings.shard_size)
+    labels: LabelMap = reader.labels()
+    n_items = 0
+    try:
+        for item in reader:
+            if settings.limit is not None and n_items >= settings.limit:
+                break
+            sink.add(item)
+            n_items += 1
+            if isinstance(item, ImageRecord):
+                for box in item.boxes:
+                    if box.label not in labels:
+                        labels.add(box.label)
+    finally:
+        sink.close()
+
+    keys = ("items", "images", "boxes", "read_errors")
+    totals = {k: sum(s[k] for s in sink.shards) for k in keys}
+    labels.save(layout.labels)
+    plan = {
+        "plan_format": PLAN_FORMAT,
+        "boxmask_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "planning_seconds": round(time.time() - started, 3),
+        "contract": contract(settings, engine_description),
+        "reader": reader.describe(),
+        "totals": {**totals, "shards": len(sink.shards)},
+        "shards": sink.shards,
+    }
+    atomic_write_text(layout.plan, json.dumps(plan, indent=1, ensure_ascii=False))
+    log.info("planned %d images, %d boxes in %d shards", totals["images"], totals["boxes"],
+             len(sink.shards))
+    return plan
+
+
+def plan_settings(plan: dict[str, Any]) -> Settings:
+    return Settings.from_json(plan["contract"]["settings"])

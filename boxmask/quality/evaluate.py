@@ -1,0 +1,687 @@
+"""Evaluate a conversion run against ground-truth instance masks.
+
+A run folder holds ``masks.jsonl`` (one line per mask: ``image_id``, ``image_path``, ``box_id``,
+``index``, ``label``, ``label_name``, ``box_xyxy`` in the library convention, ``rle`` = COCO RLE
+of the full-image mask, ...) and optionally ``errors.jsonl``. ``evaluate_run`` pairs every
+predicted mask with a ground-truth instance and reports mask IoU and Boundary IoU.
+
+Ground-truth formats (``gt_format``)
+------------------------------------
+``coco``
+    A COCO instances JSON (segmentations as polygons, uncompressed or compressed RLE). Matching:
+    by annotation id when the prediction's ``box_id`` is the id of an annotation of the same image
+    (the run was converted from that file), else by box IoU. Images are found by file name
+    (basename of ``image_path`` vs ``file_name``), then by ``image_id`` == COCO image id.
+    Crowd annotations are never matched by box; a prediction matched to one by id is reported as
+    ignored, as COCO's own evaluation ignores crowd regions.
+``voc``
+    A VOC-style folder: ``SegmentationObject/<image>.png`` (value k = the k-th ``<object>`` of
+    ``Annotations/<image>.xml``, 255 = void) and the XMLs (class names). Matching: the prediction
+    with ``index`` k is object k + 1. Void pixels are excluded from intersection and union, as in
+    the official VOC segmentation evaluation.
+``mask-folder``
+    ``<gt>/<image_id>.png`` per image: a binary PNG (one object: every non-zero pixel when the only
+    non-zero value is 1 or 255) or an instance-index PNG (value k = instance k, 255 = void).
+    Matching: by box IoU.
+
+Box-IoU matching is greedy and one-to-one per image: the pair with the highest IoU between the
+prediction's input box and the GT box (COCO ``bbox``, else the instance's tight box) first, down to
+``min_box_iou``.
+
+Measures
+--------
+* mask IoU: ``|P & G| / |P | G|`` in pixels, void excluded. Equal to ``pycocotools.mask.iou``
+  where there is no void.
+* Boundary IoU (Cheng et al., "Boundary IoU: Improving Object-Centric Image Segmentation
+  Evaluation", CVPR 2021; reference code ``bowenc0221/boundary-iou-api``): the IoU of the two
+  masks' inner boundary bands, ``|(P_d & P) & (G_d & G)| / |(P_d & P) | (G_d & G)|``, where
+  ``X_d & X`` are the pixels of X within distance d of its contour. As in the reference code the
+  band is ``X - erode(X, 3x3, d times)`` with the image padded by one background pixel (so an
+  object cut by the image border has a boundary there), i.e. the pixels of X whose chessboard
+  distance to the nearest background pixel is <= d; ``d = max(1, round(0.02 * image diagonal))``.
+  Void pixels are excluded from both bands.
+* fraction of pairs with IoU >= 0.5 / 0.75 / 0.9; overall, per class (the GT class where the GT
+  has classes, else the prediction's ``label_name``) and per box-size bucket (COCO area limits
+  applied to the prediction's input box area: small < 32^2, medium < 96^2, large otherwise).
+
+Unmatched predictions (with a reason) and unmatched GT instances are counted. GT instances count
+only in images the run touched (a prediction or an error for the image): evaluating a run over a
+subset of a large GT file does not count the rest as misses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import xml.etree.ElementTree as ET
+from abc import ABC, abstractmethod
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import groupby
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from ..atomic import atomic_write_text
+from ..boxes import area as box_area
+from ..boxes import from_xywh, mask_to_box
+from ..boxes import iou as box_iou
+from ..records import BoxXYXY
+from ..safepath import UnsafePathError, check_component
+
+log = logging.getLogger(__name__)
+
+GT_FORMATS = ("coco", "voc", "mask-folder")
+MATCH_MODES = ("auto", "id", "index", "iou")
+IOU_THRESHOLDS = (0.5, 0.75, 0.9)
+BOUNDARY_DILATION_RATIO = 0.02
+"""Boundary IoU band width as a fraction of the image diagonal (the paper's default)."""
+MIN_BOX_IOU = 0.5
+"""Box-IoU matching: lowest IoU between a prediction's input box and a GT box that pairs them."""
+SIZE_BUCKETS = (("small", 32**2), ("medium", 96**2), ("large", math.inf))
+"""COCO area ranges (px), applied to the prediction's input box area."""
+VOID = 255
+MAX_LISTED = 1000
+"""At most this many unmatched predictions / GT instances are listed by id in the result."""
+
+
+# ------------------------------------------------------------------ pixel measures
+
+def _union_crop(a: np.ndarray, b: np.ndarray) -> tuple[slice, slice] | None:
+    rows = np.flatnonzero(a.any(axis=1) | b.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero((a[rows[0]:rows[-1] + 1] | b[rows[0]:rows[-1] + 1]).any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def mask_iou(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:
+    """IoU of two H x W bool masks in pixels; ``void`` pixels count in neither term.
+
+    Two masks that are both empty (outside the void) have IoU 0.0.
+    """
+    inter = pred & gt
+    union = pred | gt
+    if void is not None:
+        inter &= ~void
+        union &= ~void
+    u = int(np.count_nonzero(union))
+    return int(np.count_nonzero(inter)) / u if u else 0.0
+
+
+def boundary_dilation(height: int, width: int,
+                      dilation_ratio: float = BOUNDARY_DILATION_RATIO) -> int:
+    """Band width d in pixels: ``max(1, round(dilation_ratio * image diagonal))``."""
+    return max(1, int(round(dilation_ratio * math.hypot(height, width))))
+
+
+def mask_boundary(mask: np.ndarray, dilation: int) -> np.ndarray:
+    """Inner boundary band of a 2-D bool mask: its pixels within chessboard distance ``dilation``
+    of a background pixel, the area outside the array counting as background."""
+    padded = np.pad(np.asarray(mask, dtype=bool), 1)
+    eroded = cv2.erode(padded.view(np.uint8), np.ones((3, 3), np.uint8), iterations=dilation)
+    return (padded & ~eroded.view(bool))[1:-1, 1:-1]
+
+
+def boundary_iou(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None,
+                 dilation_ratio: float = BOUNDARY_DILATION_RATIO) -> float:
+    """Boundary IoU (Cheng et al. 2021) of two H x W bool masks; see the module docstring.
+
+    Computed on the two masks' joint bounding box: outside it both masks are background, which the
+    zero padding reproduces exactly, so the result equals the full-image computation.
+    """
+    d = boundary_dilation(*gt.shape, dilation_ratio)
+    crop = _union_crop(pred, gt)
+    if crop is None:
+        return 0.0
+    bp = mask_boundary(pred[crop], d)
+    bg = mask_boundary(gt[crop], d)
+    return mask_iou(bp, bg, None if void is None else void[crop])
+
+
+def size_bucket(box: BoxXYXY) -> str:
+    """COCO size bucket of a library box by its pixel area."""
+    a = box_area(box)
+    return next(name for name, limit in SIZE_BUCKETS if a < limit)
+
+
+# ------------------------------------------------------------------ ground truth
+
+@dataclass
+class GTInstance:
+    """One ground-truth object of an image."""
+
+    gt_id: str
+    """COCO annotation id, or the instance value in a PNG."""
+    label: str
+    """Class name ("" when the GT has no classes)."""
+    box: BoxXYXY
+    """Box used for matching (library convention)."""
+    crowd: bool = False
+    _mask: np.ndarray | None = None
+    _decode: Callable[[], np.ndarray] | None = None
+
+    @property
+    def mask(self) -> np.ndarray:
+        """H x W bool mask, decoded on first use."""
+        if self._mask is None:
+            self._mask = self._decode()
+        return self._mask
+
+
+@dataclass
+class GTImage:
+    key: str
+    height: int
+    width: int
+    instances: dict[str, GTInstance] = field(default_factory=dict)
+    void: np.ndarray | None = None
+
+
+class GroundTruth(ABC):
+    """A source of GT images, looked up by the prediction's ``image_id`` / ``image_path``."""
+
+    format: str = ""
+    match: str = "iou"
+    """Matching used by ``match="auto"``."""
+
+    @abstractmethod
+    def find(self, image_id: str | None, image_path: str | None) -> str | None:
+        """Key of the GT image for a prediction or error, or None when the GT lacks it."""
+
+    @abstractmethod
+    def load(self, key: str) -> GTImage:
+        """The GT image (masks decoded lazily)."""
+
+    @abstractmethod
+    def num_images(self) -> int:
+        """Images in the GT."""
+
+    def by_id(self, key: str, box_id: str) -> str | None:
+        """The GT id that ``box_id`` names in image ``key`` (COCO annotation ids), if any."""
+        return None
+
+
+def _stem(path: str | None) -> str | None:
+    return PurePosixPath(path.replace("\\", "/")).stem if path else None
+
+
+def _safe(name: str | None) -> str | None:
+    if not name:
+        return None
+    try:
+        return check_component(name)
+    except UnsafePathError:
+        return None
+
+
+def _tight_box(mask: np.ndarray) -> BoxXYXY:
+    box = mask_to_box(mask)
+    return box if box is not None else (0, 0, -1, -1)
+
+
+class CocoGT(GroundTruth):
+    format = "coco"
+    match = "id"
+
+    def __init__(self, path: str | Path) -> None:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        self.images = {str(im["id"]): im for im in data.get("images", [])}
+        self.by_name = {PurePosixPath(im["file_name"]).name: k for k, im in self.images.items()}
+        self.by_stem = {PurePosixPath(im["file_name"]).stem: k for k, im in self.images.items()}
+        self.cats = {c["id"]: c.get("name", str(c["id"])) for c in data.get("categories", [])}
+        self.anns: dict[str, list[dict]] = {}
+        self.ann_image: dict[str, str] = {}
+        for a in data.get("annotations", []):
+            key = str(a["image_id"])
+            self.anns.setdefault(key, []).append(a)
+            self.ann_image[str(a["id"])] = key
+
+    def find(self, image_id: str | None, image_path: str | None) -> str | None:
+        if image_path:
+            name = PurePosixPath(image_path.replace("\\", "/")).name
+            if name in self.by_name:
+                return self.by_name[name]
+        if image_id is not None and str(image_id) in self.images:
+            return str(image_id)
+        stem = _stem(image_path) or image_id
+        return self.by_stem.get(stem) if stem else None
+
+    def num_images(self) -> int:
+        return len(self.images)
+
+    def by_id(self, key: str, box_id: str) -> str | None:
+        return box_id if self.ann_image.get(str(box_id)) == key else None
+
+    def load(self, key: str) -> GTImage:
+        im = self.images[key]
+        h, w = int(im["height"]), int(im["width"])
+        out = GTImage(key, h, w)
+        for a in self.anns.get(key, []):
+            inst = GTInstance(str(a["id"]), self.cats.get(a.get("category_id"), ""),
+                              (0, 0, -1, -1), bool(a.get("iscrowd", 0)),
+                              _decode=_coco_decoder(a["segmentation"], h, w))
+            # the annotation's bbox is what a run converted from this file used as input box
+            inst.box = from_xywh(*a["bbox"]) if a.get("bbox") else _tight_box(inst.mask)
+            out.instances[inst.gt_id] = inst
+        return out
+
+
+def _coco_decoder(seg: Any, h: int, w: int) -> Callable[[], np.ndarray]:
+    def decode() -> np.ndarray:
+        if isinstance(seg, list):  # polygons
+            rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+        elif isinstance(seg.get("counts"), list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(seg, h, w)
+        else:
+            rle = seg
+        return mask_utils.decode(rle).astype(bool)
+
+    return decode
+
+
+def _read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        if im.mode not in ("P", "L", "1", "I;16", "I"):
+            raise ValueError(f"{path}: expected a single-channel or palette PNG, "
+                             f"got mode {im.mode}")
+        return np.array(im)
+
+
+def _instances_from_png(key: str, values: np.ndarray, labels: list[str] | None, *,
+                        binary: bool) -> GTImage:
+    """PNG values -> GT image: value k = instance k (class ``labels[k - 1]``), 255 = void.
+
+    With ``binary``, a PNG whose only non-zero value is 1 or 255 is one object (every non-zero
+    pixel) instead of instance 1 / all void.
+    """
+    h, w = values.shape
+    present = sorted(set(np.unique(values).tolist()) - {0})
+    out = GTImage(key, h, w)
+    if binary and present in ([1], [VOID]):
+        m = values != 0
+        out.instances["1"] = GTInstance("1", labels[0] if labels else "", _tight_box(m), _mask=m)
+        return out
+    void = values == VOID
+    out.void = void if void.any() else None
+    for v in present:
+        if v == VOID:
+            continue
+        m = values == v
+        label = labels[v - 1] if labels and v - 1 < len(labels) else ""
+        out.instances[str(v)] = GTInstance(str(v), label, _tight_box(m), _mask=m)
+    return out
+
+
+class FolderGT(GroundTruth):
+    """``mask-folder``: ``<root>/<image_id>.png``."""
+
+    format = "mask-folder"
+    match = "iou"
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.masks = self.root
+
+    def find(self, image_id: str | None, image_path: str | None) -> str | None:
+        for key in (_safe(image_id), _safe(_stem(image_path))):
+            if key and (self.masks / f"{key}.png").is_file():
+                return key
+        return None
+
+    def num_images(self) -> int:
+        return sum(1 for _ in self.masks.glob("*.png"))
+
+    def labels(self, key: str) -> list[str] | None:
+        return None
+
+    def load(self, key: str) -> GTImage:
+        values = _read_png(self.masks / f"{key}.png")
+        return _instances_from_png(key, values, self.labels(key), binary=True)
+
+
+class VocGT(FolderGT):
+    """``voc``: ``SegmentationObject/<image>.png`` + ``Annotations/<image>.xml``."""
+
+    format = "voc"
+    match = "index"
+
+    def __init__(self, root: str | Path) -> None:
+        super().__init__(root)
+        self.masks = self.root / "SegmentationObject"
+        if not self.masks.is_dir():
+            raise FileNotFoundError(f"{self.masks} is not a folder")
+
+    def labels(self, key: str) -> list[str] | None:
+        xml = self.root / "Annotations" / f"{key}.xml"
+        if not xml.is_file():
+            return None
+        return [(o.findtext("name") or "").strip() for o in ET.parse(xml).getroot().iter("object")]
+
+    def load(self, key: str) -> GTImage:
+        values = _read_png(self.masks / f"{key}.png")
+        return _instances_from_png(key, values, self.labels(key), binary=False)
+
+
+def open_gt(gt_path: str | Path, gt_format: str) -> GroundTruth:
+    """The ground truth at ``gt_path`` in one of ``GT_FORMATS``."""
+    if gt_format == "coco":
+        return CocoGT(gt_path)
+    if gt_format == "voc":
+        return VocGT(gt_path)
+    if gt_format == "mask-folder":
+        if not Path(gt_path).is_dir():
+            raise FileNotFoundError(f"{gt_path} is not a folder")
+        return FolderGT(gt_path)
+    raise ValueError(f"unknown GT format {gt_format!r}; choose from {', '.join(GT_FORMATS)}")
+
+
+# ------------------------------------------------------------------ the run
+
+def run_files(run_dir: str | Path) -> tuple[Path, Path]:
+    """``(masks.jsonl, errors.jsonl)`` of a run folder (or of the folder of a given masks file)."""
+    p = Path(run_dir)
+    masks = p if p.is_file() else p / "masks.jsonl"
+    if not masks.is_file():
+        raise FileNotFoundError(f"no masks.jsonl at {p}")
+    return masks, masks.parent / "errors.jsonl"
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Records of a JSON-lines file; blank lines are skipped, broken lines logged and skipped."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s:%d: not a JSON line, skipped", path, n)
+
+
+def _r(v: float) -> float:
+    return round(float(v), 6)
+
+
+@dataclass
+class _Acc:
+    """Running sums for one group of matched pairs."""
+
+    n: int = 0
+    iou: float = 0.0
+    biou: float = 0.0
+    ge: list[int] = field(default_factory=lambda: [0] * len(IOU_THRESHOLDS))
+
+    def add(self, iou: float, biou: float) -> None:
+        self.n += 1
+        self.iou += iou
+        self.biou += biou
+        for i, t in enumerate(IOU_THRESHOLDS):
+            self.ge[i] += iou >= t
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"count": self.n}
+        n = self.n
+        out["mean_iou"] = _r(self.iou / n) if n else None
+        out["mean_boundary_iou"] = _r(self.biou / n) if n else None
+        for t, c in zip(IOU_THRESHOLDS, self.ge, strict=True):
+            out[f"iou_ge_{t:g}"] = _r(c / n) if n else None
+        return out
+
+
+class _Evaluation:
+    """State of one ``evaluate_run`` pass (images are processed one group at a time)."""
+
+    def __init__(self, gt: GroundTruth, mode: str, *, fallback_iou: bool, min_box_iou: float,
+                 dilation_ratio: float, include_pairs: bool) -> None:
+        self.gt, self.mode, self.fallback_iou = gt, mode, fallback_iou
+        self.min_box_iou, self.dilation_ratio = min_box_iou, dilation_ratio
+        self.include_pairs = include_pairs
+        self.cache: OrderedDict[str, GTImage] = OrderedDict()
+        self.instances: dict[str, list[tuple[str, str, bool]]] = {}
+        self.used: dict[str, set[str]] = {}
+        self.counts: Counter[str] = Counter()
+        self.errors_by_stage: Counter[str] = Counter()
+        self.how: Counter[str] = Counter()
+        self.overall = _Acc()
+        self.per_class: dict[str, _Acc] = {}
+        self.per_size = {name: _Acc() for name, _ in SIZE_BUCKETS}
+        self.pairs: list[dict[str, Any]] = []
+        self.unmatched_preds: list[dict[str, Any]] = []
+
+    def _load(self, key: str) -> GTImage:
+        img = self.cache.get(key)
+        if img is None:
+            img = self.gt.load(key)
+            self.cache[key] = img
+            while len(self.cache) > 4:
+                self.cache.popitem(last=False)
+            self.instances.setdefault(
+                key, [(i.gt_id, i.label, i.crowd) for i in img.instances.values()])
+            self.used.setdefault(key, set())
+        else:
+            self.cache.move_to_end(key)
+        return img
+
+    def _unmatched(self, p: dict[str, Any], reason: str) -> None:
+        self.counts["unmatched_predictions"] += 1
+        if len(self.unmatched_preds) < MAX_LISTED:
+            self.unmatched_preds.append(
+                {"image_id": p.get("image_id"), "box_id": p.get("box_id"), "reason": reason})
+
+    def add_image(self, preds: list[dict[str, Any]]) -> None:
+        self.counts["predictions"] += len(preds)
+        key = self.gt.find(preds[0].get("image_id"), preds[0].get("image_path"))
+        if key is None:
+            for p in preds:
+                self._unmatched(p, "image not in the ground truth")
+            return
+        img = self._load(key)
+        by_box: list[dict[str, Any]] = []
+        for p in preds:
+            size = list(p["rle"]["size"])
+            if size != [img.height, img.width]:
+                self._unmatched(p, f"mask size {size[0]}x{size[1]} differs from the GT image "
+                                   f"size {img.height}x{img.width}")
+                continue
+            if self.mode == "id":
+                gid = self.gt.by_id(key, str(p.get("box_id")))
+                if gid is None:
+                    if self.fallback_iou:
+                        by_box.append(p)
+                    else:
+                        self._unmatched(p, "box_id is no annotation id of this image")
+                    continue
+                self._take(p, img, gid, "id")
+            elif self.mode == "index":
+                self._take(p, img, str(int(p["index"]) + 1), "index")
+            else:
+                by_box.append(p)
+        if by_box:
+            self._match_boxes(by_box, img)
+
+    def _take(self, p: dict[str, Any], img: GTImage, gid: str, how: str) -> None:
+        inst = img.instances.get(gid)
+        if inst is None:
+            self._unmatched(p, f"no GT instance {gid} in this image")
+        elif gid in self.used[img.key]:
+            self._unmatched(p, f"GT instance {gid} is already matched")
+        elif inst.crowd:
+            self.used[img.key].add(gid)
+            self.counts["ignored_crowd"] += 1
+        else:
+            self._pair(p, img, inst, how)
+
+    def _match_boxes(self, preds: list[dict[str, Any]], img: GTImage) -> None:
+        used = self.used[img.key]
+        cands = [i for i in img.instances.values() if not i.crowd and i.gt_id not in used]
+        scored = sorted(
+            ((box_iou(tuple(p["box_xyxy"]), inst.box), pi, inst.gt_id)
+             for pi, p in enumerate(preds) for inst in cands),
+            key=lambda t: (-t[0], t[1], t[2]))
+        taken: set[int] = set()
+        for s, pi, gid in scored:
+            if s < self.min_box_iou:
+                break
+            if pi in taken or gid in used:
+                continue
+            taken.add(pi)
+            self._pair(preds[pi], img, img.instances[gid], "iou")
+        for pi, p in enumerate(preds):
+            if pi not in taken:
+                self._unmatched(p, f"no unmatched GT box with box IoU >= {self.min_box_iou:g}")
+
+    def _pair(self, p: dict[str, Any], img: GTImage, inst: GTInstance, how: str) -> None:
+        pred = mask_utils.decode(p["rle"]).astype(bool)
+        iou = mask_iou(pred, inst.mask, img.void)
+        biou = boundary_iou(pred, inst.mask, img.void, self.dilation_ratio)
+        box = tuple(int(v) for v in p["box_xyxy"])
+        bucket = size_bucket(box)
+        label = inst.label or p.get("label_name") or str(p.get("label", ""))
+        self.used[img.key].add(inst.gt_id)
+        self.how[how] += 1
+        self.overall.add(iou, biou)
+        self.per_class.setdefault(label, _Acc()).add(iou, biou)
+        self.per_size[bucket].add(iou, biou)
+        if self.include_pairs:
+            self.pairs.append({
+                "image_id": p.get("image_id"), "box_id": p.get("box_id"), "gt_image": img.key,
+                "gt_id": inst.gt_id, "label": label, "iou": _r(iou), "boundary_iou": _r(biou),
+                "box_iou": _r(box_iou(box, inst.box)), "size": bucket, "match": how,
+            })
+
+    def add_error(self, e: dict[str, Any]) -> None:
+        self.counts["errors"] += 1
+        self.errors_by_stage[str(e.get("stage", "unknown"))] += 1
+        key = self.gt.find(e.get("image_id"), e.get("image_path"))
+        if key is not None and key not in self.instances:
+            self._load(key)
+
+    def result(self) -> dict[str, Any]:
+        unmatched_gt: list[dict[str, Any]] = []
+        n_gt = n_missed = 0
+        for key in sorted(self.instances):
+            for gid, label, crowd in self.instances[key]:
+                if crowd:
+                    continue
+                n_gt += 1
+                if gid not in self.used[key]:
+                    n_missed += 1
+                    if len(unmatched_gt) < MAX_LISTED:
+                        unmatched_gt.append({"gt_image": key, "gt_id": gid, "label": label})
+        counts = {
+            "predictions": self.counts["predictions"],
+            "matched": self.overall.n,
+            "unmatched_predictions": self.counts["unmatched_predictions"],
+            "ignored_crowd": self.counts["ignored_crowd"],
+            "gt_instances": n_gt,
+            "unmatched_gt": n_missed,
+            "images_evaluated": len(self.instances),
+            "errors": self.counts["errors"],
+            "errors_by_stage": dict(sorted(self.errors_by_stage.items())),
+        }
+        out: dict[str, Any] = {
+            "counts": counts,
+            "gt_recall": _r(self.overall.n / n_gt) if n_gt else None,
+            "overall": self.overall.summary(),
+            "per_class": {k: a.summary() for k, a in sorted(self.per_class.items())},
+            "per_size": {k: a.summary() for k, a in self.per_size.items()},
+            "match_counts": dict(sorted(self.how.items())),
+            "unmatched": {"predictions": self.unmatched_preds, "gt": unmatched_gt,
+                          "listed_at_most": MAX_LISTED},
+        }
+        if self.include_pairs:
+            out["pairs"] = self.pairs
+        return out
+
+
+def evaluate_run(run_dir: str | Path, gt_path: str | Path, gt_format: str, *,
+                 match: str = "auto", min_box_iou: float = MIN_BOX_IOU,
+                 dilation_ratio: float = BOUNDARY_DILATION_RATIO,
+                 include_pairs: bool = True) -> dict[str, Any]:
+    """Evaluate the masks of a run against ground truth; a JSON-able result dict.
+
+    Args:
+        run_dir: the run folder (with ``masks.jsonl``, optionally ``errors.jsonl``), or the
+            ``masks.jsonl`` file itself. Lines of one image are expected to be consecutive.
+        gt_path: COCO instances JSON, VOC root folder, or mask folder.
+        gt_format: one of ``GT_FORMATS``.
+        match: ``auto`` (COCO: annotation id, falling back to box IoU; VOC: index; mask folder:
+            box IoU), ``id`` (COCO only, no fallback), ``index`` (prediction ``index`` k -> PNG
+            value k + 1; VOC and mask folder) or ``iou``.
+        min_box_iou: lowest box IoU that pairs a prediction with a GT instance.
+        dilation_ratio: Boundary IoU band width as a fraction of the image diagonal.
+        include_pairs: list every matched pair (ids, IoU, Boundary IoU) in ``result["pairs"]``.
+
+    The result holds ``counts``, ``overall`` / ``per_class`` / ``per_size`` summaries (``count``,
+    ``mean_iou``, ``mean_boundary_iou``, ``iou_ge_0.5`` / ``0.75`` / ``0.9`` fractions; ``None``
+    for an empty group), ``gt_recall`` (matched / GT instances of the evaluated images),
+    ``match_counts`` (pairs per matching rule), the unmatched ids with reasons, and settings.
+    """
+    if match not in MATCH_MODES:
+        raise ValueError(f"unknown match mode {match!r}; choose from {', '.join(MATCH_MODES)}")
+    gt = open_gt(gt_path, gt_format)
+    mode = gt.match if match == "auto" else match
+    if mode == "id" and gt.format != "coco":
+        raise ValueError("match='id' needs COCO ground truth (annotation ids)")
+    if mode == "index" and gt.format == "coco":
+        raise ValueError("match='index' needs PNG ground truth (voc or mask-folder)")
+    masks_path, errors_path = run_files(run_dir)
+    ev = _Evaluation(gt, mode, fallback_iou=match == "auto", min_box_iou=min_box_iou,
+                     dilation_ratio=dilation_ratio, include_pairs=include_pairs)
+    for _, group in groupby(iter_jsonl(masks_path),
+                            key=lambda r: (r.get("image_id"), r.get("image_path"))):
+        ev.add_image(list(group))
+    if errors_path.is_file():
+        for e in iter_jsonl(errors_path):
+            ev.add_error(e)
+    result = {
+        "run": str(masks_path.parent),
+        "gt": {"path": str(gt_path), "format": gt.format, "images": gt.num_images()},
+        "settings": {"match": match, "match_used": mode, "min_box_iou": min_box_iou,
+                     "boundary": "boundary_iou", "dilation_ratio": dilation_ratio,
+                     "size_buckets_on": "input box area",
+                     "iou_thresholds": list(IOU_THRESHOLDS)},
+    }
+    result.update(ev.result())
+    o, c = result["overall"], result["counts"]
+    log.info("evaluated %d of %d predictions against %d GT instances: mean IoU %s, "
+             "mean Boundary IoU %s", c["matched"], c["predictions"], c["gt_instances"],
+             o["mean_iou"], o["mean_boundary_iou"])
+    return result
+
+
+def write_eval(result: dict[str, Any], path: str | Path) -> Path:
+    """Write ``result`` as JSON atomically; a folder ``path`` gets ``<path>/eval.json``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "eval.json"
+    atomic_write_text(path, json.dumps(result, indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """A short human-readable table of an ``evaluate_run`` result."""
+    def row(name: str, s: dict[str, Any]) -> str:
+        if not s["count"]:
+            return f"{name:<24} {0:>7}"
+        return (f"{name:<24} {s['count']:>7} {s['mean_iou']:>8.4f} {s['mean_boundary_iou']:>8.4f}"
+                + "".join(f" {s[f'iou_ge_{t:g}']:>7.3f}" for t in IOU_THRESHOLDS))
+
+    c = result["counts"]
+    lines = [f"{'group':<24} {'count':>7} {'mIoU':>8} {'mBIoU':>8}"
+             + "".join(f" {f'>={t:g}':>7}" for t in IOU_THRESHOLDS),
+             row("overall", result["overall"])]
+    lines += [row(f"size:{k}", s) for k, s in result["per_size"].items()]
+    lines += [row(f"class:{k}"[:24], s) for k, s in result["per_class"].items()]
+    lines.append(f"predictions {c['predictions']}, matched {c['matched']}, unmatched "
+                 f"{c['unmatched_predictions']}; GT instances {c['gt_instances']}, unmatched "
+                 f"{c['unmatched_gt']}; errors {c['errors']}")
+    return lines

@@ -1,0 +1,249 @@
+"""Workers as Slurm job arrays: the batch script, its signal forwarding, and real submissions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from boxmask.jobs.slurm import (
+    SlurmError,
+    array_sizes,
+    cancel,
+    default_worker_command,
+    parse_job_id,
+    read_max_array_size,
+    render_sbatch,
+    slurm_status,
+    submit_array,
+)
+from tests.slurm_cluster import SlurmCluster, wait_for
+
+# The `slurm` fixture: the one-node test cluster, started once per session.
+pytest_plugins = ["tests.slurm_cluster"]
+
+# Stands in for `boxmask work DIR --worker-id ID`: records that it started and which signal it
+# got in DIR/markers/, then exits. Its first argument is the behaviour: "exit:N" exits N at once,
+# "wait:N" waits for SIGUSR1 or SIGTERM and then exits N.
+STAND_IN_WORKER = textwrap.dedent("""
+    import signal, sys, time
+    from pathlib import Path
+
+    behaviour, args = sys.argv[1], sys.argv[2:]
+    assert args[0] == "work" and args[2] == "--worker-id" and len(args) == 4, args
+    markers = Path(args[1]) / "markers"
+    markers.mkdir(exist_ok=True)
+    worker_id = args[3]
+    mode, code = behaviour.split(":")
+
+    def stop(signum, frame):
+        (markers / f"{worker_id}.{signal.Signals(signum).name}").touch()
+        sys.exit(int(code))
+
+    signal.signal(signal.SIGUSR1, stop)
+    signal.signal(signal.SIGTERM, stop)
+    (markers / f"{worker_id}.started").touch()
+    while mode == "wait":
+        time.sleep(0.05)
+    sys.exit(int(code))
+""")
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path) -> Path:
+    path = tmp_path / "stand_in_worker.py"
+    path.write_text(STAND_IN_WORKER)
+    return path
+
+
+def directives(script: str) -> dict[str, str]:
+    """``{"--name": "value"}`` of a batch script's ``#SBATCH --name[=value]`` lines."""
+    out = {}
+    for line in script.splitlines():
+        if line.startswith("#SBATCH "):
+            name, _, value = line.removeprefix("#SBATCH ").partition("=")
+            out[name] = value
+    return out
+
+
+def markers(output_dir: Path) -> set[str]:
+    d = output_dir / "markers"
+    return {p.name for p in d.iterdir()} if d.is_dir() else set()
+
+
+# --- the batch script, without a cluster -----------------------------------------------------
+
+
+def test_more_workers_than_max_array_size_are_split_into_full_arrays() -> None:
+    assert array_sizes(20, 9) == [9, 9, 2]
+    assert array_sizes(9, 9) == [9]
+    assert array_sizes(1, 9) == [1]
+    assert array_sizes(7, 1) == [1] * 7
+    with pytest.raises(ValueError):
+        array_sizes(0, 9)
+
+
+def test_batch_script_asks_for_requeue_grace_signal_and_per_task_logs(tmp_path: Path) -> None:
+    script = render_sbatch(tmp_path / "out", 9, partition="gpu", gpus_per_task=1,
+                           cpus_per_task=8, mem="32G", time="4:00:00", account="lab",
+                           qos="normal", throttle=3)
+    d = directives(script)
+    assert d["--array"] == "0-8%3"
+    assert "--requeue" in d
+    assert d["--signal"] == "B:USR1@120"
+    assert d["--open-mode"] == "append"
+    assert d["--output"] == f"{tmp_path}/out/logs/slurm-%A_%a.out"
+    assert (d["--partition"], d["--gpus-per-task"], d["--cpus-per-task"]) == ("gpu", "1", "8")
+    assert (d["--mem"], d["--time"], d["--account"], d["--qos"]) == ("32G", "4:00:00", "lab",
+                                                                     "normal")
+    assert "--gpus-per-task" not in directives(render_sbatch(tmp_path, 1))
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+
+
+def test_log_path_escapes_percent_and_quotes_spaces(tmp_path: Path) -> None:
+    d = directives(render_sbatch(tmp_path / "100% done", 2))
+    assert d["--output"] == f'"{tmp_path}/100%% done/logs/slurm-%A_%a.out"'
+    with pytest.raises(ValueError, match="quote"):
+        render_sbatch(tmp_path / 'say "hi"', 2)
+
+
+def test_workers_run_with_the_submitters_python_environment() -> None:
+    command = default_worker_command()
+    env_bin = os.path.dirname(os.path.abspath(sys.executable))
+    assert os.path.dirname(command[0]) == env_bin
+    assert os.access(command[0], os.X_OK)
+
+
+def test_sbatch_parsable_output_gives_the_job_id() -> None:
+    assert parse_job_id("4242\n") == "4242"
+    assert parse_job_id("4242;cluster-a\n") == "4242"
+    with pytest.raises(SlurmError):
+        parse_job_id("sbatch: error: something\n")
+
+
+def run_script_locally(tmp_path: Path, stand_in: Path, behaviour: str) -> subprocess.Popen:
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    script = render_sbatch(out, 1, boxmask_cmd=[sys.executable, str(stand_in), behaviour])
+    env = {**os.environ, "SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "3"}
+    return subprocess.Popen(["bash", "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+def test_signal_to_the_batch_shell_is_forwarded_to_the_worker(
+    tmp_path: Path, stand_in: Path, sig: signal.Signals
+) -> None:
+    proc = run_script_locally(tmp_path, stand_in, "wait:3")
+    out = tmp_path / "out"
+    try:
+        wait_for(lambda: "slurm-77_3.started" in markers(out), timeout=20, what="the worker")
+        os.kill(proc.pid, sig)  # the shell only, as Slurm's --signal=B: does
+        stdout, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert f"slurm-77_3.{sig.name}" in markers(out)
+    assert proc.returncode == 3  # the worker's own status
+    assert "boxmask worker exited with status 3" in stdout
+
+
+def test_batch_script_exits_with_the_workers_status(tmp_path: Path, stand_in: Path) -> None:
+    proc = run_script_locally(tmp_path, stand_in, "exit:5")
+    proc.communicate(timeout=20)
+    assert proc.returncode == 5
+    assert markers(tmp_path / "out") == {"slurm-77_3.started"}
+
+
+# --- real submissions to the one-node test cluster -------------------------------------------
+
+
+@pytest.mark.slurm
+def test_workers_beyond_max_array_size_all_run_as_several_arrays(
+    slurm: SlurmCluster, tmp_path: Path, stand_in: Path
+) -> None:
+    out = tmp_path / "out"
+    assert read_max_array_size() == slurm.max_array_size == 4
+    job_ids = submit_array(out, 9, boxmask_cmd=[sys.executable, str(stand_in), "exit:0"])
+    assert len(job_ids) == 3
+    states = slurm.wait_finished(job_ids)
+    sizes = zip(job_ids, [4, 4, 1], strict=True)
+    expected = [f"{job}_{task}" for job, size in sizes for task in range(size)]
+    assert states == {task: "COMPLETED" for task in expected}
+    assert slurm_status(job_ids) == states
+    assert markers(out) == {f"slurm-{task}.started" for task in expected}
+    for task in expected:
+        log = (out / "logs" / f"slurm-{task}.out").read_text()
+        assert "boxmask worker exited with status 0" in log
+    assert {p.name for p in (out / "slurm").iterdir()} == {f"array-{j}.sbatch" for j in job_ids}
+
+
+@pytest.mark.slurm
+def test_usr1_to_a_running_task_stops_its_worker_cleanly(
+    slurm: SlurmCluster, tmp_path: Path, stand_in: Path
+) -> None:
+    out = tmp_path / "out"
+    (job,) = submit_array(out, 1, boxmask_cmd=[sys.executable, str(stand_in), "wait:0"])
+    try:
+        wait_for(lambda: f"slurm-{job}_0.started" in markers(out), timeout=20,
+                 what="the worker to start")
+        assert slurm_status([job]) == {f"{job}_0": "RUNNING"}
+        # --batch: Slurm signals the batch shell only; the worker hears of it through the script.
+        cancel([f"{job}_0"], signal="USR1")
+        states = slurm.wait_finished([job], timeout=20)
+    finally:
+        slurm.run("scancel", job)
+    assert states == {f"{job}_0": "COMPLETED"}
+    assert markers(out) == {f"slurm-{job}_0.started", f"slurm-{job}_0.SIGUSR1"}
+
+
+@pytest.mark.slurm
+def test_a_refused_submission_raises_with_sbatchs_message(slurm: SlurmCluster,
+                                                           tmp_path: Path) -> None:
+    with pytest.raises(SlurmError, match="Invalid partition name"):
+        submit_array(tmp_path / "out", 2, partition="no-such-partition", boxmask_cmd=["true"])
+    # This cluster has no GPUs: Slurm's own GRES check refuses the per-task GPU request.
+    with pytest.raises(SlurmError, match="Invalid generic resource"):
+        submit_array(tmp_path / "out", 2, gpus_per_task=1, boxmask_cmd=["true"])
+
+
+@pytest.mark.slurm
+def test_status_of_jobs_squeue_no_longer_knows_is_empty(slurm: SlurmCluster) -> None:
+    assert slurm_status(["987654"]) == {}
+
+
+def _worker_available() -> bool:
+    try:
+        import boxmask.cli  # noqa: F401
+        import boxmask.jobs.worker  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "ilsvrc_loc"
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(not _worker_available(), reason="needs boxmask work")
+def test_slurm_workers_convert_a_planned_dataset_end_to_end(slurm: SlurmCluster,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    boxmask = default_worker_command()
+    subprocess.run([*boxmask, "plan", "--source", "ilsvrc-loc", "--input", str(SAMPLE),
+                    "--format", "pixel-imagenet", "--engine", "grabcut", "--shard-size", "4",
+                    "--limit", "12", "--output", str(out)], check=True, capture_output=True)
+    job_ids = submit_array(out, 2)  # the real `boxmask work` of this environment
+    (job,) = job_ids
+    assert slurm.wait_finished(job_ids, timeout=60) == {f"{job}_0": "COMPLETED",
+                                                         f"{job}_1": "COMPLETED"}
+    done = [json.loads(p.read_text()) for p in (out / "state" / "done").glob("*.json")]
+    assert sorted(d["shard"] for d in done) == [0, 1, 2]  # 12 images in shards of 4
+    assert {d["worker"] for d in done} <= {f"slurm-{job}_0", f"slurm-{job}_1"}
+    merged = subprocess.run([*boxmask, "merge", str(out)], capture_output=True, text=True)
+    assert merged.returncode == 0, merged.stderr
+    assert json.loads(merged.stdout)["images"] == 12

@@ -1,0 +1,95 @@
+"""COCO instances reader: exact boxes for the COCO-MVal subset, crowd regions, unsafe paths."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from boxmask.boxes import from_xywh
+from boxmask.readers import open_reader
+from boxmask.readers.coco import COCOReader
+from boxmask.records import ErrorRecord, ImageRecord
+
+REPO = Path(__file__).resolve().parents[1]
+MVAL = REPO / "tests" / "data" / "coco_mval"
+FIXTURES = REPO / "tests" / "data" / "readers" / "coco"
+
+
+def test_mval_boxes_are_exactly_the_mask_boxes():
+    reader = open_reader("coco", FIXTURES / "instances_mval.json", images_root=MVAL / "img")
+    records = list(reader)
+    with open(MVAL / "boxes_from_masks.csv", newline="") as f:
+        truth = list(csv.DictReader(f))
+    assert len(records) == len(truth) == 40
+    for rec, row in zip(records, truth, strict=True):  # same order as the images array
+        assert isinstance(rec, ImageRecord)
+        assert rec.image_path == row["image"]
+        assert (reader.images_root / rec.image_path).is_file()
+        assert (rec.width, rec.height) == (int(row["width"]), int(row["height"]))
+        (box,) = rec.boxes
+        assert box.xyxy == tuple(int(row[c]) for c in ("x_min", "y_min", "x_max", "y_max"))
+        coco_id = int(row["image"].rsplit("_", 1)[1].split(".")[0])
+        assert rec.image_id == str(coco_id)
+        assert rec.meta == {"coco_id": coco_id, "file_name": row["image"]}
+
+
+def test_mval_labels_are_category_ids_named_by_categories():
+    reader = COCOReader(FIXTURES / "instances_mval.json")
+    labels = reader.labels()  # taken before reading, as a planner does; filled while reading
+    records = list(reader)
+    assert len(labels) == 80 and labels.ids[:3] == ["1", "2", "3"]
+    assert labels.name("5") == "airplane" and labels.name("90") == "toothbrush"
+    airplane = records[0]
+    assert airplane.image_path.startswith("airplane") and airplane.boxes[0].label == "5"
+    ann_ids = json.loads((FIXTURES / "instances_mval.json").read_text())["annotations"]
+    assert [r.boxes[0].box_id for r in records] == [str(a["id"]) for a in ann_ids]
+
+
+def _crafted() -> list:
+    return list(COCOReader(FIXTURES / "crafted.json"))
+
+
+def test_crowd_regions_are_skipped_and_listed_not_errors():
+    items = _crafted()
+    rec = next(i for i in items if isinstance(i, ImageRecord) and i.image_id == "1")
+    assert [b.box_id for b in rec.boxes] == ["11", "14"]
+    assert rec.meta["skipped"] == [{"box_id": "12", "reason": "iscrowd annotation skipped"}]
+    assert not any(isinstance(i, ErrorRecord) and i.box_id == "12" for i in items)
+
+
+def test_boxes_follow_the_xywh_edge_convention():
+    rec = next(i for i in _crafted() if isinstance(i, ImageRecord) and i.image_id == "1")
+    # [10, 20, 30, 40] covers columns 10..39 and rows 20..59.
+    assert rec.boxes[0].xyxy == (10, 20, 39, 59)
+    # [50.5, 10.2, 20.0, 9.8]: edges 50.5..70.5 and 10.2..20.0 touch columns 50..70, rows 10..19.
+    assert rec.boxes[1].xyxy == (50, 10, 70, 19) == from_xywh(50.5, 10.2, 20.0, 9.8)
+    assert [b.index for b in rec.boxes] == [0, 3]
+
+
+def test_bad_bbox_is_a_box_error_and_unsafe_file_names_are_refused():
+    items = _crafted()
+    errors = [i for i in items if isinstance(i, ErrorRecord)]
+    assert all(e.stage == "read" for e in errors)
+    by_image = {(e.image_id, e.box_id): e.reason for e in errors}
+    assert "not four finite numbers" in by_image[("1", "13")]
+    assert "'../escape.jpg'" in by_image[("2", None)]
+    assert "'/etc/passwd'" in by_image[("3", None)]
+    assert "image_id 77" in by_image[(None, None)]
+    assert len(errors) == 4
+    records = [i.image_id for i in items if isinstance(i, ImageRecord)]
+    assert records == ["1", "4"]
+
+
+def test_image_without_annotations_is_a_record_with_no_boxes():
+    rec = next(i for i in _crafted() if isinstance(i, ImageRecord) and i.image_id == "4")
+    assert rec.boxes == [] and rec.image_path == "sub/b.jpg" and (rec.width, rec.height) == (64, 48)
+
+
+def test_default_images_root_is_the_split_folder_next_to_annotations(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    ann = tmp_path / "annotations" / "instances_val2017.json"
+    ann.write_text((FIXTURES / "crafted.json").read_text())
+    assert COCOReader(ann).images_root == tmp_path / "annotations"
+    (tmp_path / "val2017").mkdir()
+    assert COCOReader(ann).images_root == tmp_path / "val2017"

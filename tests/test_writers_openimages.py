@@ -1,0 +1,236 @@
+"""Open Images writer: per-mask PNGs and the segmentation CSV, parsed back like the real files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import tracemalloc
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from boxmask import masks
+from boxmask.boxes import from_voc
+from boxmask.labels import read_label_file
+from boxmask.records import Box, Click, ErrorRecord, ImageRecord, ImageResult, MaskResult
+from boxmask.safepath import UnsafePathError
+from boxmask.writers.openimages import CSV_NAME, OpenImagesWriter
+
+DATA = Path(__file__).parent / "data"
+VOC = DATA / "voc2012"
+COCO_MVAL = DATA / "coco_mval"
+OI = DATA / "openimages"
+REAL_CSV = OI / "train-annotations-object-segmentation_excerpt.csv"
+CLICKS = re.compile(r"^\d\.\d{5} \d\.\d{5} [01](;\d\.\d{5} \d\.\d{5} [01])*$")
+
+OI_LABELS = read_label_file(OI / "class-descriptions-boxable_with-header.csv")
+MID = {name.lower(): mid for mid, name in OI_LABELS.names.items()}
+
+
+def voc_xml_boxes() -> list[tuple[str, tuple[float, float, float, float]]]:
+    """(name, (xmin, ymin, xmax, ymax)) of each object, VOC 1-based inclusive, as in the XML."""
+    root = ET.parse(VOC / "Annotations" / "2007_000063.xml").getroot()
+    out = []
+    for obj in root.iter("object"):
+        bb = obj.find("bndbox")
+        out.append((obj.find("name").text,
+                    tuple(float(bb.find(t).text) for t in ("xmin", "ymin", "xmax", "ymax"))))
+    return out
+
+
+def voc_result() -> tuple[ImageResult, list[np.ndarray]]:
+    """VOC 2007_000063 (dog, chair) with Open Images labels and box ids, GT masks as output."""
+    objects = np.array(Image.open(VOC / "SegmentationObject" / "2007_000063.png"))
+    gts = [objects == 1, objects == 2]
+    boxes, results = [], []
+    for k, (name, coords) in enumerate(voc_xml_boxes()):
+        box = Box(["9a041d52", "b1115fd0"][k], MID[name], k, from_voc(*coords))
+        boxes.append(box)
+        clicks = [Click(250, 195, True, "inside"), Click(0, 374, False, "corner"),
+                  Click(499.0, 0.0, False, "corner")]
+        results.append(MaskResult(box.box_id, box.label, k, box.xyxy,
+                                  masks.encode_rle(gts[k]), [0.86864, 0.8025][k], clicks))
+    record = ImageRecord("677c122b0eaa5d16", "train/677c122b0eaa5d16.jpg", boxes)
+    return ImageResult(record, 500, 375, masks=results), gts
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def parse_clicks(text: str) -> list[tuple[float, float, int]]:
+    return [(float(x), float(y), int(lab)) for x, y, lab in (c.split() for c in text.split(";"))]
+
+
+def test_one_binary_png_per_mask_named_like_open_images(tmp_path):
+    result, gts = voc_result()
+    files = OpenImagesWriter(tmp_path).write_image(result)
+    assert files == ["openimages/masks/6/677c122b0eaa5d16_m0bt9lr_9a041d52.png",
+                     "openimages/masks/6/677c122b0eaa5d16_m01mzpv_b1115fd0.png"]
+    for rel, gt in zip(files, gts, strict=True):
+        data = (tmp_path / rel).read_bytes()
+        grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert grey.shape == (375, 500) and set(np.unique(grey)) == {0, 255}
+        np.testing.assert_array_equal(grey > 122, gt)  # FiftyOne's threshold
+        pil = Image.open(io.BytesIO(data))
+        assert pil.mode == "1"
+        np.testing.assert_array_equal(np.array(pil), gt)
+
+
+def test_mask_folder_is_the_upper_cased_first_character_of_the_image_id(tmp_path):
+    result, _ = voc_result()
+    result.record.image_id = "b37f763ae67d0888"  # a real Open Images ImageID
+    files = OpenImagesWriter(tmp_path).write_image(result)
+    assert files[0] == "openimages/masks/B/b37f763ae67d0888_m0bt9lr_9a041d52.png"
+    assert (tmp_path / files[0]).is_file()
+
+
+def test_csv_header_is_the_official_one(tmp_path):
+    OpenImagesWriter(tmp_path).merge(lambda: iter([voc_result()[0]]))
+    ours = (tmp_path / "openimages" / CSV_NAME).read_text().splitlines()[0]
+    assert ours == REAL_CSV.read_text().splitlines()[0]
+
+
+def test_csv_rows_give_back_boxes_clicks_and_scores(tmp_path):
+    result, _ = voc_result()
+    writer = OpenImagesWriter(tmp_path)
+    written = writer.write_image(result)
+    writer.merge(lambda: iter([result]))
+    rows = read_csv(tmp_path / "openimages" / CSV_NAME)
+    assert len(rows) == 2
+    for row, (name, (xmin, ymin, xmax, ymax)), rel in zip(rows, voc_xml_boxes(), written,
+                                                        strict=True):
+        assert row["ImageID"] == "677c122b0eaa5d16"
+        assert row["LabelName"] == MID[name] and OI_LABELS.name(row["LabelName"]).lower() == name
+        assert (tmp_path / "openimages" / "masks" / row["ImageID"][0] / row["MaskPath"]).is_file()
+        assert rel.endswith("/" + row["MaskPath"])
+        # VOC 1-based inclusive: the left edge is xmin - 1, the right edge xmax (exclusive).
+        assert float(row["BoxXMin"]) == pytest.approx((xmin - 1) / 500, abs=5e-7)
+        assert float(row["BoxXMax"]) == pytest.approx(xmax / 500, abs=5e-7)
+        assert float(row["BoxYMin"]) == pytest.approx((ymin - 1) / 375, abs=5e-7)
+        assert float(row["BoxYMax"]) == pytest.approx(ymax / 375, abs=5e-7)
+        assert CLICKS.match(row["Clicks"])
+        assert parse_clicks(row["Clicks"]) == [
+            (pytest.approx(250.5 / 500, abs=5e-6), pytest.approx(195.5 / 375, abs=5e-6), 1),
+            (pytest.approx(0.5 / 500, abs=5e-6), pytest.approx(374.5 / 375, abs=5e-6), 0),
+            (pytest.approx(499.5 / 500, abs=5e-6), pytest.approx(0.5 / 375, abs=5e-6), 0)]
+    assert [r["PredictedIoU"] for r in rows] == ["0.86864", "0.8025"]
+    assert [r["BoxID"] for r in rows] == ["9a041d52", "b1115fd0"]
+
+
+def test_number_formats_match_the_real_rows(tmp_path):
+    real = read_csv(REAL_CSV)
+    assert all(CLICKS.match(r["Clicks"]) for r in real)  # the pattern fits the official rows
+    coord = re.compile(r"^(0|1|0\.\d{1,6})$")
+    assert all(coord.match(r[k]) for r in real for k in ("BoxXMin", "BoxXMax"))
+    OpenImagesWriter(tmp_path).merge(lambda: iter([voc_result()[0]]))
+    for row in read_csv(tmp_path / "openimages" / CSV_NAME):
+        for k in ("BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax"):
+            assert coord.match(row[k]), row[k]
+
+
+def test_coco_mval_masks_round_trip_through_pngs_and_csv(tmp_path):
+    with open(COCO_MVAL / "boxes_from_masks.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[::4]
+    writer, results, gts = OpenImagesWriter(tmp_path), [], {}
+    for k, row in enumerate(rows):
+        gt = np.array(Image.open(COCO_MVAL / row["mask"])) == 255
+        h, w = gt.shape
+        xyxy = tuple(int(row[c]) for c in ("x_min", "y_min", "x_max", "y_max"))
+        image_id = f"{k:x}{Path(row['image']).stem.rsplit('_', 1)[1]}"
+        box = Box(f"{k:08x}", "/m/0k4j", 0, xyxy)
+        mask = MaskResult(box.box_id, box.label, 0, xyxy, masks.encode_rle(gt), 0.9, [])
+        result = ImageResult(ImageRecord(image_id, f"{image_id}.jpg", [box]), w, h, masks=[mask])
+        results.append(result)
+        (rel,) = writer.write_image(result)
+        gts[Path(rel).name] = gt
+    writer.merge(lambda: iter(results))
+    for row in read_csv(tmp_path / "openimages" / CSV_NAME):
+        gt = gts[row["MaskPath"]]
+        path = tmp_path / "openimages" / "masks" / row["ImageID"][0].upper() / row["MaskPath"]
+        png = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 0
+        np.testing.assert_array_equal(png, gt)
+        ys, xs = np.nonzero(gt)  # the input box here is the mask's tight box
+        h, w = gt.shape
+        assert float(row["BoxXMin"]) == pytest.approx(xs.min() / w, abs=5e-7)
+        assert float(row["BoxXMax"]) == pytest.approx((xs.max() + 1) / w, abs=5e-7)
+        assert float(row["BoxYMin"]) == pytest.approx(ys.min() / h, abs=5e-7)
+        assert float(row["BoxYMax"]) == pytest.approx((ys.max() + 1) / h, abs=5e-7)
+        assert row["Clicks"] == ""
+
+
+def test_write_image_is_idempotent_and_merge_deterministic(tmp_path):
+    result, _ = voc_result()
+    writer = OpenImagesWriter(tmp_path)
+    files = writer.write_image(result)
+    before = {f: (tmp_path / f).read_bytes() for f in files}
+    assert writer.write_image(result) == files
+    assert {f: (tmp_path / f).read_bytes() for f in files} == before
+    writer.merge(lambda: iter([result]))
+    first = (tmp_path / "openimages" / CSV_NAME).read_bytes()
+    writer.merge(lambda: iter([result]))
+    assert (tmp_path / "openimages" / CSV_NAME).read_bytes() == first
+    names = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert names == sorted([CSV_NAME] + [Path(f).name for f in files])  # no temp files
+
+
+@pytest.mark.parametrize("field,value", [("image_id", "../../677c"), ("image_id", "/abs"),
+                                         ("box_id", "b1115fd0/../../x"), ("box_id", "..")])
+def test_unsafe_ids_raise_and_nothing_is_written(tmp_path, field, value):
+    result, _ = voc_result()
+    if field == "image_id":
+        result.record.image_id = value
+    else:
+        result.masks[1].box_id = value  # the first mask is fine: it must not be written either
+    with pytest.raises(UnsafePathError):
+        OpenImagesWriter(tmp_path / "out").write_image(result)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_an_image_refused_for_an_unsafe_id_gets_no_csv_rows(tmp_path):
+    result, _ = voc_result()
+    other, _ = voc_result()
+    other.record.image_id = "b37f763ae67d0888"
+    result.masks[1].box_id = "../x"  # write_image refuses the whole image: no row may point at it
+    OpenImagesWriter(tmp_path).merge(lambda: iter([result, other]))
+    rows = read_csv(tmp_path / "openimages" / CSV_NAME)
+    assert [r["ImageID"] for r in rows] == ["b37f763ae67d0888"] * 2
+
+
+def test_failed_decode_writes_no_png_and_no_row(tmp_path):
+    result, _ = voc_result()
+    failed = ImageResult(result.record, errors=[ErrorRecord("decode", "truncated")])
+    writer = OpenImagesWriter(tmp_path)
+    assert writer.write_image(failed) == []
+    writer.merge(lambda: iter([failed]))
+    assert (tmp_path / "openimages" / CSV_NAME).read_text().count("\n") == 1  # header only
+
+
+def tiny_results(n: int):
+    rle = masks.encode_rle(np.eye(4, dtype=bool))
+    for i in range(n):
+        box = Box("b0", "/m/0bt9lr", 0, (0, 0, 3, 3))
+        record = ImageRecord(f"{i:016x}", f"{i:016x}.jpg", [box])
+        yield ImageResult(record, 4, 4, masks=[
+            MaskResult("b0", box.label, 0, box.xyxy, dict(rle), 0.5, [Click(1, 1, True)])])
+
+
+def test_merge_streams_results_without_holding_them(tmp_path):
+    n = 10_000
+    tracemalloc.start()
+    held = list(tiny_results(n))
+    _, materialised = tracemalloc.get_traced_memory()
+    del held
+    tracemalloc.stop()
+    tracemalloc.start()
+    OpenImagesWriter(tmp_path).merge(lambda: tiny_results(n))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < materialised / 10, (peak, materialised)
+    assert len(read_csv(tmp_path / "openimages" / CSV_NAME)) == n

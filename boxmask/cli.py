@@ -325,7 +325,8 @@ def merge(out_dir: Path, partial: bool) -> None:
 @cli.command()
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-@click.option("--lease-timeout", type=float, default=300.0, show_default=True)
+@click.option("--lease-timeout", type=float, default=300.0, show_default=True,
+              help="Leases older than this many seconds are reported stale.")
 def status(out_dir: Path, as_json: bool, lease_timeout: float) -> None:
     """Show shards done / leased / stale / pending, items done, rate and ETA."""
     from .jobs.status import job_status
@@ -376,9 +377,10 @@ def _parse_click(value: str) -> Click:
               help="A click in image pixels; the first positive one is the inside point, the "
                    "others refine the mask (IOG: needs the refinement checkpoint).")
 @click.option("--engine", type=click.Choice(("auto",) + ENGINES), default="auto",
-              show_default=True)
+              show_default=True, help="Mask engine (auto: iog when its weights are cached).")
 @click.option("--weights", help="IOG checkpoint path or registry name.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True,
+              help="Engine device: auto, cpu, cuda, cuda:1.")
 @click.option("--output", "-o", "out_path", required=True,
               type=click.Path(dir_okay=False, path_type=Path), help="Mask PNG (0/255) to write.")
 def segment(image: Path, box: str, clicks: tuple[str, ...], engine: str, weights: str | None,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from boxmask.jobs.slurm import (
+    EXIT_STOPPED,
     SlurmError,
     array_sizes,
     cancel,
@@ -22,6 +23,7 @@ from boxmask.jobs.slurm import (
     render_sbatch,
     slurm_status,
     submit_array,
+    time_limit_seconds,
 )
 from tests.slurm_cluster import SlurmCluster, wait_for
 
@@ -30,7 +32,7 @@ pytest_plugins = ["tests.slurm_cluster"]
 
 # Stands in for `boxmask work DIR --worker-id ID`: records that it started and which signal it
 # got in DIR/markers/, then exits. Its first argument is the behaviour: "exit:N" exits N at once,
-# "wait:N" waits for SIGUSR1 or SIGTERM and then exits N.
+# "wait:N" waits for SIGUSR1 or SIGTERM (60 s at most) and then exits N.
 STAND_IN_WORKER = textwrap.dedent("""
     import signal, sys, time
     from pathlib import Path
@@ -49,7 +51,8 @@ STAND_IN_WORKER = textwrap.dedent("""
     signal.signal(signal.SIGUSR1, stop)
     signal.signal(signal.SIGTERM, stop)
     (markers / f"{worker_id}.started").touch()
-    while mode == "wait":
+    deadline = time.monotonic() + 60
+    while mode == "wait" and time.monotonic() < deadline:
         time.sleep(0.05)
     sys.exit(int(code))
 """)
@@ -113,6 +116,29 @@ def test_log_path_escapes_percent_and_quotes_spaces(tmp_path: Path) -> None:
         render_sbatch(tmp_path / 'say "hi"', 2)
 
 
+def test_slurm_time_limits_are_read_in_all_sbatch_formats() -> None:
+    assert time_limit_seconds("90") == 90 * 60  # minutes
+    assert time_limit_seconds("30:15") == 30 * 60 + 15  # minutes:seconds
+    assert time_limit_seconds("4:00:00") == 4 * 3600
+    assert time_limit_seconds("2-12") == (2 * 24 + 12) * 3600  # days-hours
+    assert time_limit_seconds("1-2:30") == (26 * 60 + 30) * 60
+    assert time_limit_seconds("1-0:0:5") == 86400 + 5
+    assert time_limit_seconds("UNLIMITED") is None
+    with pytest.raises(ValueError):
+        time_limit_seconds("4h")
+
+
+def test_a_time_limit_within_the_stop_grace_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="grace"):
+        render_sbatch(tmp_path, 1, time="2", grace_s=120)  # USR1 would come at the start
+    assert directives(render_sbatch(tmp_path, 1, time="3", grace_s=120))["--time"] == "3"
+
+
+def test_requeue_follows_the_workers_stopped_status() -> None:
+    api = pytest.importorskip("boxmask.api")
+    assert api.EXIT_STOPPED == EXIT_STOPPED
+
+
 def test_workers_run_with_the_submitters_python_environment() -> None:
     command = default_worker_command()
     env_bin = os.path.dirname(os.path.abspath(sys.executable))
@@ -132,7 +158,8 @@ def run_script_locally(tmp_path: Path, stand_in: Path, behaviour: str) -> subpro
     out.mkdir(exist_ok=True)
     script = render_sbatch(out, 1, boxmask_cmd=[sys.executable, str(stand_in), behaviour])
     env = {**os.environ, "SLURM_ARRAY_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "3"}
-    return subprocess.Popen(["bash", "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(["bash", "-c", script], env=env, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
@@ -146,7 +173,8 @@ def test_signal_to_the_batch_shell_is_forwarded_to_the_worker(
         os.kill(proc.pid, sig)  # the shell only, as Slurm's --signal=B: does
         stdout, _ = proc.communicate(timeout=20)
     finally:
-        proc.kill()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the shell and the worker
     assert f"slurm-77_3.{sig.name}" in markers(out)
     assert proc.returncode == 3  # the worker's own status
     assert "boxmask worker exited with status 3" in stdout
@@ -199,6 +227,28 @@ def test_usr1_to_a_running_task_stops_its_worker_cleanly(
         slurm.run("scancel", job)
     assert states == {f"{job}_0": "COMPLETED"}
     assert markers(out) == {f"slurm-{job}_0.started", f"slurm-{job}_0.SIGUSR1"}
+
+
+@pytest.mark.slurm
+def test_a_worker_stopped_by_the_time_limit_signal_is_requeued(
+    slurm: SlurmCluster, tmp_path: Path, stand_in: Path
+) -> None:
+    out = tmp_path / "out"
+    behaviour = f"wait:{EXIT_STOPPED}"  # stopped with shards left, as `boxmask work` reports it
+    (job,) = submit_array(out, 1, boxmask_cmd=[sys.executable, str(stand_in), behaviour])
+    task = f"{job}_0"
+    try:
+        wait_for(lambda: f"slurm-{task}.started" in markers(out), timeout=20,
+                 what="the worker to start")
+        cancel([task], signal="USR1")  # what Slurm sends grace_s before the time limit
+        wait_for(lambda: "Restarts=1" in slurm.run("scontrol", "show", "job", task).stdout,
+                 timeout=20, what="the task to be requeued")
+        assert slurm_status([job]) == {task: "PENDING"}  # Slurm delays a requeued start
+    finally:
+        slurm.run("scancel", job)
+    log = (out / "logs" / f"slurm-{task}.out").read_text()
+    assert f"boxmask worker exited with status {EXIT_STOPPED}" in log
+    assert f"requeueing {task}" in log
 
 
 @pytest.mark.slurm

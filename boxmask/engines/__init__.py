@@ -6,7 +6,7 @@ from typing import Any
 
 from .base import Engine, Prediction, SegmentRequest, default_inside_points
 
-ENGINES = ("grabcut", "iog")
+ENGINES = ("grabcut", "iog", "box")
 
 
 def create_engine(name: str, **options: Any) -> Engine:
@@ -19,6 +19,10 @@ def create_engine(name: str, **options: Any) -> Engine:
         from .iog import IOGEngine
 
         return IOGEngine(**options)
+    if name == "box":
+        from .box import BoxEngine
+
+        return BoxEngine(**options)
     raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
 
 

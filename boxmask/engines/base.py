@@ -78,3 +78,12 @@ def default_inside_points(boxes: np.ndarray) -> np.ndarray:
     """Box centres ``(x, y)`` for (N, 4) library boxes: the baseline inside point."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2.0, (boxes[:, 1] + boxes[:, 3]) / 2.0], axis=1)
+
+
+def iog_clicks(box: tuple[int, int, int, int], inside: tuple[float, float]) -> list[Click]:
+    """The clicks IOG receives for a box: the inside point (positive) and the four box corners
+    (negative) in IOG's order LT, LB, RT, RB, in image pixels."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    corners = ((x0, y0), (x0, y1), (x1, y0), (x1, y1))
+    return [Click(float(inside[0]), float(inside[1]), True, "inside")] + [
+        Click(float(x), float(y), False, "corner") for x, y in corners]

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -68,6 +69,7 @@ from .base import Engine, Prediction, SegmentRequest, default_inside_points
 logger = logging.getLogger(__name__)
 
 KEEP_MODES = ("inside", "largest", "all")
+BAND_MODES = ("touching", "needed")
 GMM_COMPONENTS = 5
 """Components per colour model in OpenCV's GrabCut (its model arrays hold 5 x 13 = 65 floats)."""
 
@@ -236,27 +238,44 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 # --------------------------------------------------------------------------- engine
 
 
+@dataclass
+class _Cut:
+    """GrabCut's outcome in one crop window."""
+
+    window: tuple[int, int, int, int]
+    """The crop as a library box in image pixels."""
+    mask: np.ndarray
+    """Crop-sized bool mask after post-processing."""
+    scale: float
+    stability: float = 0.0
+    agreement: float = 0.0
+
+
 class GrabCutEngine(Engine):
     """OpenCV GrabCut per box, initialised with IOG's clicks (see the module docstring).
 
     Options (all recorded by ``describe``): ``iterations`` GrabCut rounds; ``margin_frac`` /
     ``margin_px`` crop margin; ``fg_radius_frac`` inside-point disk radius as a fraction of the
-    box's short side; ``click_radius_frac`` the same for extra clicks; ``band_frac`` thickness of
-    the probable-background band on box sides that touch the image border; ``max_pixels`` crop
-    pixel budget before downscaling; ``keep`` component selection (``inside``/``largest``/``all``);
-    ``fill_holes``; ``tiny_side`` boxes with a shorter side get an ellipse; ``seed`` OpenCV RNG
-    seed; ``stability_delta`` the score's threshold offset.
+    box's short side; ``click_radius_frac`` the same for extra clicks; ``band`` which box sides get
+    a probable-background band (``"touching"``: every side on the image border; ``"needed"``: only
+    when the box fills the whole crop) and ``band_frac`` its thickness; ``max_pixels`` crop pixel
+    budget before downscaling; ``keep`` component selection (``inside``/``largest``/``all``);
+    ``fill_holes``; ``min_fill`` collapse threshold (fraction of the box area) below which the
+    box is cut again with the whole image as context; ``tiny_side`` boxes with a shorter side get
+    an ellipse; ``seed`` OpenCV RNG seed; ``stability_delta`` the score's threshold offset.
     """
 
     name = "grabcut"
 
     def __init__(self, *, iterations: int = 5, margin_frac: float = 0.25, margin_px: int = 16,
                  fg_radius_frac: float = 0.05, click_radius_frac: float = 0.03,
-                 band_frac: float = 0.05, max_pixels: int = 120_000, keep: str = "inside",
-                 fill_holes: bool = True, tiny_side: int = 7, seed: int = 0,
-                 stability_delta: float = 0.25) -> None:
+                 band: str = "touching", band_frac: float = 0.05, max_pixels: int = 120_000,
+                 keep: str = "inside", fill_holes: bool = True, min_fill: float = 0.05,
+                 tiny_side: int = 7, seed: int = 0, stability_delta: float = 0.25) -> None:
         if keep not in KEEP_MODES:
             raise ValueError(f"keep must be one of {', '.join(KEEP_MODES)}, not {keep!r}")
+        if band not in BAND_MODES:
+            raise ValueError(f"band must be one of {', '.join(BAND_MODES)}, not {band!r}")
         if iterations < 1 or max_pixels < 64 or not 0 < stability_delta < 0.5:
             raise ValueError("iterations >= 1, max_pixels >= 64 and 0 < stability_delta < 0.5")
         self.iterations = int(iterations)
@@ -264,10 +283,12 @@ class GrabCutEngine(Engine):
         self.margin_px = int(margin_px)
         self.fg_radius_frac = float(fg_radius_frac)
         self.click_radius_frac = float(click_radius_frac)
+        self.band = band
         self.band_frac = float(band_frac)
         self.max_pixels = int(max_pixels)
         self.keep = keep
         self.fill_holes = bool(fill_holes)
+        self.min_fill = float(min_fill)
         self.tiny_side = int(tiny_side)
         self.seed = int(seed)
         self.stability_delta = float(stability_delta)
@@ -277,8 +298,9 @@ class GrabCutEngine(Engine):
             "name": self.name, "opencv": cv2.__version__, "iterations": self.iterations,
             "margin_frac": self.margin_frac, "margin_px": self.margin_px,
             "fg_radius_frac": self.fg_radius_frac, "click_radius_frac": self.click_radius_frac,
-            "band_frac": self.band_frac, "max_pixels": self.max_pixels, "keep": self.keep,
-            "fill_holes": self.fill_holes, "tiny_side": self.tiny_side, "seed": self.seed,
+            "band": self.band, "band_frac": self.band_frac, "max_pixels": self.max_pixels,
+            "keep": self.keep, "fill_holes": self.fill_holes, "min_fill": self.min_fill,
+            "tiny_side": self.tiny_side, "seed": self.seed,
             "stability_delta": self.stability_delta,
         }
 
@@ -289,22 +311,22 @@ class GrabCutEngine(Engine):
             preds = []
             for i, box in enumerate(req.boxes):
                 extra = req.extra_clicks[i] if req.extra_clicks and i < len(req.extra_clicks) \
-                    else []
+                    else None
                 preds.append(self.segment_box(req.image, tuple(int(v) for v in box),
                                               (float(inside[i][0]), float(inside[i][1])),
-                                              extra or []))
+                                              extra or ()))
             out.append(preds)
         return out
 
     def segment_box(self, image: np.ndarray, box: tuple[int, int, int, int],
                     inside: tuple[float, float], extra: Sequence[Click] = ()) -> Prediction:
-        """Mask of one library ``box`` of the H x W x 3 uint8 ``image``; ``inside`` is the
-        inside point ``(x, y)`` in image pixels (clamped into the box)."""
+        """Mask of one library ``box`` of the H x W x 3 uint8 RGB ``image``; ``inside`` is the
+        inside point ``(x, y)`` in image pixels (clamped into the box); ``extra`` user clicks."""
         height, width = image.shape[:2]
         x0, y0, x1, y1 = box
         bw, bh = x1 - x0 + 1, y1 - y0 + 1
-        ix = min(max(inside[0], x0), x1)
-        iy = min(max(inside[1], y0), y1)
+        ix = min(max(float(inside[0]), x0), x1)
+        iy = min(max(float(inside[1]), y0), y1)
         clicks = [Click(ix, iy, True, "inside")] + [
             Click(float(x), float(y), False, "corner") for x, y in
             ((x0, y0), (x1, y0), (x0, y1), (x1, y1))] + list(extra)
@@ -314,12 +336,34 @@ class GrabCutEngine(Engine):
             return Prediction(full, 0.0, clicks, {"fallback": "tiny_box"})
 
         click_r = max(2.0, self.click_radius_frac * min(bw, bh))
-        window = list(crop_window(box, width, height, self.margin_frac, self.margin_px))
-        for c in extra:  # the crop must hold every click
-            window[0] = max(min(window[0], int(np.floor(c.x - click_r))), 0)
-            window[1] = max(min(window[1], int(np.floor(c.y - click_r))), 0)
-            window[2] = min(max(window[2], int(np.ceil(c.x + click_r))), width - 1)
-            window[3] = min(max(window[3], int(np.ceil(c.y + click_r))), height - 1)
+        fg_pts = [(ix, iy, max(1.0, self.fg_radius_frac * min(bw, bh)))] + [
+            (c.x, c.y, click_r) for c in extra if c.positive]
+        bg_pts = [(c.x, c.y, click_r) for c in extra if not c.positive]
+        window = _window_with_points(
+            crop_window(box, width, height, self.margin_frac, self.margin_px),
+            fg_pts + bg_pts, width, height)
+        cut = self._cut(image, box, window, fg_pts, bg_pts)
+        extras: dict[str, Any] = {}
+        whole = (0, 0, width - 1, height - 1)
+        if cut.mask.sum() < self.min_fill * bw * bh and window != whole:
+            retry = self._cut(image, box, whole, fg_pts, bg_pts)
+            extras["retry"] = "whole_image"
+            if retry.mask.sum() > cut.mask.sum():
+                cut = retry
+        cx0, cy0, cx1, cy1 = cut.window
+        extras.update(crop_xyxy=list(cut.window), scale=round(cut.scale, 4))
+        if not cut.mask[y0 - cy0:y1 - cy0 + 1, x0 - cx0:x1 - cx0 + 1].any():
+            full[y0:y1 + 1, x0:x1 + 1] = ellipse_mask(bh, bw)
+            extras["fallback"] = "empty"
+            return Prediction(full, 0.0, clicks, extras)
+        full[cy0:cy1 + 1, cx0:cx1 + 1] = cut.mask
+        extras.update(stability=round(cut.stability, 6), agreement=round(cut.agreement, 6))
+        return Prediction(full, cut.stability, clicks, extras)
+
+    def _cut(self, image: np.ndarray, box: tuple[int, int, int, int],
+             window: tuple[int, int, int, int], fg_pts: list[tuple[float, float, float]],
+             bg_pts: list[tuple[float, float, float]]) -> _Cut:
+        """GrabCut in ``window`` (library box); points ``(x, y, radius)`` in image pixels."""
         cx0, cy0, cx1, cy1 = window
         cw, ch = cx1 - cx0 + 1, cy1 - cy0 + 1
         crop = np.ascontiguousarray(image[cy0:cy1 + 1, cx0:cx1 + 1])
@@ -331,13 +375,13 @@ class GrabCutEngine(Engine):
             work = crop
         sx, sy = work.shape[1] / cw, work.shape[0] / ch
 
-        local_box = (x0 - cx0, y0 - cy0, x1 - cx0, y1 - cy0)
-        fg_r = max(1.0, self.fg_radius_frac * min(bw, bh))
-        fg_pts = [(ix - cx0, iy - cy0, fg_r)] + [
-            (c.x - cx0, c.y - cy0, click_r) for c in extra if c.positive]
-        bg_pts = [(c.x - cx0, c.y - cy0, click_r) for c in extra if not c.positive]
-        sides = (x0 == cx0, y0 == cy0, x1 == cx1, y1 == cy1)
-        labels = initial_labels(work.shape[:2], local_box, (sx, sy), fg_pts, bg_pts,
+        local_box = (box[0] - cx0, box[1] - cy0, box[2] - cx0, box[3] - cy0)
+        fg_local = [(x - cx0, y - cy0, r) for x, y, r in fg_pts]
+        bg_local = [(x - cx0, y - cy0, r) for x, y, r in bg_pts]
+        sides = (box[0] == cx0, box[1] == cy0, box[2] == cx1, box[3] == cy1)
+        if self.band == "needed" and not all(sides):
+            sides = (False, False, False, False)
+        labels = initial_labels(work.shape[:2], local_box, (sx, sy), fg_local, bg_local,
                                 self.band_frac, sides)
 
         bgd = np.zeros((1, 65), np.float64)
@@ -346,50 +390,45 @@ class GrabCutEngine(Engine):
         try:
             labels, bgd, fgd = cv2.grabCut(work, labels, None, bgd, fgd, self.iterations,
                                            cv2.GC_INIT_WITH_MASK)
-        except cv2.error as exc:  # e.g. no foreground samples left: treat as empty
+        except cv2.error as exc:  # no foreground or background samples: nothing to cut
             logger.debug("grabCut failed on box %s: %s", box, exc)
-            labels = np.zeros(work.shape[:2], np.uint8)
+            return _Cut(window, np.zeros((ch, cw), bool), scale)
         fg_work = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
 
-        mask = self._to_crop(fg_work, (cw, ch))
-        allowed = np.zeros((ch, cw), np.uint8)
-        allowed[local_box[1]:local_box[3] + 1, local_box[0]:local_box[2] + 1] = 1
+        if scale < 1.0:
+            up = cv2.resize(fg_work.astype(np.float32), (cw, ch), interpolation=cv2.INTER_LINEAR)
+            mask = up >= 0.5
+        else:
+            mask = fg_work.copy()
+        allowed = np.zeros((ch, cw), bool)
+        allowed[local_box[1]:local_box[3] + 1, local_box[0]:local_box[2] + 1] = True
         hard = np.zeros((ch, cw), np.uint8)
-        for x, y, r in fg_pts:
+        for x, y, r in fg_local:
             _disk(hard, x, y, r, 1)
         neg = np.zeros((ch, cw), np.uint8)
-        for x, y, r in bg_pts:
+        for x, y, r in bg_local:
             _disk(neg, x, y, r, 1)
-        mask = ((mask & (allowed > 0)) | (hard > 0)) & (neg == 0)
-        mask = keep_components(mask, [(x, y) for x, y, _ in fg_pts], self.keep)
+        allowed = (allowed | (hard > 0)) & (neg == 0)
+        mask = ((mask & allowed) | (hard > 0)) & (neg == 0)
+        mask = keep_components(mask, [(x, y) for x, y, _ in fg_local], self.keep)
         if self.fill_holes:
-            mask = fill_holes(mask) & ((allowed > 0) | (hard > 0)) & (neg == 0)
+            mask = fill_holes(mask) & allowed
 
-        extras: dict[str, Any] = {"crop_xyxy": [cx0, cy0, cx1, cy1], "scale": round(scale, 4)}
-        if not mask.any() or not (mask & (allowed > 0)).any():
-            full[y0:y1 + 1, x0:x1 + 1] = ellipse_mask(bh, bw)
-            extras["fallback"] = "empty"
-            return Prediction(full, 0.0, clicks, extras)
-        full[cy0:cy1 + 1, cx0:cx1 + 1] = mask
-
-        stability, agreement = self._score(work, fg_work, local_box, sx, sy, bgd, fgd)
-        extras.update(stability=round(stability, 6), agreement=round(agreement, 6))
-        return Prediction(full, stability, clicks, extras)
-
-    # ------------------------------------------------------------------ helpers
-
-    @staticmethod
-    def _to_crop(fg_work: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        if fg_work.shape[1] == size[0] and fg_work.shape[0] == size[1]:
-            return fg_work.copy()
-        up = cv2.resize(fg_work.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
-        return up >= 0.5
-
-    def _score(self, work, fg_work, box, sx, sy, bgd, fgd) -> tuple[float, float]:
-        """(stability, agreement) of the colour posterior over the box, at working resolution."""
-        bx0, by0, bx1, by1 = _scaled_box(box, sx, sy)
-        pix = work[by0:by1, bx0:bx1].reshape(-1, 3)
-        prob = fg_posterior(pix, bgd, fgd)
+        bx0, by0, bx1, by1 = _scaled_box(local_box, sx, sy)
+        prob = fg_posterior(work[by0:by1, bx0:bx1].reshape(-1, 3), bgd, fgd)
         stability = stability_score(prob, self.stability_delta)
         agreement = mask_iou(fg_work[by0:by1, bx0:bx1].ravel(), prob > 0.5)
-        return stability, agreement
+        return _Cut(window, mask, scale, stability, agreement)
+
+
+def _window_with_points(window: tuple[int, int, int, int],
+                        points: Sequence[tuple[float, float, float]], width: int,
+                        height: int) -> tuple[int, int, int, int]:
+    """Grow the library box ``window`` to hold every disk ``(x, y, radius)``, inside the image."""
+    x0, y0, x1, y1 = window
+    for x, y, r in points:
+        x0 = max(min(x0, int(np.floor(x - r))), 0)
+        y0 = max(min(y0, int(np.floor(y - r))), 0)
+        x1 = min(max(x1, int(np.ceil(x + r))), width - 1)
+        y1 = min(max(y1, int(np.ceil(y + r))), height - 1)
+    return (x0, y0, x1, y1)

@@ -7,8 +7,10 @@ its own worker id, ``slurm-<array job id>_<task id>``.
 The batch script runs the worker in the background and waits for it. Slurm sends the batch shell
 SIGUSR1 ``grace_s`` seconds before the time limit (``--signal=B:USR1@<grace_s>``); the script
 forwards USR1 and TERM (pre-emption, ``scancel``) to the worker, which releases its lease and stops,
-and the script exits with the worker's status. Tasks are ``--requeue``-able and append to their log,
-``DIR/logs/slurm-<array job id>_<task id>.out``.
+and the script exits with the worker's status. A worker that the time limit stopped with shards left
+(status ``EXIT_STOPPED`` after USR1) is requeued (``scontrol requeue``): it starts again later
+under the same worker id and goes on where it stopped. Tasks are ``--requeue``-able and append to
+their log, ``DIR/logs/slurm-<array job id>_<task id>.out``.
 
 A cluster limits array indices to ``0 .. MaxArraySize-1``; more workers than that are submitted
 as several arrays. GPUs are requested per task with ``--gpus-per-task`` (needs GRES on the cluster).
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_S = 120
 """Seconds before the time limit at which the worker is told to stop (SIGUSR1)."""
+
+EXIT_STOPPED = 4
+"""``boxmask work``'s status when a signal stopped it before every shard was done."""
 
 _UNSAFE_PATH_CHARS = ('"', "\\", "\n", "\r")
 
@@ -67,6 +72,29 @@ def array_sizes(n_tasks: int, max_array_size: int) -> list[int]:
     return [max_array_size] * full + ([rest] if rest else [])
 
 
+def time_limit_seconds(time: str) -> int | None:
+    """Seconds in a Slurm time limit (``"90"`` minutes, ``"4:00:00"``, ``"2-12"``, ...).
+
+    None for ``"UNLIMITED"`` / ``"INFINITE"``. Formats as ``sbatch --time``: minutes,
+    minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
+    days-hours:minutes:seconds.
+    """
+    text = time.strip()
+    if text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+    if match is None:
+        raise ValueError(f"not a Slurm time limit: {time!r}")
+    days, a, b, c = (int(g) if g is not None else None for g in match.groups())
+    if days is not None:  # days-hours[:minutes[:seconds]]
+        return ((days * 24 + a) * 60 + (b or 0)) * 60 + (c or 0)
+    if c is not None:  # hours:minutes:seconds
+        return (a * 60 + b) * 60 + c
+    if b is not None:  # minutes:seconds
+        return a * 60 + b
+    return a * 60  # minutes
+
+
 def _check_path(path: Path) -> None:
     if any(c in str(path) for c in _UNSAFE_PATH_CHARS):
         raise ValueError(f"output directory not usable in a Slurm script (quote, backslash or "
@@ -92,18 +120,25 @@ def render_sbatch(
     qos: str | None = None,
     throttle: int | None = None,
     grace_s: int = DEFAULT_GRACE_S,
+    requeue_on_timeout: bool = True,
     job_name: str = "boxmask",
     boxmask_cmd: Sequence[str] | None = None,
 ) -> str:
     """The batch script of one array of ``array_size`` workers (indices ``0 .. array_size-1``).
 
-    ``mem`` and ``time`` are passed as written (Slurm syntax: ``"16G"``, ``"4:00:00"``);
+    ``mem`` and ``time`` are passed as written (Slurm syntax: ``"16G"``, ``"4:00:00"``); the time
+    limit must exceed ``grace_s``, the seconds between the stop signal and the end.
     ``throttle`` caps the tasks of this array that run at once (``--array=0-K%throttle``).
-    ``boxmask_cmd`` replaces the command that starts boxmask (:func:`default_worker_command`); the
-    script appends ``work DIR --worker-id slurm-<array job id>_<task id>`` to it.
+    ``requeue_on_timeout`` requeues a task whose worker the time limit stopped with shards left.
+    ``boxmask_cmd`` replaces the command that starts boxmask (:func:`default_worker_command`);
+    the script appends ``work DIR --worker-id slurm-<array job id>_<task id>`` to it.
     """
     if array_size < 1:
         raise ValueError(f"array_size must be at least 1, got {array_size}")
+    limit_s = time_limit_seconds(time) if time is not None else None
+    if limit_s is not None and limit_s <= grace_s:
+        raise ValueError(f"time limit {time!r} leaves no time before the stop signal, sent "
+                         f"{grace_s} s before the end: give a longer time or a smaller grace")
     out = Path(output_dir).absolute()
     _check_path(out)
     array = f"0-{array_size - 1}" + (f"%{throttle}" if throttle else "")
@@ -129,19 +164,22 @@ def render_sbatch(
     directives += [f"--{name}={value}" for name, value in optional.items() if value is not None]
     command = list(boxmask_cmd) if boxmask_cmd is not None else default_worker_command()
     worker = shlex.join([*command, "work", str(out), "--worker-id"])
-    lines = ["#!/bin/bash", *(f"#SBATCH {d}" for d in directives), _BODY.format(worker=worker)]
-    return "\n".join(lines)
+    body = _BODY.format(worker=worker, requeue=_REQUEUE if requeue_on_timeout else "")
+    return "\n".join(["#!/bin/bash", *(f"#SBATCH {d}" for d in directives), body])
 
 
 _BODY = """
 # One boxmask worker: it claims shards of the output directory until none is left.
 # Slurm signals this shell (USR1 before the time limit, TERM on pre-emption or scancel); the
 # signal is forwarded so that the worker releases its lease and stops cleanly.
-{worker} "slurm-${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}" &
+task="${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"
+{worker} "slurm-$task" &
 child=$!
 caught=""
-trap 'caught=USR1; kill -s USR1 "$child" 2>/dev/null' USR1
-trap 'caught=TERM; kill -s TERM "$child" 2>/dev/null' TERM
+stop_signal=""
+forward() {{ caught=$1; stop_signal=$1; true; }}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
 status=0
 wait "$child" || status=$?
 # A trapped signal ends `wait` early (status > 128) while the worker is still stopping: wait again.
@@ -152,9 +190,16 @@ while [ "$status" -gt 128 ] && [ -n "$caught" ]; do
   [ "$next" -eq 127 ] && break  # its status was collected already (older bash): keep it
   status=$next
 done
-echo "boxmask worker exited with status $status"
+echo "boxmask worker exited with status $status"{requeue}
 exit "$status"
 """
+
+_REQUEUE = f"""
+if [ "$stop_signal" = USR1 ] && [ "$status" -eq {EXIT_STOPPED} ]; then
+  # The time limit is near and shards are left: run this worker again later, where it stopped.
+  echo "requeueing $task"
+  scontrol requeue "$task"
+fi"""
 
 
 def _run(cmd: Sequence[str], input_text: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -198,6 +243,7 @@ def submit_array(
     qos: str | None = None,
     throttle: int | None = None,
     grace_s: int = DEFAULT_GRACE_S,
+    requeue_on_timeout: bool = True,
     extra_sbatch_args: Sequence[str] = (),
     boxmask_cmd: Sequence[str] | None = None,
     max_array_size: int | None = None,
@@ -222,7 +268,8 @@ def submit_array(
         script = render_sbatch(
             out, size, partition=partition, gpus_per_task=gpus_per_task,
             cpus_per_task=cpus_per_task, mem=mem, time=time, account=account, qos=qos,
-            throttle=throttle, grace_s=grace_s, boxmask_cmd=boxmask_cmd,
+            throttle=throttle, grace_s=grace_s, requeue_on_timeout=requeue_on_timeout,
+            boxmask_cmd=boxmask_cmd,
         )
         pending = scripts_dir / f"pending-{os.getpid()}-{k}.sbatch"
         pending.write_text(script)

@@ -67,8 +67,8 @@ def bad_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (ann / "badxml_xxe.xml").write_text(
         f'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file://{secret}">]>'
         f"<annotation><folder>{WNID}</folder><filename>&x;</filename>"
-        f"<size><width>224</width><height>224</height></size>{OBJ.format(wnid=WNID, x0=1, y0=1, x1=9, y1=9)}"
-        "</annotation>")
+        "<size><width>224</width><height>224</height></size>"
+        + OBJ.format(wnid=WNID, x0=1, y0=1, x1=9, y1=9) + "</annotation>")
     # degenerate boxes next to a good one on a real image
     shutil.copy(src_data / "n01440764_10074.JPEG", data / "boxes_degenerate.JPEG")
     (ann / "boxes_degenerate.xml").write_text(_xml(

@@ -177,7 +177,7 @@ task="${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"
 child=$!
 caught=""
 stop_signal=""
-forward() {{ caught=$1; stop_signal=$1; true; }}
+forward() {{ caught=$1; stop_signal=$1; kill -s "$1" "$child" 2>/dev/null; }}
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 status=0

@@ -53,14 +53,19 @@ def _nearest(v: float) -> int:
     return math.floor(float(v) + 0.5)
 
 
-def from_voc(xmin: float, ymin: float, xmax: float, ymax: float) -> BoxXYXY:
-    """PASCAL VOC / ILSVRC XML ``<bndbox>`` (1-based, inclusive pixel indices) -> library box.
+def from_voc(xmin: float, ymin: float, xmax: float, ymax: float, origin: int = 1) -> BoxXYXY:
+    """XML ``<bndbox>`` (inclusive pixel indices counted from ``origin``) -> library box.
 
-    Fractional values (some tools write them) are rounded to the nearest pixel, halves up.
-    Raises ``ValueError`` for NaN or infinite coordinates.
+    PASCAL VOC counts from 1 (``origin=1``, the default). The ILSVRC-LOC XMLs count from 0: real
+    files hold ``xmin=0`` and right edges at ``width - 1`` but never at ``width`` (see
+    ``boxmask.readers.ilsvrc``). Fractional values (some tools write them) are rounded to the
+    nearest pixel, halves up. Raises ``ValueError`` for NaN or infinite coordinates.
     """
+    if origin not in (0, 1):
+        raise ValueError(f"origin must be 0 or 1, not {origin!r}")
     _finite((xmin, ymin, xmax, ymax), "VOC box")
-    return (_nearest(xmin) - 1, _nearest(ymin) - 1, _nearest(xmax) - 1, _nearest(ymax) - 1)
+    return (_nearest(xmin) - origin, _nearest(ymin) - origin, _nearest(xmax) - origin,
+            _nearest(ymax) - origin)
 
 
 def to_voc(box: BoxXYXY) -> tuple[int, int, int, int]:

@@ -85,6 +85,9 @@ def source_options(f: Any) -> Any:
                           "CSV (fixes the class index and names)."),
         click.option("--split", type=click.Choice(["all", "train", "val"]),
                      help="ILSVRC-LOC only: which split to read (default all)."),
+        click.option("--box-origin", type=click.IntRange(0, 1),
+                     help="ILSVRC-LOC / Kaggle LOC only: the first pixel's index in the XML/CSV "
+                          "boxes (default 0, as in the ILSVRC files; 1 for PASCAL VOC trees)."),
         click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS),
                      help="Output format; repeat for several (default pixel-imagenet)."),
         click.option("--engine", type=click.Choice(("auto",) + ENGINES),
@@ -117,7 +120,8 @@ def source_options(f: Any) -> Any:
     return f
 
 
-_PIPELINE_KEYS = {"source", "input_path", "images_root", "labels_file", "split", "formats",
+_PIPELINE_KEYS = {"source", "input_path", "images_root", "labels_file", "split", "box_origin",
+                  "formats",
                   "engine", "weights", "precision", "batch_size", "engine_option", "inside_point",
                   "exif", "max_pixels", "min_box_side", "shard_size", "limit"}
 _PIPELINE_ALIASES = {"input": "input_path", "labels": "labels_file", "format": "formats",
@@ -169,7 +173,13 @@ def _settings(ctx: click.Context, params: dict[str, Any]) -> Settings:
         from .weights import DEFAULT_WEIGHTS
 
         engine_options["weights"] = DEFAULT_WEIGHTS
-    reader_options = {"split": p["split"]} if p.get("split") and p["source"] == "ilsvrc-loc" else {}
+    reader_options: dict[str, Any] = {}
+    if p.get("split") and p["source"] == "ilsvrc-loc":
+        reader_options["split"] = p["split"]
+    if p.get("box_origin") is not None:
+        if p["source"] not in ("ilsvrc-loc", "kaggle-loc"):
+            raise click.UsageError("--box-origin applies to ilsvrc-loc and kaggle-loc only")
+        reader_options["origin"] = p["box_origin"]
     s = Settings(
         source=p["source"],
         input=str(p["input_path"]),

@@ -169,6 +169,10 @@ def decode_bytes(
 
 def _open_checked(data: bytes, fmt: str, name: str, max_pixels: int) -> Image.Image:
     """Open with Pillow, check size and completeness from the header, then decode the pixels."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and max_pixels > 2 * limit:
+        # ``max_pixels`` is the guard; lift Pillow's own hard limit (2 x MAX_IMAGE_PIXELS) to it.
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
     try:
         with warnings.catch_warnings():
             # The pixel limit below is ours; Pillow's softer warning threshold is not.
@@ -189,7 +193,8 @@ def _open_checked(data: bytes, fmt: str, name: str, max_pixels: int) -> Image.Im
         raise
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(f"{name}: refused before decoding by Pillow's pixel limit "
-                               f"(decompression-bomb guard): {e}") from None
+                               f"(decompression-bomb guard; raise PIL.Image.MAX_IMAGE_PIXELS "
+                               f"as well as --max-pixels to allow it): {e}") from None
     except MemoryError:
         raise ImageDecodeError(f"{name}: out of memory while decoding the {fmt}") from None
     except Exception as e:  # Pillow's plugins raise many types on hostile input

@@ -13,6 +13,7 @@ the Google Drive URL, e.g. from an institute's file server.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import http.client
 import http.cookiejar
@@ -27,6 +28,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from .atomic import atomic_write_text, fsync_dir
 
@@ -282,8 +285,6 @@ def _content_start(response, start: int) -> tuple[int, int | None]:
 
 def _download_once(session: _Session, url: str, part: Path, progress: bool) -> None:
     """Append the rest of ``url`` to ``part`` (restarting if the server ignores the range)."""
-    from tqdm.auto import tqdm
-
     start = part.stat().st_size if part.exists() else 0
     try:
         response = _open(session, url, start)
@@ -321,6 +322,24 @@ def _looks_like_checkpoint(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # zip (torch>=1.6) or pickle
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    """Hold an exclusive lock on ``<path>.lock`` (POSIX ``flock``; no-op where unavailable), so
+    that processes sharing a cache do not download the same file at once."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    with open(path.with_name(path.name + ".lock"), "a+b") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def fetch(
     name: str,
     url: str | None = None,
@@ -335,16 +354,32 @@ def fetch(
     ``url`` overrides the source (else ``$BOXMASK_WEIGHTS_MIRROR/<name>``, else Google Drive). An
     interrupted download is kept as ``<file>.part`` and resumed with a ``Range`` request, both on
     the ``retries`` automatic retries and on a later call. The sha256 of the completed file is
-    recorded in ``<file>.sha256``; a file already cached is returned unless ``force``.
+    recorded in ``<file>.sha256``; a file already cached is returned unless ``force``. Concurrent
+    calls for the same file (threads or processes sharing the cache) download it once.
     """
     entry = get_entry(name)
     dest = weights_path(name)
     if dest.is_file() and not force:
         return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest):
+        if dest.is_file() and not force:  # fetched by another process while we waited
+            return dest
+        return _fetch_locked(entry, dest, url, progress, retries, retry_wait_s, timeout_s)
+
+
+def _fetch_locked(
+    entry: WeightsEntry,
+    dest: Path,
+    url: str | None,
+    progress: bool,
+    retries: int,
+    retry_wait_s: float,
+    timeout_s: float,
+) -> Path:
     if url is None:
         mirror = os.environ.get(MIRROR_ENV)
         url = f"{mirror.rstrip('/')}/{entry.name}" if mirror else entry.url
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = _part(dest)
     session = _Session(timeout_s)
     log.info("downloading %s from %s", entry.name, url)
@@ -403,12 +438,13 @@ def install(name: str, source: str | os.PathLike, move: bool = False) -> Path:
         raise WeightsError(f"{source} holds an {arch!r} network; {name} is {entry.arch!r}")
     dest = weights_path(name)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = _part(dest)
-    if move:
-        shutil.move(source, staging)
-    else:
-        shutil.copyfile(source, staging)
-    return _commit(entry, staging, dest)
+    with _exclusive(dest):
+        staging = _part(dest)
+        if move:
+            shutil.move(source, staging)
+        else:
+            shutil.copyfile(source, staging)
+        return _commit(entry, staging, dest)
 
 
 # ---------------------------------------------------------------------------------------------

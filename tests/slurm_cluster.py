@@ -1,9 +1,9 @@
 """A real one-node Slurm cluster for the tests (scripts/slurm/cluster.sh), once per session.
 
-Use it from a test module with ``pytest_plugins = ["tests.slurm_cluster"]`` (one cluster for all
-the modules that do):
-``slurm_cluster`` starts the cluster (session scope) and ``slurm`` also points ``SLURM_CONF`` at it
-for one test, so that ``sbatch``/``squeue`` run by the code under test reach it.
+A test module uses it with ``pytest_plugins = ["slurm_cluster"]`` (one cluster serves every
+module that does): ``slurm_cluster`` starts the cluster (session scope) and ``slurm`` also points
+``SLURM_CONF`` at it for one test, so that ``sbatch``/``squeue`` run by the code under test reach
+it.
 
 Tests that need it are skipped when Slurm or munge is not installed or we are not root, unless
 ``BOXMASK_REQUIRE_SYSTEM_TESTS=1``: then they fail.

@@ -140,7 +140,7 @@ def test_degenerate_boxes_are_box_errors_and_the_good_boxes_convert(bad_run) -> 
     masks = [json.loads(x) for x in (out / "masks.jsonl").read_text().splitlines()
              if '"boxes_degenerate"' in x]
     assert sorted(m["index"] for m in masks) == [0, 4]
-    assert [m["box_xyxy"] for m in masks if m["index"] == 4] == [[199, 199, 223, 223]]
+    assert [m["box_xyxy"] for m in masks if m["index"] == 4] == [[200, 200, 223, 223]]
 
 
 def test_summary_counts_every_error(bad_run) -> None:

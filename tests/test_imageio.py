@@ -67,6 +67,19 @@ def test_every_real_jpeg_cut_anywhere_is_refused(monkeypatch):
                 decode_bytes(data[:cut], name=path.name)
 
 
+def test_a_cut_progressive_jpeg_is_refused(monkeypatch):
+    """Progressive JPEGs hold several scans; a cut between or inside them is still a cut."""
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    buf = io.BytesIO()
+    Image.open(SOURCE).save(buf, "JPEG", quality=90, progressive=True)
+    data = buf.getvalue()
+    assert data.count(b"\xff\xda") > 1
+    assert decode_bytes(data).size == (224, 224)
+    for cut in (len(data) // 3, len(data) * 2 // 3, len(data) - 2):
+        with pytest.raises(ImageDecodeError, match="truncated"):
+            decode_bytes(data[:cut])
+
+
 def test_a_thumbnail_inside_a_truncated_jpeg_does_not_hide_the_cut(monkeypatch):
     """An embedded complete JPEG (like an EXIF thumbnail) holds its own end-of-image marker."""
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
@@ -285,13 +298,14 @@ def test_the_pixel_limit_boundary():
         decode_image(SOURCE, max_pixels=224 * 224 - 1)
 
 
-def test_our_limit_replaces_pillows_warning_threshold(monkeypatch):
-    """Between Pillow's warning threshold and its hard limit, ``max_pixels`` decides."""
+def test_our_limit_replaces_pillows_limits(monkeypatch):
+    """``max_pixels`` decides, also above Pillow's warning threshold and hard limit."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)  # 224 x 224 = 50176 > 40000
     assert decode_image(SOURCE).size == (224, 224)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # hard limit 40000 < 50176
-    with pytest.raises(ImageDecodeError, match="Pillow's pixel limit"):
-        decode_image(SOURCE)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # Pillow's hard limit 40000 < 50176
+    assert decode_image(SOURCE).size == (224, 224)  # lifted to max_pixels: ours decides
+    with pytest.raises(ImageDecodeError, match="exceeds the limit of 40000"):
+        decode_image(SOURCE, max_pixels=40_000)
     assert DEFAULT_MAX_PIXELS == 2 * 89_478_485
 
 

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from slurm_cluster import SlurmCluster, wait_for
 
 from boxmask.jobs.slurm import (
     EXIT_STOPPED,
@@ -25,10 +26,9 @@ from boxmask.jobs.slurm import (
     submit_array,
     time_limit_seconds,
 )
-from tests.slurm_cluster import SlurmCluster, wait_for
 
 # The `slurm` fixture: the one-node test cluster, started once per session.
-pytest_plugins = ["tests.slurm_cluster"]
+pytest_plugins = ["slurm_cluster"]
 
 # Stands in for `boxmask work DIR --worker-id ID`: records that it started and which signal it
 # got in DIR/markers/, then exits. Its first argument is the behaviour: "exit:N" exits N at once,

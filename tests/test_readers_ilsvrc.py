@@ -48,16 +48,30 @@ def test_sample_gives_one_record_per_xml_with_every_box():
     assert sum(len(r.boxes) for r in records) == n_objects
 
 
-def test_sample_boxes_are_the_xml_values_minus_one_in_the_declared_frame():
+def test_sample_boxes_are_the_xml_values_in_the_declared_frame():
     for rec in _records(ILSVRCReader(SAMPLE)):
         xml = CLS_LOC / Path(rec.image_path).with_suffix(".xml")
         (w, h), objs = _xml_truth(xml)
         assert (rec.width, rec.height) == (w, h)
-        assert [(b.label, b.xyxy) for b in rec.boxes] == [
-            (name, tuple(v - 1 for v in bnd)) for name, bnd in objs]
+        assert [(b.label, b.xyxy) for b in rec.boxes] == [(name, tuple(bnd)) for name, bnd in objs]
         assert [b.index for b in rec.boxes] == list(range(len(objs)))
         assert [b.box_id for b in rec.boxes] == [stable_box_id(rec.image_id, i)
                                                 for i in range(len(objs))]
+
+
+def test_ilsvrc_xml_coordinates_count_from_zero():
+    """Evidence in the real files: boxes start at 0 and end at width-1, never at width."""
+    boxes = [(rec.width, rec.height, b.xyxy) for rec in _records(ILSVRCReader(SAMPLE))
+             for b in rec.boxes]
+    assert any(x0 == 0 for _, _, (x0, _, _, _) in boxes)  # impossible if counted from 1
+    assert all(0 <= x0 <= x1 < w and 0 <= y0 <= y1 < h for w, h, (x0, y0, x1, y1) in boxes)
+    assert any(x1 == w - 1 for w, _, (_, _, x1, _) in boxes)
+
+
+def test_voc_style_trees_can_be_read_counting_from_one():
+    zero = next(iter(ILSVRCReader(SAMPLE)))
+    one = next(iter(ILSVRCReader(SAMPLE, origin=1)))
+    assert one.boxes[0].xyxy == tuple(v - 1 for v in zero.boxes[0].xyxy)
 
 
 def test_first_sample_file_by_hand():
@@ -66,7 +80,7 @@ def test_first_sample_file_by_hand():
     assert first.image_id == "n01440764_10040"
     assert first.image_path == "train/n01440764/n01440764_10040.JPEG"
     assert (first.width, first.height) == (500, 375)
-    assert first.boxes[0].xyxy == (63, 102, 368, 276)
+    assert first.boxes[0].xyxy == (64, 103, 369, 277)
     assert first.boxes[0].attrs == {"truncated": 0, "difficult": 0, "pose": "Unspecified"}
     assert first.group == "n01440764"
 
@@ -161,7 +175,7 @@ def test_one_bad_box_is_a_box_error_and_the_other_boxes_still_come():
         assert isinstance(err, ErrorRecord) and isinstance(rec, ImageRecord)
         assert err.box_id == stable_box_id(stem, bad_index)
         assert [b.index for b in rec.boxes] == [1 - bad_index]
-        assert rec.boxes[0].xyxy == (63, 102, 368, 276)
+        assert rec.boxes[0].xyxy == (64, 103, 369, 277)
     assert "'abc' is not a number" in items["one_box_nonnumeric"][0].reason
     assert "<ymax> is missing" in items["one_box_missing_coord"][0].reason
     (only,) = items["all_boxes_bad"]

@@ -27,11 +27,12 @@ def test_val_csv_gives_the_same_boxes_as_the_val_xmls():
         assert rec.image_path == xml_rec.image_path
 
 
-def test_csv_values_are_converted_from_one_based():
+def test_csv_values_count_from_zero_like_the_xml():
     # First row: ILSVRC2012_val_00010306,n01440764 60 149 316 338
     first = next(iter(KaggleLOCReader(VAL_CSV)))
     assert first.image_id == "ILSVRC2012_val_00010306"
-    assert first.boxes[0].xyxy == (59, 148, 315, 337)
+    assert first.boxes[0].xyxy == (60, 149, 316, 338)
+    assert next(iter(KaggleLOCReader(VAL_CSV, origin=1))).boxes[0].xyxy == (59, 148, 315, 337)
     assert first.boxes[0].box_id == stable_box_id("ILSVRC2012_val_00010306", 0)
     assert first.width is None and first.height is None  # the CSV declares no size
 
@@ -91,4 +92,4 @@ def test_bad_rows_become_errors_and_reading_goes_on():
     assert len(errors) == 6
     # The second row keeps its good first box.
     (rec,) = records
-    assert rec.image_id == "n01440764_2" and [b.xyxy for b in rec.boxes] == [(0, 1, 2, 3)]
+    assert rec.image_id == "n01440764_2" and [b.xyxy for b in rec.boxes] == [(1, 2, 3, 4)]

@@ -6,10 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+from slurm_cluster import SlurmCluster, wait_for
 
-from tests.slurm_cluster import SlurmCluster, wait_for
-
-pytest_plugins = ["tests.slurm_cluster"]
+pytest_plugins = ["slurm_cluster"]
 
 pytestmark = pytest.mark.slurm
 

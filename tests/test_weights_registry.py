@@ -13,6 +13,7 @@ import json
 import re
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
+        time.sleep(srv.delay_s)
         if srv.drop_at is not None and srv.drop_at > start:
             self.wfile.write(body[start:srv.drop_at])
             self.wfile.flush()
@@ -96,7 +98,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def server():
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
-    srv.files, srv.requests, srv.ranges, srv.drop_at = {}, [], True, None
+    srv.files, srv.requests, srv.ranges, srv.drop_at, srv.delay_s = {}, [], True, None, 0.0
     srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
     thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -207,6 +209,23 @@ def test_fetch_returns_a_cached_file_without_contacting_the_server(server, paylo
     server.requests.clear()
     assert weights.fetch(NAME, url=url, progress=False) == weights.weights_path(NAME)
     assert server.requests == []
+
+
+def test_concurrent_fetches_of_one_file_download_it_once(server, payload):
+    server.delay_s = 0.3
+    url = _serve(server, payload)
+    paths: list[Path] = []
+    threads = [
+        threading.Thread(target=lambda: paths.append(weights.fetch(NAME, url=url, progress=False)))
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert paths == [weights.weights_path(NAME)] * 3
+    assert paths[0].read_bytes() == payload
+    assert len(server.requests) == 1
 
 
 def test_fetch_follows_a_google_drive_style_confirmation_form(server, payload):

@@ -2,14 +2,22 @@
 
 ```
 <output>/
-  plan.json                 the contract: settings, engine, shard list (written last by `plan`)
-  labels.json               class ids and names seen by the reader
-  shards/000000.jsonl       input items of shard 0: {"record": ...} or {"error": ...} per line
-  state/leases/000000.lease who works on shard 0 now (O_EXCL file, mtime = heartbeat)
-  state/results/000000.jsonl one ImageResult per input item, appended in item order
-  state/done/000000.json    shard 0 finished: counts and checksums
-  logs/                     cluster job logs
-  <format>/...              per-image outputs of each format, then its index files after merge
+  plan.json                    the contract: settings, engine, shard list (written last by `plan`)
+  plan.lock                    held while a process plans (other launchers wait for plan.json)
+  labels.json                  class ids and names seen by the reader
+  shards/000000.jsonl          input items of shard 0: {"record": ...} or {"error": ...} per line
+  state/leases/000000.lease    who works on shard 0 now (O_EXCL file, mtime = heartbeat)
+  state/results/000000.<token>.jsonl
+                               one ImageResult per input item, in item order, one file per lease
+                               attempt (<token> = the attempt's lease token)
+  state/done/000000.json       shard 0 finished: counts and checksums, names the results file
+  state/failures/000000.<token>.json
+                               an attempt on shard 0 that ended abnormally (its worker died, hung
+                               past the lease timeout, or raised), with the position it reached
+  state/failed/000000.json     shard 0 given up after repeated failures at the same position
+  state/merge.lease            held while a process merges
+  logs/                        cluster job logs
+  <format>/...                 per-image outputs of each format, then its index files after merge
   masks.jsonl errors.jsonl manifest.json   written by merge
 ```
 """
@@ -28,6 +36,10 @@ class JobLayout:
     @property
     def plan(self) -> Path:
         return self.root / "plan.json"
+
+    @property
+    def plan_lock(self) -> Path:
+        return self.root / "plan.lock"
 
     @property
     def labels(self) -> Path:
@@ -52,6 +64,18 @@ class JobLayout:
     @property
     def done_dir(self) -> Path:
         return self.state_dir / "done"
+
+    @property
+    def failures_dir(self) -> Path:
+        return self.state_dir / "failures"
+
+    @property
+    def failed_dir(self) -> Path:
+        return self.state_dir / "failed"
+
+    @property
+    def merge_lock(self) -> Path:
+        return self.state_dir / "merge.lease"
 
     @property
     def logs_dir(self) -> Path:
@@ -79,12 +103,27 @@ class JobLayout:
     def lease_file(self, shard_id: int) -> Path:
         return self.leases_dir / f"{self.shard_name(shard_id)}.lease"
 
-    def results_file(self, shard_id: int) -> Path:
-        return self.results_dir / f"{self.shard_name(shard_id)}.jsonl"
+    def attempt_file(self, shard_id: int, token: str) -> Path:
+        """The results file of one lease attempt on a shard."""
+        return self.results_dir / f"{self.shard_name(shard_id)}.{token}.jsonl"
+
+    def attempt_files(self, shard_id: int) -> list[Path]:
+        """Every attempt's results file of a shard, sorted by name."""
+        return sorted(self.results_dir.glob(f"{self.shard_name(shard_id)}.*.jsonl"))
 
     def done_file(self, shard_id: int) -> Path:
         return self.done_dir / f"{self.shard_name(shard_id)}.json"
 
+    def failure_file(self, shard_id: int, token: str) -> Path:
+        return self.failures_dir / f"{self.shard_name(shard_id)}.{token}.json"
+
+    def failure_files(self, shard_id: int) -> list[Path]:
+        return sorted(self.failures_dir.glob(f"{self.shard_name(shard_id)}.*.json"))
+
+    def failed_file(self, shard_id: int) -> Path:
+        return self.failed_dir / f"{self.shard_name(shard_id)}.json"
+
     def make_dirs(self) -> None:
-        for d in (self.shards_dir, self.leases_dir, self.results_dir, self.done_dir):
+        for d in (self.shards_dir, self.leases_dir, self.results_dir, self.done_dir,
+                  self.failures_dir, self.failed_dir):
             d.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """Run a conversion's workers as a Slurm job array.
 
 Each array task runs one ``boxmask work DIR`` worker, which claims shards until none is left, so
-the number of array tasks is the number of parallel workers, not the number of shards. A task is
-its own worker id, ``slurm-<array job id>_<task id>``.
+the number of array tasks is the number of parallel workers, not the number of shards. A task's
+worker id is ``slurm-<array job id>_<task id>``.
 
 The batch script runs the worker in the background and waits for it. Slurm sends the batch shell
 SIGUSR1 ``grace_s`` seconds before the time limit (``--signal=B:USR1@<grace_s>``); the script

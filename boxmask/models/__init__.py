@@ -2,7 +2,7 @@
 
 ``build_iog()`` gives the IOG network of ``IOG_PASCAL_SBD.pth`` / ``IOG_PASCAL.pth``;
 ``build_iog(refinement=True)`` the refinement network of ``IOG_PASCAL_SBD_REFINEMENT.pth``.
-``load_network(path)`` builds whichever of the two a checkpoint holds and loads it.
+``build_from_checkpoint(path)`` builds whichever of the two a checkpoint holds and loads it.
 """
 
 from __future__ import annotations

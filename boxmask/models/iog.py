@@ -20,12 +20,8 @@ from .fine import FineNet
 from .psp import PSPModule
 from .resnet import ResNetBackbone
 
-Features = tuple[Tensor, Tensor, Tensor, Tensor]
-"""Backbone outputs ``(layer4, layer3, layer2, layer1)``: at a 512^2 input 2048 x 32^2,
-1024 x 32^2, 512 x 64^2, 256 x 128^2."""
 
-
-class IOGDecoderBase(nn.Module):
+class IOGNetworkBase(nn.Module):
     """Modules shared by the IOG and IOG-refinement networks, in the official registration order
     (which fixes the ``state_dict`` order): ``Coarse_net``, ``Fine_net``, ``backbone``, ``psp4``,
     ``upsample``.
@@ -48,7 +44,8 @@ class IOGDecoderBase(nn.Module):
 
     @torch.jit.export
     def backbone_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(layer4, layer3, layer2, layer1)`` of the 5-channel input ``x``."""
+        """``(layer4, layer3, layer2, layer1)`` of the 5-channel input ``x``; at a 512^2 input
+        2048 x 32^2, 1024 x 32^2, 512 x 64^2 and 256 x 128^2."""
         return self.backbone(x)
 
     def _decode_all(self, deep: Tensor, l3: Tensor, l2: Tensor, l1: Tensor) -> list[Tensor]:
@@ -69,7 +66,7 @@ class IOGDecoderBase(nn.Module):
         return self.upsample(self.Fine_net(fms[0], fms[1], fms[2], fms[3]))
 
 
-class IOGNetwork(IOGDecoderBase):
+class IOGNetwork(IOGNetworkBase):
     """IOG with 5 input channels (RGB + inside + outside heatmaps); architecture of
     ``IOG_PASCAL_SBD.pth`` and ``IOG_PASCAL.pth`` (918 state-dict entries)."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .iog import IOGDecoderBase
+from .iog import IOGNetworkBase
 
 GUIDANCE_FEATURES = 64
 
@@ -38,7 +38,7 @@ def guidance_branch(in_channels: int = 2, out_channels: int = GUIDANCE_FEATURES)
     return nn.Sequential(*layers)
 
 
-class IOGRefinementNetwork(IOGDecoderBase):
+class IOGRefinementNetwork(IOGNetworkBase):
     """IOG with a click-guidance branch.
 
     ``backbone_features(x)`` once per image (``x`` as for ``IOGNetwork``), then

@@ -11,9 +11,13 @@ Layout (the ILSVRC / Kaggle ``CLS-LOC`` tree)::
 a class folder); a folder of XMLs outside such a tree is read as the annotation root itself, with
 the images looked up next to the XMLs. Files are walked in sorted order, one directory at a time.
 
-Boxes: ``<bndbox>`` is PASCAL VOC style (1-based, inclusive pixels of the image whose size
-``<size>`` declares); records carry the library convention (0-based inclusive, ``from_voc``) in
-that declared frame. The declared size may disagree with the JPEG; the worker rescales.
+Boxes: ``<bndbox>`` holds inclusive pixel indices of the image whose size ``<size>`` declares.
+Unlike PASCAL VOC (1-based), the ILSVRC-LOC XMLs count from 0: real files have ``xmin = 0`` and
+right/bottom edges at ``width - 1`` / ``height - 1`` but never at ``width`` / ``height`` (in the
+bundled sample: 3 boxes with xmin 0, 2 with ymin 0, 5 edges at width-1/height-1, none at width or
+height, none at 1). So the default ``origin`` is 0; pass ``origin=1`` for VOC-style trees. Records
+carry the library convention (0-based inclusive) in the declared frame; the declared size may
+disagree with the JPEG, and the worker rescales.
 """
 
 from __future__ import annotations
@@ -51,7 +55,11 @@ class ILSVRCReader(Reader):
     source = "ilsvrc-loc"
 
     def __init__(self, input_path: str | Path, images_root: str | Path | None = None,
-                 labels_file: str | Path | None = None, *, split: str = "all") -> None:
+                 labels_file: str | Path | None = None, *, split: str = "all",
+                 origin: int = 0) -> None:
+        if origin not in (0, 1):
+            raise ValueError(f"origin must be 0 or 1, not {origin!r}")
+        self.origin = origin
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
         self.split = split
@@ -121,7 +129,7 @@ class ILSVRCReader(Reader):
                 continue
             box_id = stable_box_id(image_id, index)
             try:
-                boxes.append(_box(obj, box_id, index))
+                boxes.append(_box(obj, box_id, index, self.origin))
             except ValueError as exc:
                 items.append(read_error(f"object {index}: {exc}", image_id, box_id, source))
         add_labels(self.label_map, boxes)
@@ -131,10 +139,10 @@ class ILSVRCReader(Reader):
         return items
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "split": self.split}
+        return {**super().describe(), "split": self.split, "origin": self.origin}
 
 
-def _box(obj: etree._Element, box_id: str, index: int) -> Box:
+def _box(obj: etree._Element, box_id: str, index: int, origin: int) -> Box:
     """One ``<object>`` -> ``Box`` (library convention); ``ValueError`` when unusable."""
     label = (obj.findtext("name") or "").strip()
     if not label:
@@ -147,8 +155,8 @@ def _box(obj: etree._Element, box_id: str, index: int) -> Box:
         if text is not None and text.strip():
             text = text.strip()
             attrs[tag] = int(text) if re.fullmatch(r"-?\d+", text) else text
-    return Box(box_id=box_id, label=label, index=index, xyxy=from_voc(xmin, ymin, xmax, ymax),
-               attrs=attrs)
+    xyxy = from_voc(xmin, ymin, xmax, ymax, origin)
+    return Box(box_id=box_id, label=label, index=index, xyxy=xyxy, attrs=attrs)
 
 
 def _first_name(objects: list[etree._Element]) -> str | None:

@@ -1,9 +1,9 @@
 """Kaggle ImageNet localisation CSVs (``LOC_train_solution.csv``, ``LOC_val_solution.csv``).
 
 Format: header ``ImageId,PredictionString``; ``PredictionString`` repeats
-``<wnid> <xmin> <ymin> <xmax> <ymax>``, the same 1-based inclusive pixel values as the ILSVRC XML
-``<bndbox>`` (converted with ``from_voc`` to the library convention). The CSV declares no image
-size, so boxes are in the frame of the original JPEG.
+``<wnid> <xmin> <ymin> <xmax> <ymax>``, the same inclusive pixel values as the ILSVRC XML
+``<bndbox>``, counted from 0 like them (``origin``; see ``boxmask.readers.ilsvrc``). The CSV
+declares no image size, so boxes are in the frame of the original JPEG.
 
 Image paths, relative to the images root (default ``<csv dir>/ILSVRC/Data/CLS-LOC``, else
 ``<csv dir>/Data/CLS-LOC``, else the csv dir):
@@ -21,6 +21,7 @@ import csv
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..boxes import from_voc
 from ..records import Box, ImageRecord
@@ -38,11 +39,17 @@ class KaggleLOCReader(Reader):
     source = "kaggle-loc"
 
     def __init__(self, input_path: str | Path, images_root: str | Path | None = None,
-                 labels_file: str | Path | None = None) -> None:
+                 labels_file: str | Path | None = None, *, origin: int = 0) -> None:
+        if origin not in (0, 1):
+            raise ValueError(f"origin must be 0 or 1, not {origin!r}")
+        self.origin = origin
         if labels_file is None:
             default = Path(input_path).parent / "LOC_synset_mapping.txt"
             labels_file = default if default.is_file() else None
         super().__init__(input_path, images_root, labels_file)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "origin": self.origin}
 
     def default_images_root(self) -> Path:
         folder = self.input_path.parent
@@ -85,7 +92,8 @@ class KaggleLOCReader(Reader):
             box_id = stable_box_id(image_id, index)
             try:
                 xyxy = from_voc(*(parse_number(v, name) for v, name in
-                                  zip(coords, ("xmin", "ymin", "xmax", "ymax"), strict=True)))
+                                  zip(coords, ("xmin", "ymin", "xmax", "ymax"), strict=True)),
+                                origin=self.origin)
             except ValueError as exc:
                 items.append(read_error(f"box {index}: {exc}", image_id, box_id, source))
                 continue

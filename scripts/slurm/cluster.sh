@@ -38,6 +38,13 @@ log_tail() {
   done >&2
 }
 
+fail_start() {
+  # Show the daemons' logs, undo the half-started cluster in $1, and fail with message $2.
+  log_tail "$1"
+  stop "$1" >/dev/null 2>&1 || true
+  die "$2"
+}
+
 start() {
   local dir="$1"
   for cmd in munged slurmctld slurmd sinfo; do
@@ -62,7 +69,7 @@ start() {
   munged --key-file="$dir/munge/munge.key" --socket="$socket" \
     --pid-file="$dir/run/munged.pid" --log-file="$dir/log/munged.log" \
     --seed-file="$dir/munge/munged.seed" \
-    || { log_tail "$dir"; die "munged did not start"; }
+    || fail_start "$dir" "munged did not start"
 
   local node hw ctld_port slurmd_port
   node="$(hostname -s)"
@@ -85,8 +92,8 @@ start() {
   export SLURM_CONF="$dir/etc/slurm.conf"
 
   # -c: a clean start (no saved jobs); -i: ignore stale state from an earlier run of this DIR.
-  slurmctld -c -i -f "$SLURM_CONF" || { log_tail "$dir"; die "slurmctld did not start"; }
-  slurmd -N "$node" -f "$SLURM_CONF" || { log_tail "$dir"; die "slurmd did not start"; }
+  slurmctld -c -i -f "$SLURM_CONF" || fail_start "$dir" "slurmctld did not start"
+  slurmd -N "$node" -f "$SLURM_CONF" || fail_start "$dir" "slurmd did not start"
 
   local deadline=$((SECONDS + ${BOXMASK_SLURM_START_TIMEOUT:-30})) state=""
   while [ "$SECONDS" -lt "$deadline" ]; do
@@ -97,9 +104,8 @@ start() {
     fi
     sleep 0.2
   done
-  log_tail "$dir"
-  stop "$dir" >/dev/null 2>&1 || true
-  die "node did not become idle within ${BOXMASK_SLURM_START_TIMEOUT:-30} s (state: '${state}')"
+  fail_start "$dir" \
+    "node did not become idle within ${BOXMASK_SLURM_START_TIMEOUT:-30} s (state: '${state}')"
 }
 
 alive() {

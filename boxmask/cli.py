@@ -231,10 +231,11 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
               help="Discard an existing conversion in --output that used other settings.")
 @click.option("--lease-timeout", type=float, help="Seconds before a silent worker's shard is "
                                                   "taken over (default 300).")
-@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show the progress bar (default: when stderr is a terminal).")
 @click.pass_context
 def convert(ctx: click.Context, workers: int, device: str | None, force: bool,
-            lease_timeout: float | None, progress: bool, **params: Any) -> None:
+            lease_timeout: float | None, progress: bool | None, **params: Any) -> None:
     """Convert a box dataset into masks: plan, run workers, merge.
 
     Running the same command again on the same --output resumes where it stopped (after a crash,
@@ -249,6 +250,7 @@ def convert(ctx: click.Context, workers: int, device: str | None, force: bool,
 
     settings = _settings(ctx, params)
     out_dir = params["out_dir"]
+    progress = sys.stderr.isatty() if progress is None else progress
     try:
         summary = run_convert(settings, out_dir, workers=workers, force=force, progress=progress,
                               lease_timeout_s=lease_timeout, device=device)
@@ -291,10 +293,11 @@ def plan(ctx: click.Context, force: bool, **params: Any) -> None:
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="When no shard is free, wait for other workers' shards (and take over those "
                    "whose worker died) instead of exiting.")
-@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show the progress bar (default: when stderr is a terminal).")
 def work(out_dir: Path, worker_id: str | None, device: str | None, batch_size: int | None,
          threads: int | None, max_shards: int | None, lease_timeout: float, wait: bool,
-         progress: bool) -> None:
+         progress: bool | None) -> None:
     """Be a worker of a planned conversion until no shard is left.
 
     Safe to run many at once, on one machine or many sharing OUT_DIR (this is what `submit` runs
@@ -302,6 +305,7 @@ def work(out_dir: Path, worker_id: str | None, device: str | None, batch_size: i
     """
     from .api import work as run_work
 
+    progress = sys.stderr.isatty() if progress is None else progress
     try:
         report = run_work(out_dir, worker_id=worker_id, progress=progress, threads=threads,
                           engine_overrides={"device": device, "batch_size": batch_size},
@@ -314,6 +318,60 @@ def work(out_dir: Path, worker_id: str | None, device: str | None, batch_size: i
     if report.stopped:
         sys.exit(EXIT_STOPPED)
     sys.exit(EXIT_PARTIAL if report.errors else EXIT_OK)
+
+
+@cli.command()
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--backend", type=click.Choice(["slurm", "ray"]), default="slurm", show_default=True,
+              help="Where the workers run: a Slurm job array, or tasks on a Ray cluster.")
+@click.option("--workers", "-n", type=int, required=True,
+              help="Parallel workers (array tasks / Ray tasks); each claims shards until none "
+                   "is left.")
+@click.option("--partition", help="Slurm partition.")
+@click.option("--gpus-per-task", type=int, default=0, show_default=True,
+              help="GPUs per worker (Slurm --gpus-per-task; Ray num_gpus).")
+@click.option("--cpus-per-task", type=int, help="CPUs per worker (Slurm / Ray num_cpus).")
+@click.option("--mem", help="Slurm: memory per worker (16G).")
+@click.option("--time", "time_limit", help="Slurm: time limit per worker (4:00:00); a worker it "
+                                           "stops is requeued and goes on.")
+@click.option("--account", help="Slurm account.")
+@click.option("--qos", help="Slurm quality of service.")
+@click.option("--throttle", type=int, help="Slurm: at most this many workers of one array at once.")
+@click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
+              help="Extra sbatch option, e.g. --sbatch-arg=--constraint=a100 (repeatable).")
+@click.option("--ray-address", help="Ray: cluster address (default: RAY_ADDRESS, else a local "
+                                    "Ray instance).")
+def submit(out_dir: Path, backend: str, workers: int, partition: str | None, gpus_per_task: int,
+           cpus_per_task: int | None, mem: str | None, time_limit: str | None,
+           account: str | None, qos: str | None, throttle: int | None,
+           sbatch_args: tuple[str, ...], ray_address: str | None) -> None:
+    """Run workers of a planned conversion on a cluster (`plan` first, `merge` after).
+
+    Slurm: submits job arrays (split below MaxArraySize) and returns at once; follow with
+    `boxmask status`. Ray: runs the workers as Ray tasks and waits for them.
+    """
+    from .jobs.plan import load_plan
+
+    if load_plan(out_dir) is None:
+        _fail(RuntimeError(f"{out_dir} has no plan: run `boxmask plan` first"))
+    if backend == "ray":
+        from .jobs.ray_backend import run_ray_workers
+
+        codes = run_ray_workers(out_dir, workers, address=ray_address,
+                                gpus_per_worker=gpus_per_task, cpus_per_worker=cpus_per_task)
+        click.echo(json.dumps({"worker_exit_codes": codes}))
+        sys.exit(EXIT_OK if all(c in (EXIT_OK, EXIT_PARTIAL) for c in codes) else EXIT_FATAL)
+    from .jobs.slurm import SlurmError, submit_array
+
+    try:
+        job_ids = submit_array(out_dir, workers, partition=partition, gpus_per_task=gpus_per_task,
+                               cpus_per_task=cpus_per_task, mem=mem, time=time_limit,
+                               account=account, qos=qos, throttle=throttle,
+                               extra_sbatch_args=sbatch_args)
+    except (SlurmError, ValueError) as e:
+        _fail(e)
+    click.echo(" ".join(job_ids))
+    click.echo(f"logs: {out_dir / 'logs'}; follow with `boxmask status {out_dir}`", err=True)
 
 
 @cli.command()

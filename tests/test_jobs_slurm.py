@@ -297,3 +297,49 @@ def test_slurm_workers_convert_a_planned_dataset_end_to_end(slurm: SlurmCluster,
     merged = subprocess.run([*boxmask, "merge", str(out)], capture_output=True, text=True)
     assert merged.returncode == 0, merged.stderr
     assert json.loads(merged.stdout)["images"] == 12
+
+
+def _output_files(out: Path) -> dict[str, bytes]:
+    """Every final output of a conversion (not its state, plan or manifest), by relative path."""
+    keep = ("pixel-imagenet", "coco", "openimages")
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*")
+             if p.is_file() and p.relative_to(out).parts[0] in keep}
+    for name in ("masks.jsonl", "errors.jsonl"):
+        files[name] = (out / name).read_bytes()
+    return files
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(not _worker_available(), reason="needs boxmask work")
+def test_an_array_cancelled_mid_run_and_resubmitted_equals_a_single_process_run(
+        slurm: SlurmCluster, tmp_path: Path) -> None:
+    boxmask = default_worker_command()
+    options = ["--source", "ilsvrc-loc", "--input", str(SAMPLE), "--format", "pixel-imagenet",
+               "--format", "coco", "--format", "openimages", "--engine", "grabcut",
+               "--shard-size", "3", "--limit", "24"]
+    single = tmp_path / "single"
+    subprocess.run([*boxmask, "convert", *options, "--output", str(single), "--no-progress"],
+                   check=True, capture_output=True)
+
+    out = tmp_path / "cluster"
+    subprocess.run([*boxmask, "plan", *options, "--output", str(out)], check=True,
+                   capture_output=True)
+    first = submit_array(out, 2)
+    done_dir = out / "state" / "done"
+    wait_for(lambda: done_dir.exists() and len(list(done_dir.glob("*.json"))) >= 2, 90,
+             "two shards done")
+    slurm.run("scancel", *first)
+    slurm.wait_finished(first, timeout=60)
+    n_done = len(list(done_dir.glob("*.json")))
+    assert n_done < 8, "the array finished before it could be cancelled"
+
+    second = submit_array(out, 2)
+    slurm.wait_finished(second, timeout=120)
+    assert len(list(done_dir.glob("*.json"))) == 8
+    merged = subprocess.run([*boxmask, "merge", str(out)], capture_output=True, text=True)
+    assert merged.returncode == 0, merged.stderr
+    assert _output_files(out) == _output_files(single)
+    results = [json.loads(line) for p in (out / "state" / "results").glob("*.jsonl")
+               for line in p.read_text().splitlines()]
+    ids = [r["record"]["image_id"] for r in results]
+    assert len(ids) == len(set(ids)) == 24  # every image exactly once

@@ -522,6 +522,8 @@ def prepare_torch(items: Sequence[_Item], requests: Sequence[SegmentRequest], re
     for i, item in enumerate(items):
         if item.request not in images:
             array = np.ascontiguousarray(requests[item.request].image)
+            if not array.flags.writeable:  # torch wants writable memory (e.g. np.asarray(PIL))
+                array = array.copy()
             src = torch.from_numpy(array)
             if device.type == "cuda":
                 src = src.pin_memory()

@@ -1,14 +1,21 @@
-"""Shard leases on a shared filesystem: O_EXCL lease files, heartbeats, takeover when stale.
+"""Leases on a shared filesystem: exclusive lease files, heartbeats, takeover when stale.
 
-A worker owns a shard while its lease file exists and carries its token. The file is created with
-``O_CREAT | O_EXCL`` (one winner), its mtime is renewed by a heartbeat thread, and it is removed on
-release. A lease is stale when its heartbeat is older than the timeout, or at once when it was
-taken on this host by a process that no longer exists (a killed local worker). A stale lease is
-taken over by renaming it to a unique tombstone (one winner) and creating a fresh one.
+A worker owns a shard (or the plan, or the merge) while the lease file exists and carries its
+token. The file is created exclusively (written to a temporary file, then hard-linked into place,
+so that nobody ever sees it half-written; ``O_CREAT | O_EXCL`` where links are unsupported), its
+mtime is renewed by a heartbeat thread, and it is removed on release. A lease is stale when its
+heartbeat is older than the timeout, or at once when it was taken on this host (same hostname and
+pid namespace) by a process that no longer exists (a killed local worker).
 
-Two workers can still, in rare races on a slow filesystem, both believe they hold a shard (a
-lease renewed during a takeover). That costs duplicated work, never corrupted output: each lease
-attempt appends to its own results file and the done marker names the one that counts.
+A stale lease is taken over by renaming it to a unique tombstone (one winner) and creating a fresh
+one. The winner checks that what it moved is the lease it judged stale (same token, same
+heartbeat); a lease renewed in between is put back. Release renames the lease away first and
+removes it only if it is still ours.
+
+Two workers can still, in rare races on a slow filesystem, both believe they hold a shard for a
+moment. That costs duplicated work, never corrupted output: each lease attempt appends to its own
+results file, per-image files are written atomically with identical bytes, and the done marker is
+created exclusively (the first finished attempt wins).
 """
 
 from __future__ import annotations
@@ -44,28 +51,62 @@ def _process_start_time(pid: int) -> str | None:
         return None
 
 
+def _pid_namespace() -> str | None:
+    """This process's pid namespace (``pid:[inode]``): pids mean something only inside it."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists in this pid namespace (zombies count as gone)."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class LeaseInfo:
+    """What a lease file holds (JSON)."""
+
     worker_id: str
     host: str
     pid: int
     pid_start: str | None
     token: str
+    """8 hex digits, unique per acquisition; names the attempt's results file."""
     acquired: float
+    """Unix time the lease was taken."""
+    pid_ns: str | None = None
 
     @classmethod
     def mine(cls, worker_id: str) -> LeaseInfo:
         pid = os.getpid()
         return cls(worker_id=worker_id, host=socket.gethostname(), pid=pid,
                    pid_start=_process_start_time(pid), token=secrets.token_hex(4),
-                   acquired=time.time())
+                   acquired=time.time(), pid_ns=_pid_namespace())
+
+    def describe(self) -> str:
+        return f"{self.worker_id} ({self.host}, pid {self.pid})"
 
 
 def read_lease(path: Path) -> tuple[LeaseInfo | None, float | None]:
     """The lease's owner and heartbeat time (mtime), or (None, None) if there is no lease.
 
-    A lease file that exists but cannot be parsed (its writer died between create and write)
-    is returned as (None, mtime).
+    A lease file that exists but cannot be parsed is returned as (None, mtime).
     """
     try:
         st = path.stat()
@@ -79,31 +120,46 @@ def read_lease(path: Path) -> tuple[LeaseInfo | None, float | None]:
 
 
 def owner_is_gone(info: LeaseInfo) -> bool:
-    """True when the lease was taken on this host by a process that has ended."""
-    if info.host != socket.gethostname():
+    """True when the lease was taken on this host, in this pid namespace, by a process that has
+    ended (or whose pid now belongs to another process)."""
+    if info.host != socket.gethostname() or info.pid_ns != _pid_namespace():
         return False
     start = _process_start_time(info.pid)
-    return start is None or (info.pid_start is not None and start != info.pid_start)
+    if start is None:
+        return not pid_alive(info.pid)
+    return info.pid_start is not None and start != info.pid_start
+
+
+def stale_reason(info: LeaseInfo | None, mtime: float | None, timeout_s: float,
+                 now: float | None = None) -> str | None:
+    """Why the lease is stale (a sentence), or None when it is live or absent."""
+    if mtime is None:
+        return None
+    now = time.time() if now is None else now
+    age = now - mtime
+    if age > timeout_s:
+        return f"no heartbeat for {age:.1f} s (lease timeout {timeout_s:g} s)"
+    if info is None:  # unparsable: only a damaged file can look like this
+        return f"unreadable lease file, {age:.1f} s old" if age > min(timeout_s, 10.0) else None
+    if owner_is_gone(info):
+        return f"worker process {info.pid} on {info.host} ended without releasing its lease"
+    return None
 
 
 def is_stale(info: LeaseInfo | None, mtime: float | None, timeout_s: float,
              now: float | None = None) -> bool:
-    if mtime is None:
-        return False
-    now = time.time() if now is None else now
-    if now - mtime > timeout_s:
-        return True
-    if info is None:  # unparsable: give its writer a moment to finish writing
-        return now - mtime > min(timeout_s, 10.0)
-    return owner_is_gone(info)
+    return stale_reason(info, mtime, timeout_s, now) is not None
 
 
 class Lease:
-    """A held lease on one shard."""
+    """A held lease. ``replaced`` / ``replaced_reason``: the stale lease this one took over."""
 
-    def __init__(self, path: Path, info: LeaseInfo) -> None:
+    def __init__(self, path: Path, info: LeaseInfo, replaced: LeaseInfo | None = None,
+                 replaced_reason: str | None = None) -> None:
         self.path = path
         self.info = info
+        self.replaced = replaced
+        self.replaced_reason = replaced_reason
         self.lost = threading.Event()
 
     @property
@@ -127,18 +183,46 @@ class Lease:
             raise LeaseLost(f"lease {self.path.name} was taken over")
 
     def release(self) -> None:
-        if self.still_held():
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+        """Remove the lease if it is still ours; leave anyone else's in place."""
+        tomb = self.path.with_name(f"{self.path.name}.release-{self.token}")
+        try:
+            os.rename(self.path, tomb)
+        except FileNotFoundError:
+            return
+        moved, _ = read_lease(tomb)
+        if moved is None or moved.token != self.token:
+            # Someone else's lease (we lost ours): put it back unless a newer one exists.
+            with contextlib.suppress(OSError):
+                os.link(tomb, self.path)
+        with contextlib.suppress(FileNotFoundError):
+            tomb.unlink()
 
 
 def _create(path: Path, info: LeaseInfo) -> bool:
+    """Create the lease file with ``info`` unless it exists; True on success."""
+    data = json.dumps(asdict(info)).encode()
+    tmp = path.with_name(f".{path.name}.new-{info.token}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this filesystem: exclusive create instead
+            pass
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(asdict(info)))
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     return True
@@ -151,15 +235,17 @@ def try_acquire(path: Path, worker_id: str, timeout_s: float = DEFAULT_TIMEOUT_S
     if _create(path, info):
         return Lease(path, info)
     old, mtime = read_lease(path)
-    if not is_stale(old, mtime, timeout_s):
+    reason = stale_reason(old, mtime, timeout_s)
+    if reason is None:
         return None
     tomb = path.with_name(f"{path.name}.stale-{info.token}")
     try:
         os.rename(path, tomb)
     except FileNotFoundError:
         return None  # someone else took it over first
-    moved, _ = read_lease(tomb)
-    if old is not None and (moved is None or moved.token != old.token):
+    moved, moved_mtime = read_lease(tomb)
+    same_owner = (moved.token if moved else None) == (old.token if old else None)
+    if not same_owner or moved_mtime != mtime:
         # We moved a lease renewed or re-created after our check: put it back if we can.
         with contextlib.suppress(OSError):
             os.link(tomb, path)
@@ -168,10 +254,21 @@ def try_acquire(path: Path, worker_id: str, timeout_s: float = DEFAULT_TIMEOUT_S
         return None
     with contextlib.suppress(FileNotFoundError):
         tomb.unlink()
-    log.warning("took over stale lease %s from %s", path.name,
-                f"{old.worker_id} ({old.host}, pid {old.pid})" if old else "an unknown worker")
-    if _create(path, info):
-        return Lease(path, info)
+    if not _create(path, info):
+        return None
+    log.warning("took over %s from %s: %s", path.name,
+                old.describe() if old else "an unknown worker", reason)
+    return Lease(path, info, replaced=old, replaced_reason=reason)
+
+
+def acquire_blocking(path: Path, worker_id: str, timeout_s: float = DEFAULT_TIMEOUT_S,
+                     poll_s: float = 0.2, until: threading.Event | None = None) -> Lease | None:
+    """Wait for the lease at ``path`` (taking it over once stale); None if ``until`` is set."""
+    while until is None or not until.is_set():
+        lease = try_acquire(path, worker_id, timeout_s)
+        if lease is not None:
+            return lease
+        time.sleep(poll_s)
     return None
 
 
@@ -190,7 +287,7 @@ class Heartbeat:
             try:
                 self.lease.renew()
             except LeaseLost:
-                log.error("lost lease %s; abandoning the shard", self.lease.path.name)
+                log.error("lost lease %s; abandoning it", self.lease.path.name)
                 return
             except OSError as e:  # a transient filesystem error: try again next beat
                 log.warning("heartbeat for %s failed: %s", self.lease.path.name, e)
@@ -202,3 +299,16 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def holding(path: Path, worker_id: str, timeout_s: float = DEFAULT_TIMEOUT_S,
+            poll_s: float = 0.2):
+    """Context manager: wait for the lease at ``path``, keep it alive, release it at the end."""
+    lease = acquire_blocking(path, worker_id, timeout_s, poll_s)
+    assert lease is not None
+    try:
+        with Heartbeat(lease, max(min(timeout_s / 4, 30.0), 0.2)):
+            yield lease
+    finally:
+        lease.release()

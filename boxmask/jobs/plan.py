@@ -7,6 +7,13 @@ output directory resumes only if the requested settings equal the planned ones.
 
 Shards group whole images (all boxes of an image in one shard) in source order: shard ``i`` holds
 items ``i*shard_size .. (i+1)*shard_size - 1``. Planning the same input twice gives the same shards.
+Each shard entry of the plan records the shard file's sha256; workers refuse a shard file that
+does not match. The plan also records the boxmask version: workers of another version refuse to
+work on it (their masks could differ), and a random ``plan_id`` that ties every done marker to
+the plan it was made for.
+
+Planning is exclusive: concurrent launchers on the same output directory take the plan lock in
+turn; the first plans, the others find its plan and check their settings against it.
 """
 
 from __future__ import annotations
@@ -15,7 +22,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import secrets
 import shutil
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +38,7 @@ from ..labels import LabelMap
 from ..readers import open_reader
 from ..records import ErrorRecord, ImageRecord
 from .layout import JobLayout
+from .lease import DEFAULT_TIMEOUT_S, holding
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +124,24 @@ def describe_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return []
 
 
+def check_version(plan: dict[str, Any]) -> None:
+    """Raise ``PlanMismatchError`` when the plan was made by another boxmask version or plan
+    format (another version may produce other masks: finish the job with the version that
+    planned it, or start over with ``--force``)."""
+    if plan.get("plan_format") != PLAN_FORMAT:
+        raise PlanMismatchError(f"the plan has format {plan.get('plan_format')!r}; this boxmask "
+                                f"reads format {PLAN_FORMAT}. Use --force to plan again.")
+    if plan.get("boxmask_version") != __version__:
+        raise PlanMismatchError(
+            f"the conversion was planned with boxmask {plan.get('boxmask_version')}, this is "
+            f"boxmask {__version__}: finish it with the version that planned it, or use --force "
+            "to discard it and start over.")
+
+
 def check_contract(plan: dict[str, Any], requested: dict[str, Any]) -> None:
-    """Raise ``PlanMismatchError`` listing the differences when ``requested`` != the plan."""
+    """Raise ``PlanMismatchError`` listing the differences when ``requested`` != the plan (or
+    the plan was made by another boxmask version)."""
+    check_version(plan)
     if contract_hash(plan["contract"]) == contract_hash(requested):
         return
     diffs = describe_differences(plan["contract"], requested)
@@ -154,18 +181,22 @@ class _ShardSink:
     """Writes items into consecutive shard files of ``shard_size`` items each."""
 
     def __init__(self, layout: JobLayout, shard_size: int) -> None:
+        if shard_size < 1:
+            raise ValueError(f"shard size must be at least 1, not {shard_size}")
         self.layout = layout
         self.shard_size = shard_size
         self.shards: list[dict[str, Any]] = []
         self._ctx = None
         self._file = None
+        self._hash = hashlib.sha256()
         self._current: dict[str, Any] = {}
 
     def add(self, item: ImageRecord | ErrorRecord) -> None:
         if self._file is None:
             shard_id = len(self.shards)
-            self._ctx = atomic_open(self.layout.shard_file(shard_id), "w", fsync=False)
+            self._ctx = atomic_open(self.layout.shard_file(shard_id), "wb")
             self._file = self._ctx.__enter__()
+            self._hash = hashlib.sha256()
             self._current = {"id": shard_id, "items": 0, "images": 0, "boxes": 0,
                              "read_errors": 0}
         cur = self._current
@@ -176,7 +207,9 @@ class _ShardSink:
         else:
             line = {"error": item.to_json()}
             cur["read_errors"] += 1
-        self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
+        data = (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8")
+        self._file.write(data)
+        self._hash.update(data)
         cur["items"] += 1
         if cur["items"] >= self.shard_size:
             self.close()
@@ -184,6 +217,7 @@ class _ShardSink:
     def close(self) -> None:
         if self._ctx is not None:
             self._ctx.__exit__(None, None, None)
+            self._current["sha256"] = self._hash.hexdigest()
             self.shards.append(self._current)
             self._ctx, self._file = None, None
 
@@ -192,12 +226,15 @@ def make_plan(settings: Settings, out_dir: str | Path,
               engine_description: dict[str, Any]) -> dict[str, Any]:
     """Stream the source into shard files and write ``plan.json``; return the plan.
 
-    ``plan.json`` is written last: a directory without it has no plan, and planning starts over.
+    ``plan.json`` is written last: a directory without it has no plan, and planning starts over
+    (shards and state of an unfinished planning are discarded). Call it under the plan lock
+    (``open_plan`` does).
     """
     settings = resolve_settings(settings)
     layout = JobLayout(out_dir)
-    if layout.shards_dir.exists():
-        shutil.rmtree(layout.shards_dir)
+    for d in (layout.shards_dir, layout.state_dir):
+        if d.exists():
+            shutil.rmtree(d)
     layout.make_dirs()
     reader = open_reader(settings.source, settings.input, settings.images_root,
                          labels_file=settings.labels_file, **settings.reader_options)
@@ -224,6 +261,7 @@ def make_plan(settings: Settings, out_dir: str | Path,
     plan = {
         "plan_format": PLAN_FORMAT,
         "boxmask_version": __version__,
+        "plan_id": secrets.token_hex(8),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "planning_seconds": round(time.time() - started, 3),
         "contract": contract(settings, engine_description),
@@ -239,3 +277,33 @@ def make_plan(settings: Settings, out_dir: str | Path,
 
 def plan_settings(plan: dict[str, Any]) -> Settings:
     return Settings.from_json(plan["contract"]["settings"])
+
+
+def open_plan(settings: Settings, out_dir: str | Path, engine_description: dict[str, Any], *,
+              force: bool = False, lock_timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """The plan of ``out_dir`` for ``settings``: planned now, or the existing one when its
+    contract matches (else ``PlanMismatchError``; ``force`` discards it and plans again).
+
+    Exclusive: concurrent callers take the plan lock in turn, so one plans and the others
+    resume its plan.
+    """
+    settings = resolve_settings(settings)
+    requested = contract(settings, engine_description)
+    plan = load_plan(out_dir)
+    if plan is not None and not force:
+        check_contract(plan, requested)
+        return plan
+    seen = plan.get("plan_id") if plan is not None else None
+    layout = JobLayout(out_dir)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    worker = f"plan-{socket.gethostname()}-{os.getpid()}"
+    with holding(layout.plan_lock, worker, lock_timeout_s):
+        plan = load_plan(out_dir)
+        if plan is not None and force and plan.get("plan_id") == seen:
+            log.warning("discarding the conversion in %s (--force)", out_dir)
+            discard_job(out_dir)
+            plan = None
+        if plan is not None:  # planned by another launcher while we waited for the lock
+            check_contract(plan, requested)
+            return plan
+        return make_plan(settings, out_dir, engine_description)

@@ -281,8 +281,6 @@ class Worker:
         results_path, start = self._start_attempt(sid, lease)
         if start:
             log.info("shard %d: resuming after %d of %d items", sid, start, len(items))
-        if self.progress is not None and start:
-            self.progress.skip(items[:start])
         with open(results_path, "a", encoding="utf-8") as out:
             for result in self._results(items[start:]):
                 lease.check()

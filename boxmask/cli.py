@@ -420,6 +420,81 @@ def status(out_dir: Path, as_json: bool, lease_timeout: float) -> None:
                if st["complete"] else "not complete")
 
 
+@cli.group()
+def weights() -> None:
+    """IOG checkpoints: the released files, the cache ($BOXMASK_HOME), download and checks."""
+
+
+@weights.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+def weights_list(as_json: bool) -> None:
+    """Show the known checkpoints and which are in the cache."""
+    from .weights import cache_dir, list_weights
+
+    rows = list_weights()
+    if as_json:
+        click.echo(json.dumps(rows, default=str, indent=1))
+        return
+    click.echo(f"cache: {cache_dir()}")
+    for r in rows:
+        state = f"cached, {r['size_bytes']} B" if r["path"] else "not downloaded"
+        click.echo(f"{r['name']:32s} {r['arch']:15s} {state}  {r['description']}")
+
+
+@weights.command("path")
+@click.argument("name")
+def weights_path_cmd(name: str) -> None:
+    """Print where checkpoint NAME is (or would be) in the cache."""
+    from .weights import WeightsError, weights_path
+
+    try:
+        click.echo(str(weights_path(name)))
+    except (WeightsError, KeyError) as e:
+        _fail(e)
+
+
+@weights.command("fetch")
+@click.argument("name")
+@click.option("--url", help="Download from this URL instead of the registry's (a mirror).")
+@click.option("--force", is_flag=True, help="Download again even if the file is cached.")
+def weights_fetch(name: str, url: str | None, force: bool) -> None:
+    """Download checkpoint NAME into the cache (resumes an interrupted download)."""
+    from .weights import WeightsError, fetch
+
+    try:
+        path = fetch(name, url=url, progress=sys.stderr.isatty(), force=force)
+    except (WeightsError, KeyError, OSError) as e:
+        _fail(e)
+    click.echo(str(path))
+
+
+@weights.command("install")
+@click.argument("name")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def weights_install(name: str, file: Path) -> None:
+    """Put a checkpoint downloaded by hand (e.g. in a browser) into the cache as NAME."""
+    from .weights import WeightsError, install
+
+    try:
+        click.echo(str(install(name, file)))
+    except (WeightsError, KeyError, OSError, ValueError) as e:
+        _fail(e)
+
+
+@weights.command("verify")
+@click.argument("name")
+def weights_verify(name: str) -> None:
+    """Check the cached NAME: size, sha256 against the recorded one, loads with the right keys."""
+    from .weights import WeightsError, verify
+
+    try:
+        result = verify(name)
+    except (WeightsError, KeyError) as e:
+        _fail(e)
+    click.echo(json.dumps(result, default=str, indent=1))
+    sys.exit(EXIT_OK if result["ok"] else EXIT_FATAL)
+
+
 def _parse_box(value: str) -> tuple[int, int, int, int]:
     try:
         x0, y0, x1, y1 = (int(round(float(v))) for v in value.split(","))

@@ -78,7 +78,7 @@ REGISTRY: dict[str, WeightsEntry] = {
     for e in (
         WeightsEntry(
             "IOG_PASCAL_SBD.pth", "iog", "1Lm1hhMhhjjnNwO4Pf7SC6tXLayH2iH0l", _IOG_PAYLOAD,
-            "IOG trained on PASCAL VOC 2012 + SBD (the model used by CVAT and Pixel-ImageNet)",
+            "IOG trained on PASCAL VOC 2012 + SBD (the model CVAT deploys)",
         ),
         WeightsEntry(
             "IOG_PASCAL.pth", "iog", "1GLZIQlQ-3KUWaGTQ1g_InVcqesGfGcpW", _IOG_PAYLOAD,
@@ -170,8 +170,8 @@ def list_weights() -> list[dict[str, Any]]:
 
 def _how_to_get(entry: WeightsEntry) -> str:
     return (
-        f"download it with boxmask.weights.fetch({entry.name!r}), or fetch {entry.page_url} in a "
-        f"browser and register the file with boxmask.weights.install({entry.name!r}, <file>)"
+        f"download it with `boxmask weights fetch {entry.name}`, or open {entry.page_url} in a "
+        f"browser and register the file with `boxmask weights install {entry.name} <file>`"
     )
 
 

@@ -2,24 +2,34 @@
 
 Durability rules, in the order a worker applies them:
 
-* A shard is claimed with a lease (``boxmask.jobs.lease``); a heartbeat keeps it.
-* Each lease attempt appends results to its own file ``state/results/<shard>.<token>.jsonl``, one
-  line per input item, in item order, flushed after every line (a killed process loses nothing the
-  kernel has; the file is fsynced when the shard is done). A resumed shard starts from the longest
-  valid prefix among earlier attempts (a torn last line is dropped), so finished images are not
-  redone and no image is recorded twice. Attempt files that no done marker names are removed by
-  merge.
+* The engine is built (and checked against the plan) before any shard is claimed; a worker of
+  another boxmask version or with other engine settings refuses to start.
+* A shard is claimed with a lease (``boxmask.jobs.lease``); a heartbeat keeps it. A shard whose
+  lease went stale (its worker died or hung) is taken over, and the abandoned attempt is recorded
+  as a failure at the position it reached. After ``max_attempts`` failures at the same position
+  (a worker crashes on the same images again and again) the shard is marked failed instead of
+  being tried again: ``status`` and ``merge`` report it, ``reset_failed`` re-opens it.
+* Each lease attempt writes its own results file ``state/results/<shard>.<token>.jsonl``, one line
+  per input item, in item order, flushed after every line. It starts as an atomic copy of the
+  longest valid prefix among earlier attempts (complete JSON lines of the right images whose
+  per-image files exist; a torn last line is dropped), so finished images are not redone and no
+  image is recorded twice.
 * Per-image files (PNGs) are written atomically before their result line; redoing an image writes
   the same bytes.
 * When every item has a line, the results file is fsynced and the done marker
-  ``state/done/<shard>.json`` (counts, sha256 of the results) is written atomically. Merge reads
-  only shards with a done marker, through the results file the marker names.
-* SIGTERM / SIGUSR1 / SIGINT ask the worker to stop: it finishes the batch in hand, releases its
-  lease and returns (the shard resumes later from its results).
+  ``state/done/<shard>.json`` (plan id, counts, sha256 of the results file and of the per-image
+  files) is created exclusively: the first finished attempt wins, a later one discards its file.
+  Merge reads only shards with a done marker, through the results file the marker names.
+* SIGTERM / SIGUSR1 / SIGINT (or ``StopRequested.event`` from another thread) ask the worker to
+  stop: it finishes the batch in hand, keeps its results, releases its lease and returns; the
+  shard resumes later from its results.
+* A fatal error (disk full, an unexpected exception) never marks a shard done: the results file
+  keeps the lines written so far, the lease is released and the error propagates.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_open, atomic_write_text
 from ..engines import create_engine
 from ..engines.base import Engine
 from ..labels import LabelMap
@@ -48,12 +58,19 @@ from .lease import DEFAULT_TIMEOUT_S, Heartbeat, Lease, LeaseLost, read_lease, t
 from .plan import (
     RUNTIME_ENGINE_OPTIONS,
     PlanMismatchError,
+    check_version,
     describe_differences,
     load_plan,
     plan_settings,
 )
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_ATTEMPTS = 3
+"""Failed attempts at the same position after which a shard is marked failed."""
+
+DEFAULT_BATCH_PIXELS = 50_000_000
+"""A batch of decoded images handed to the engine stops growing past this many pixels."""
 
 
 class NoPlanError(RuntimeError):
@@ -64,11 +81,16 @@ class NoPlanError(RuntimeError):
 class WorkerReport:
     worker_id: str
     shards_done: list[int] = field(default_factory=list)
+    shards_failed: list[int] = field(default_factory=list)
+    """Shards this worker marked failed (too many failed attempts at the same position)."""
+    shards_lost: list[int] = field(default_factory=list)
+    """Shards whose lease this worker lost to another worker (their work is not lost)."""
     images: int = 0
     boxes: int = 0
     masks: int = 0
     errors: int = 0
     stopped: bool = False
+    """Stopped by a signal (or ``stop``) while work was left."""
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -79,20 +101,54 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+# -- results files ----------------------------------------------------------------------------
+
+def item_id(item: ImageRecord | ErrorRecord) -> str:
+    """The image id a result line of ``item`` carries (``""`` for an error without one)."""
+    return item.image_id if isinstance(item, ImageRecord) else (item.image_id or "")
+
+
+def valid_prefix(path: Path, expected_ids: list[str] | None = None,
+                 root: Path | None = None) -> tuple[int, int]:
+    """``(lines, bytes)`` of the longest valid prefix of a results file, read streaming.
+
+    A line is valid when it ends with a newline, parses as JSON, carries the expected image id
+    (line ``i`` <-> ``expected_ids[i]``, when given) and, with ``root``, every per-image file it
+    lists exists under ``root``. A torn last line (killed mid-write), garbage after a crash or a
+    line for the wrong image ends the prefix. A missing file has an empty prefix.
+    """
+    n = nbytes = 0
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return 0, 0
+    with f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                d = json.loads(raw)
+            except ValueError:
+                break
+            if not isinstance(d, dict) or not isinstance(d.get("record"), dict):
+                break
+            if expected_ids is not None and (n >= len(expected_ids)
+                                             or d["record"].get("image_id") != expected_ids[n]):
+                break
+            if root is not None and not all((root / rel).is_file() for rel in d.get("files", [])):
+                break
+            n += 1
+            nbytes += len(raw)
+    return n, nbytes
+
+
 def read_valid_lines(path: Path) -> list[str]:
     """Complete JSON lines of a results file; a torn last line (killed mid-write) is dropped."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    n, nbytes = valid_prefix(path)
+    if not n:
         return []
-    lines = []
-    for raw in data.split(b"\n")[:-1]:  # the part after the last newline is incomplete
-        try:
-            json.loads(raw)
-        except ValueError:
-            break
-        lines.append(raw.decode("utf-8"))
-    return lines
+    with open(path, "rb") as f:
+        return f.read(nbytes).decode("utf-8").splitlines()
 
 
 def sha256_file(path: Path) -> str:
@@ -103,13 +159,41 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_shard_items(path: Path) -> list[ImageRecord | ErrorRecord]:
+def scan_done_results(path: Path, root: Path) -> dict[str, Any]:
+    """Counts and checksums of a complete results file, in one streaming pass: ``items``,
+    ``images``, ``boxes``, ``masks``, ``errors``, ``warnings``, ``results_sha256``, ``files``
+    (per-image files listed) and ``files_sha256`` (sha256 over ``path\\tsha256\\n`` of each of
+    them, in order). Raises ``FileNotFoundError`` when a listed file is missing."""
+    counts = dict.fromkeys(("items", "images", "boxes", "masks", "errors", "warnings", "files"), 0)
+    results_hash, files_hash = hashlib.sha256(), hashlib.sha256()
+    with open(path, "rb") as f:
+        for raw in f:
+            results_hash.update(raw)
+            d = json.loads(raw)
+            counts["items"] += 1
+            counts["images"] += 1 if d["record"].get("image_path") else 0
+            counts["boxes"] += len(d["record"].get("boxes", []))
+            counts["masks"] += len(d.get("masks", []))
+            counts["errors"] += len(d.get("errors", []))
+            counts["warnings"] += len(d.get("warnings", []))
+            for rel in d.get("files", []):
+                counts["files"] += 1
+                files_hash.update(f"{rel}\t{sha256_file(root / rel)}\n".encode())
+    return {**counts, "results_sha256": results_hash.hexdigest(),
+            "files_sha256": files_hash.hexdigest()}
+
+
+def read_shard_items(path: Path, sha256: str | None = None) -> list[ImageRecord | ErrorRecord]:
+    """The input items of a shard file; with ``sha256``, refuse a file that does not match."""
+    data = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise PlanMismatchError(f"shard file {path} does not match the plan (damaged or "
+                                "replaced); plan again with --force")
     items: list[ImageRecord | ErrorRecord] = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            d = json.loads(line)
-            items.append(ImageRecord.from_json(d["record"]) if "record" in d
-                         else ErrorRecord.from_json(d["error"]))
+    for line in data.decode("utf-8").splitlines():
+        d = json.loads(line)
+        items.append(ImageRecord.from_json(d["record"]) if "record" in d
+                     else ErrorRecord.from_json(d["error"]))
     return items
 
 
@@ -123,8 +207,57 @@ def check_engine(plan: dict[str, Any], engine: Engine) -> None:
                                 + "\n  ".join(diffs[:20]))
 
 
+# -- failures -----------------------------------------------------------------------------------
+
+def record_failure(layout: JobLayout, shard_id: int, token: str, worker: str, reason: str,
+                   items_done: int) -> None:
+    """Record that the attempt ``token`` on a shard ended abnormally after ``items_done`` items."""
+    record = {"shard": shard_id, "attempt": token, "worker": worker, "reason": reason,
+              "items_done": items_done, "recorded": time.time()}
+    atomic_write_text(layout.failure_file(shard_id, token), json.dumps(record))
+
+
+def read_failures(layout: JobLayout, shard_id: int) -> list[dict[str, Any]]:
+    out = []
+    for p in layout.failure_files(shard_id):
+        with contextlib.suppress(OSError, ValueError):
+            out.append(json.loads(p.read_text(encoding="utf-8")))
+    return out
+
+
+def read_failed(layout: JobLayout, shard_id: int) -> dict[str, Any] | None:
+    """The failed marker of a shard, or None."""
+    try:
+        return json.loads(layout.failed_file(shard_id).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def reset_failed(out_dir: str | Path, shard_ids: list[int] | None = None) -> list[int]:
+    """Re-open failed shards (all, or ``shard_ids``): remove their failed markers and failure
+    records so that workers try them again. Returns the shards re-opened."""
+    layout = JobLayout(out_dir)
+    plan = load_plan(out_dir)
+    if plan is None:
+        raise NoPlanError(f"{out_dir} has no plan.json")
+    wanted = None if shard_ids is None else set(shard_ids)
+    reopened = []
+    for shard in plan["shards"]:
+        sid = shard["id"]
+        if wanted is not None and sid not in wanted:
+            continue
+        if layout.failed_file(sid).exists():
+            reopened.append(sid)
+        layout.failed_file(sid).unlink(missing_ok=True)
+        for p in layout.failure_files(sid):
+            p.unlink(missing_ok=True)
+    return reopened
+
+
+# -- stopping -----------------------------------------------------------------------------------
+
 class StopRequested:
-    """Set by SIGTERM/SIGUSR1/SIGINT; the worker stops between batches."""
+    """Set by SIGTERM/SIGUSR1/SIGINT (or ``event.set()``); the worker stops between batches."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -151,6 +284,8 @@ class StopRequested:
         return self.event.is_set()
 
 
+# -- the worker ---------------------------------------------------------------------------------
+
 class Worker:
     """Converts the shards of one output directory; build once, then ``run()``."""
 
@@ -163,6 +298,8 @@ class Worker:
         lease_timeout_s: float = DEFAULT_TIMEOUT_S,
         heartbeat_s: float | None = None,
         prefetch: int = 4,
+        batch_pixels: int = DEFAULT_BATCH_PIXELS,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         wait_for_others: bool = True,
         progress: Any = None,
         stop: StopRequested | None = None,
@@ -172,6 +309,7 @@ class Worker:
         if plan is None:
             raise NoPlanError(f"{out_dir} has no plan.json: run `boxmask plan` or "
                               "`boxmask convert` first")
+        check_version(plan)
         self.plan = plan
         self.settings = plan_settings(plan)
         self.worker_id = worker_id or default_worker_id()
@@ -180,6 +318,8 @@ class Worker:
         self.lease_timeout_s = lease_timeout_s
         self.heartbeat_s = heartbeat_s or max(min(lease_timeout_s / 4, 30.0), 0.2)
         self.prefetch = max(prefetch, 1)
+        self.batch_pixels = batch_pixels
+        self.max_attempts = max(max_attempts, 1)
         self.wait_for_others = wait_for_others
         self.progress = progress
         self.stop = stop or StopRequested()
@@ -189,6 +329,8 @@ class Worker:
         labels = LabelMap.load(self.layout.labels) if self.layout.labels.exists() else LabelMap()
         self._writers = [create_writer(name, self.layout.root, labels)
                          for name in self.settings.formats]
+        self._finished: set[int] = set()
+        """Shards seen done or failed (both are final for this worker's lifetime)."""
 
     # -- engine -----------------------------------------------------------------------------
     @property
@@ -196,9 +338,18 @@ class Worker:
         if self._engine is None:
             options = {**self.settings.engine_options, **self.engine_overrides}
             engine = create_engine(self.settings.engine, **options)
-            check_engine(self.plan, engine)
+            try:
+                check_engine(self.plan, engine)
+            except PlanMismatchError:
+                engine.close()
+                raise
             self._engine = engine
         return self._engine
+
+    def use_engine(self, engine: Engine) -> None:
+        """Use an engine built elsewhere (checked against the plan)."""
+        check_engine(self.plan, engine)
+        self._engine = engine
 
     def close(self) -> None:
         if self._engine is not None:
@@ -206,41 +357,98 @@ class Worker:
             self._engine = None
 
     # -- shard selection --------------------------------------------------------------------
-    def _is_done(self, shard_id: int) -> bool:
-        return self.layout.done_file(shard_id).exists()
+    def _is_finished(self, shard_id: int) -> bool:
+        if shard_id in self._finished:
+            return True
+        if self.layout.done_file(shard_id).exists() or self.layout.failed_file(shard_id).exists():
+            self._finished.add(shard_id)
+            return True
+        return False
 
-    def claim_next(self) -> tuple[int, Lease] | None:
-        """Lease the first shard that is not done and not held by a live worker."""
+    def claim_next(self, report: WorkerReport | None = None) -> tuple[int, Lease] | None:
+        """Lease the first shard that is not done, not failed and not held by a live worker."""
         for shard in self.plan["shards"]:
             sid = shard["id"]
-            if self._is_done(sid):
+            if self._is_finished(sid):
                 continue
             lease = try_acquire(self.layout.lease_file(sid), self.worker_id, self.lease_timeout_s)
             if lease is None:
                 continue
-            if self._is_done(sid):  # finished between our check and the lease
+            self._finished.discard(sid)
+            if self._is_finished(sid):  # finished between our check and the lease
+                lease.release()
+                continue
+            if self._give_up(sid, shard, lease, report):
                 lease.release()
                 continue
             return sid, lease
         return None
 
+    def _best_prefix(self, sid: int, items: list[str] | None = None) -> int:
+        expected = items if items is not None else self._expected_ids(sid)
+        return max((valid_prefix(p, expected, self.layout.root)[0]
+                    for p in self.layout.attempt_files(sid)), default=0)
+
+    def _expected_ids(self, sid: int) -> list[str]:
+        shard = self.plan["shards"][sid]
+        items = read_shard_items(self.layout.shard_file(sid), shard.get("sha256"))
+        return [item_id(i) for i in items]
+
+    def _give_up(self, sid: int, shard: dict[str, Any], lease: Lease,
+                 report: WorkerReport | None) -> bool:
+        """Record the failure of the attempt this lease replaced, if any; mark the shard failed
+        (and return True) once ``max_attempts`` attempts failed at the current position."""
+        if lease.replaced is None and lease.replaced_reason is None:
+            if not self.layout.failure_files(sid):
+                return False
+            position = self._best_prefix(sid)
+        else:
+            position = self._best_prefix(sid)
+            old = lease.replaced
+            record_failure(self.layout, sid, old.token if old else f"unknown-{lease.token}",
+                           old.describe() if old else "unknown", lease.replaced_reason or "",
+                           position)
+        here = [f for f in read_failures(self.layout, sid) if f.get("items_done") == position]
+        if len(here) < self.max_attempts:
+            return False
+        items = read_shard_items(self.layout.shard_file(sid), shard.get("sha256"))
+        marker = {
+            "shard": sid,
+            "plan_id": self.plan.get("plan_id"),
+            "items_done": position,
+            "next_items": [item_id(i) for i in items[position:position + 5]],
+            "attempts": here,
+            "marked_by": self.worker_id,
+            "marked": time.time(),
+        }
+        atomic_write_text(self.layout.failed_file(sid), json.dumps(marker, indent=1))
+        self._finished.add(sid)
+        log.error("shard %d failed %d times at item %d (next: %s); marked failed", sid,
+                  len(here), position, ", ".join(marker["next_items"]) or "-")
+        if report is not None:
+            report.shards_failed.append(sid)
+        return True
+
     def _others_active(self) -> bool:
         for shard in self.plan["shards"]:
             sid = shard["id"]
-            if not self._is_done(sid) and read_lease(self.layout.lease_file(sid))[1] is not None:
+            if not self._is_finished(sid) and read_lease(self.layout.lease_file(sid))[1] is not None:
                 return True
         return False
 
     # -- main loop --------------------------------------------------------------------------
     def run(self, max_shards: int | None = None) -> WorkerReport:
+        """Claim and convert shards until none is left (or ``max_shards`` are done, or a stop
+        is requested)."""
         report = WorkerReport(worker_id=self.worker_id)
         started = time.time()
         self.stop.install()
         try:
+            self.engine  # noqa: B018 - build and check the engine before claiming anything
             while not self.stop.is_set():
                 if max_shards is not None and len(report.shards_done) >= max_shards:
                     break
-                claimed = self.claim_next()
+                claimed = self.claim_next(report)
                 if claimed is None:
                     if self.wait_for_others and self._others_active():
                         self.stop.event.wait(min(self.heartbeat_s, 2.0))
@@ -251,41 +459,69 @@ class Worker:
                     with Heartbeat(lease, self.heartbeat_s):
                         finished = self.process_shard(sid, lease, report)
                 except LeaseLost as e:
-                    log.error("%s", e)
+                    log.error("%s; leaving shard %d to its new owner", e, sid)
+                    report.shards_lost.append(sid)
                     finished = False
+                except (OSError, PlanMismatchError, KeyboardInterrupt):
+                    raise  # the environment or the setup, not the shard: no failure recorded
+                except Exception as e:
+                    self._record_own_failure(sid, lease, f"{type(e).__name__}: {e}")
+                    raise
                 finally:
                     lease.release()
                 if finished:
                     report.shards_done.append(sid)
-            report.stopped = self.stop.is_set()
+            report.stopped = self.stop.is_set() and not self._all_finished()
         finally:
             self.stop.restore()
             report.seconds = round(time.time() - started, 3)
         return report
 
-    def _start_attempt(self, sid: int, lease: Lease) -> tuple[Path, int]:
-        """Create this attempt's results file from the longest valid earlier attempt."""
-        results_dir = self.layout.results_dir
-        best: list[str] = []
-        for p in sorted(results_dir.glob(f"{JobLayout.shard_name(sid)}.*.jsonl")):
-            lines = read_valid_lines(p)
-            if len(lines) > len(best):
-                best = lines
-        path = results_dir / f"{JobLayout.shard_name(sid)}.{lease.token}.jsonl"
-        atomic_write_text(path, "".join(line + "\n" for line in best))
-        return path, len(best)
+    def _all_finished(self) -> bool:
+        return all(self._is_finished(s["id"]) for s in self.plan["shards"])
+
+    def _record_own_failure(self, sid: int, lease: Lease, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            own = self.layout.attempt_file(sid, lease.token)
+            record_failure(self.layout, sid, lease.token, self.worker_id, reason,
+                           self._best_prefix(sid) if own.exists() else 0)
+
+    def _start_attempt(self, sid: int, lease: Lease, expected: list[str]) -> tuple[Path, int]:
+        """Create this attempt's results file as a copy of the longest valid earlier prefix."""
+        best: tuple[int, int, Path | None] = (0, 0, None)
+        for p in self.layout.attempt_files(sid):
+            n, nbytes = valid_prefix(p, expected, self.layout.root)
+            if n > best[0]:
+                best = (n, nbytes, p)
+        n, nbytes, source = best
+        path = self.layout.attempt_file(sid, lease.token)
+        with atomic_open(path, "wb") as out:
+            if source is not None:
+                with open(source, "rb") as f:
+                    remaining = nbytes
+                    while remaining:
+                        chunk = f.read(min(remaining, 1 << 20))
+                        if not chunk:
+                            raise OSError(f"{source} shrank while being copied")
+                        out.write(chunk)
+                        remaining -= len(chunk)
+        return path, n
 
     def process_shard(self, sid: int, lease: Lease, report: WorkerReport) -> bool:
-        """Convert the remaining items of shard ``sid``; True when the shard is done."""
-        items = read_shard_items(self.layout.shard_file(sid))
-        results_path, start = self._start_attempt(sid, lease)
+        """Convert the remaining items of shard ``sid``; True when this call marked it done."""
+        shard = self.plan["shards"][sid]
+        items = read_shard_items(self.layout.shard_file(sid), shard.get("sha256"))
+        expected = [item_id(i) for i in items]
+        results_path, start = self._start_attempt(sid, lease, expected)
         if start:
             log.info("shard %d: resuming after %d of %d items", sid, start, len(items))
-        with open(results_path, "a", encoding="utf-8") as out:
+        written = start
+        with open(results_path, "ab") as out:
             for result in self._results(items[start:]):
                 lease.check()
-                out.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
+                out.write((json.dumps(result.to_json(), ensure_ascii=False) + "\n").encode())
                 out.flush()
+                written += 1
                 report.images += 1
                 report.boxes += len(result.record.boxes)
                 report.masks += len(result.masks)
@@ -294,46 +530,74 @@ class Worker:
                     self.progress.update(result)
             out.flush()
             os.fsync(out.fileno())
-        lines = read_valid_lines(results_path)
-        if len(lines) < len(items):  # stopped early
+        if written < len(items):  # stopped early
             return False
         lease.check()
         if not lease.still_held():
             raise LeaseLost(f"lease of shard {sid} was taken over before it was marked done")
-        self._mark_done(sid, results_path, lines, lease)
-        return True
+        return self._mark_done(sid, results_path, lease)
 
-    def _mark_done(self, sid: int, results_path: Path, lines: list[str], lease: Lease) -> None:
-        counts = {"images": 0, "boxes": 0, "masks": 0, "errors": 0, "warnings": 0}
-        for line in lines:
-            d = json.loads(line)
-            counts["images"] += 1 if d["record"].get("image_path") else 0
-            counts["boxes"] += len(d["record"].get("boxes", []))
-            counts["masks"] += len(d.get("masks", []))
-            counts["errors"] += len(d.get("errors", []))
-            counts["warnings"] += len(d.get("warnings", []))
+    def _mark_done(self, sid: int, results_path: Path, lease: Lease) -> bool:
+        """Create the done marker exclusively; False (and our results discarded) when another
+        attempt marked the shard done first."""
+        current = load_plan(self.layout.root)
+        if current is None or current.get("plan_id") != self.plan.get("plan_id"):
+            raise PlanMismatchError(f"the plan of {self.layout.root} changed while this worker "
+                                    "ran (planned again?); stopping")
         marker = {
             "shard": sid,
+            "plan_id": self.plan.get("plan_id"),
             "results": results_path.name,
-            "items": len(lines),
-            **counts,
-            "results_sha256": sha256_file(results_path),
+            **scan_done_results(results_path, self.layout.root),
             "worker": self.worker_id,
             "started": lease.info.acquired,
             "finished": time.time(),
         }
-        atomic_write_text(self.layout.done_file(sid), json.dumps(marker))
+        done = self.layout.done_file(sid)
+        tmp = done.with_name(f".{done.name}.new-{lease.token}")
+        with atomic_open(tmp, "w") as f:
+            f.write(json.dumps(marker))
+        try:
+            os.link(tmp, done)
+            won = True
+        except FileExistsError:
+            won = False
+        except OSError:  # no hard links here: fall back to a plain (non-exclusive) rename
+            won = not done.exists()
+            if won:
+                os.replace(tmp, done)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._finished.add(sid)
+        if not won:
+            log.info("shard %d was marked done by another attempt; discarding ours", sid)
+            results_path.unlink(missing_ok=True)
+            return False
+        for p in self.layout.attempt_files(sid):  # superseded attempts
+            if p != results_path:
+                p.unlink(missing_ok=True)
+        return True
+
+    # -- conversion ---------------------------------------------------------------------------
+    def _batch_boxes(self) -> int:
+        engine = self.engine
+        value = getattr(engine, "batch_boxes", None) or getattr(engine, "batch_size", None) or 1
+        return max(int(value), 1)
 
     def _results(self, items: list[ImageRecord | ErrorRecord]) -> Iterator[ImageResult]:
-        """Results of ``items`` in order: decode ahead in threads, segment in batches."""
-        batch_boxes = max(int(getattr(self.engine, "batch_boxes", 1) or 1), 1)
+        """Results of ``items`` in order: decode ahead in threads, segment in batches.
+
+        Memory stays bounded: at most ``prefetch`` images are decoded ahead of the batch being
+        built, and a batch stops at the engine's ``batch_boxes`` boxes or ``batch_pixels``
+        pixels, whichever comes first.
+        """
+        batch_boxes = self._batch_boxes()
         with ThreadPoolExecutor(max_workers=self.prefetch, thread_name_prefix="decode") as pool:
             pending: deque[Future | ImageResult] = deque()
             it = iter(items)
-            window = self.prefetch * 2 + batch_boxes
 
             def fill() -> None:
-                while len(pending) < window:
+                while len(pending) < self.prefetch:
                     item = next(it, None)
                     if item is None:
                         return
@@ -343,26 +607,31 @@ class Worker:
                         pending.append(pool.submit(steps.load, item, self.images_root,
                                                    self.settings))
 
-            fill()
-            while pending:
-                if self.stop.is_set():
-                    for f in pending:
-                        if isinstance(f, Future):
-                            f.cancel()
-                    return
-                batch: list[steps.LoadedImage | ImageResult] = []
-                n_boxes = 0
-                while pending and n_boxes < batch_boxes:
-                    head = pending.popleft()
-                    loaded = head.result() if isinstance(head, Future) else head
-                    batch.append(loaded)
-                    if isinstance(loaded, steps.LoadedImage):
-                        n_boxes += len(loaded.boxes)
-                    fill()
-                images = [b for b in batch if isinstance(b, steps.LoadedImage)]
-                steps.segment(self._policy, self.engine, images)
-                for b in batch:
-                    yield steps.finish(b, self._writers) if isinstance(b, steps.LoadedImage) else b
+            try:
+                fill()
+                while pending:
+                    if self.stop.is_set():
+                        return
+                    batch: list[steps.LoadedImage | ImageResult] = []
+                    n_boxes = n_pixels = 0
+                    while pending and n_boxes < batch_boxes and n_pixels < self.batch_pixels:
+                        head = pending.popleft()
+                        loaded = head.result() if isinstance(head, Future) else head
+                        batch.append(loaded)
+                        if isinstance(loaded, steps.LoadedImage):
+                            n_boxes += len(loaded.boxes)
+                            if loaded.rgb is not None:
+                                n_pixels += loaded.rgb.shape[0] * loaded.rgb.shape[1]
+                        fill()
+                    images = [b for b in batch if isinstance(b, steps.LoadedImage)]
+                    steps.segment(self._policy, self.engine, images)
+                    for b in batch:
+                        yield (steps.finish(b, self._writers) if isinstance(b, steps.LoadedImage)
+                               else b)
+            finally:
+                for f in pending:
+                    if isinstance(f, Future):
+                        f.cancel()
 
 
 def run_worker(out_dir: str | Path, **options: Any) -> WorkerReport:

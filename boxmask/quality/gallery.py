@@ -232,7 +232,7 @@ def summary_section(s: dict[str, Any]) -> str:
         _counts_table("engine", s["engines"], n),
         _counts_table("inside-point policy", s["inside_policies"], n),
         '<div class="panel"><h3>flags (a mask can have several)</h3>'
-        + _table(("flag", "masks", "rate", "meaning"), flags) + "</div>",
+        + _table(("flag", "masks", "rate", "meaning"), flags, cls="flags") + "</div>",
     ]
     hists = [f'<div class="panel"><h3>{_e(h["title"])}</h3>{histogram_svg(h["counts"], h["title"])}'
              "</div>" for h in s["histograms"].values()]
@@ -317,7 +317,9 @@ def card_html(item: dict[str, Any]) -> str:
     if item.get("thumb_error"):
         badges += f'<span class="badge err" title="{_e(item["thumb_error"])}">no image</span>'
     nums = (f"score {_fmt(score)} · tight {_fmt(m.get('tightness_iou'), 2)} · "
-            f"fill {_fmt(m.get('fill_ratio'), 2)} · π {float(item['inclusion_probability']):.3g}")
+            f"fill {_fmt(m.get('fill_ratio'), 2)}")
+    badges += (f'<span class="badge pi" title="inclusion probability">'
+               f"π {float(item['inclusion_probability']):.3g}</span>")
     return (f'<figure class="{cls}" {attr}><a class="pic" href="{_e(item["thumb"])}">'
             f'<img src="{_e(item["thumb"])}" loading="lazy" alt="{_e(alt)}"></a><figcaption>'
             f'<div class="cls" title="{_e(item.get("label", ""))}">{_e(name)}</div>'

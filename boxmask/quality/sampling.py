@@ -115,7 +115,7 @@ class LightKeys:
     check: np.ndarray
     """uint32 CRC-32 of ``image_id + NUL + box_id``: the second pass checks it."""
     where: np.ndarray
-    """(N, 3) int64 ``Locator`` of each mask."""
+    """(N, 3) int32 ``Locator`` of each mask."""
     fill_stats: ClassFillStats
     flag_names: ClassVar[tuple[str, ...]] = SAMPLE_FLAGS
     """Bit ``i`` of ``bits`` is ``flag_names[i]``."""
@@ -143,7 +143,7 @@ class _KeyCollector:
         self.fill = array("f")
         self.bits = array("H")
         self.check = array("I")
-        self.where = array("q")
+        self.where = array("i")
         self.fill_stats = ClassFillStats()
 
     def add(self, loc: Locator, m: dict[str, Any]) -> None:
@@ -172,7 +172,7 @@ class _KeyCollector:
             fill=np.frombuffer(self.fill, np.float32).copy(),
             bits=np.frombuffer(self.bits, np.uint16).copy(),
             check=np.frombuffer(self.check, np.uint32).copy(),
-            where=np.frombuffer(self.where, np.int64).reshape(-1, 3).copy(),
+            where=np.frombuffer(self.where, np.int32).reshape(-1, 3).copy(),
             fill_stats=self.fill_stats)
         _mark_fill_outliers(keys)
         return keys

@@ -17,15 +17,7 @@ import numpy as np
 from .engines import create_engine
 from .engines.base import Engine, Prediction, SegmentRequest
 from .jobs.merge import merge
-from .jobs.plan import (
-    Settings,
-    check_contract,
-    contract,
-    discard_job,
-    load_plan,
-    make_plan,
-    resolve_settings,
-)
+from .jobs.plan import Settings, open_plan, resolve_settings
 from .jobs.progress import Progress
 from .jobs.status import job_status
 from .jobs.worker import Worker, WorkerReport
@@ -62,38 +54,44 @@ def prepare_plan(settings: Settings, out_dir: str | Path, *, force: bool = False
     """Plan ``settings`` into ``out_dir``, or check an existing plan against them.
 
     Returns the plan and the engine built for it (reuse it to avoid loading weights twice).
+    Safe to call from several launchers at once: one plans, the others resume its plan.
+    Raises ``PlanMismatchError`` when the directory holds a conversion with other settings (or
+    of another boxmask version) and ``force`` is not given.
     """
     settings = resolve_settings(settings)
     if engine is None:
         engine = create_engine(settings.engine, **settings.engine_options)
-    description = engine.describe()
-    plan = load_plan(out_dir)
-    if plan is not None and force:
-        log.warning("discarding the conversion in %s (--force)", out_dir)
-        discard_job(out_dir)
-        plan = None
-    if plan is not None:
-        check_contract(plan, contract(settings, description))
-        log.info("resuming the conversion planned in %s", out_dir)
-        return plan, engine
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return make_plan(settings, out_dir, description), engine
+    try:
+        plan = open_plan(settings, out_dir, engine.describe(), force=force)
+    except BaseException:
+        engine.close()
+        raise
+    return plan, engine
 
 
 def work(out_dir: str | Path, *, engine: Engine | None = None, progress: bool = True,
-         threads: int | None = None, **options: Any) -> WorkerReport:
-    """Run one worker in this process until the job has no shard left (or a signal stops it)."""
+         threads: int | None = None, retry_failed: bool = False,
+         **options: Any) -> WorkerReport:
+    """Run one worker in this process until the job has no shard left (or a signal stops it).
+
+    ``options`` go to ``boxmask.jobs.worker.Worker`` (``worker_id``, ``engine_overrides``,
+    ``lease_timeout_s``, ``max_attempts``, ``wait_for_others``, ...) plus ``max_shards``.
+    ``retry_failed`` re-opens shards marked failed before starting.
+    """
     if threads:
         set_threads(threads)
+    if retry_failed:
+        from .jobs.worker import reset_failed
+
+        reopened = reset_failed(out_dir)
+        if reopened:
+            log.info("re-opened %d failed shards", len(reopened))
     status = job_status(out_dir)
     bar = Progress(status["items"]["total"], status["items"]["done"], enabled=progress)
     max_shards = options.pop("max_shards", None)
     worker = Worker(out_dir, progress=bar, **options)
     if engine is not None:
-        from .jobs.worker import check_engine
-
-        check_engine(worker.plan, engine)
-        worker._engine = engine
+        worker.use_engine(engine)
     try:
         return worker.run(max_shards=max_shards)
     finally:
@@ -113,20 +111,28 @@ def set_threads(n: int) -> None:
 
 def convert(settings: Settings, out_dir: str | Path, *, workers: int = 1, force: bool = False,
             progress: bool = True, lease_timeout_s: float | None = None,
-            device: str | None = None) -> dict[str, Any]:
+            device: str | None = None, retry_failed: bool = False) -> dict[str, Any]:
     """Plan (or resume), convert with ``workers`` local workers, merge; return the summary.
 
     The summary is the manifest's counts plus ``exit_code`` (``EXIT_OK``, ``EXIT_PARTIAL`` when
-    some items failed, ``EXIT_STOPPED`` when interrupted before the end).
+    some items failed, ``EXIT_STOPPED`` when interrupted before the end, ``EXIT_FATAL`` when
+    shards are left undone, e.g. failed ones: see ``status["failed"]``).
     """
     plan, engine = prepare_plan(settings, out_dir, force=force)
     worker_options: dict[str, Any] = {}
     if lease_timeout_s is not None:
         worker_options["lease_timeout_s"] = lease_timeout_s
+    if retry_failed:
+        from .jobs.worker import reset_failed
+
+        reset_failed(out_dir)
     stopped = False
     if workers <= 1:
-        report = work(out_dir, engine=engine, progress=progress,
-                      engine_overrides={"device": device}, **worker_options)
+        try:
+            report = work(out_dir, engine=engine, progress=progress,
+                          engine_overrides={"device": device}, **worker_options)
+        finally:
+            engine.close()
         stopped = report.stopped
     else:
         engine.close()

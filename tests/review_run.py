@@ -141,7 +141,7 @@ def labels_of(results: list[ImageResult]) -> LabelMap:
 
 def _plan(images_root: Path) -> dict:
     return {"contract": {"settings": {"images_root": str(images_root), "inside_point": "center",
-                                      "exif": "auto"},
+                                      "exif": "auto", "formats": ["coco", "pixel-imagenet"]},
                          "engine": {"name": "test-engine"}},
             "shards": []}
 

@@ -299,11 +299,16 @@ def test_default_inside_point_is_the_box_centre_and_clicks_come_back_in_image_pi
     assert abs(inside.x - (x0 + x1) / 2) <= crop_w / 1024 + 1e-9
     assert abs(inside.y - (y0 + y1) / 2) <= crop_h / 1024 + 1e-9
     assert [(c.kind, c.positive) for c in corners] == [("corner", False)] * 4
-    pad_x, pad_y = 10 * crop_w / 512, 10 * crop_h / 512  # corners: box +- 10 px in 512-space
-    assert corners[0].x == pytest.approx(x0 - pad_x, abs=crop_w / 512)
-    assert corners[0].y == pytest.approx(y0 - pad_y, abs=crop_h / 512)
-    assert corners[3].x == pytest.approx(x1 + pad_x, abs=crop_w / 512)
-    assert corners[3].y == pytest.approx(y1 + pad_y, abs=crop_h / 512)
+    # a corner is 10 512-space pixels (of sx x sy image pixels) beyond the first/last pixel
+    # whose centre lies inside the box's edges x0 - 0.5 .. x1 + 0.5
+    sx, sy = crop_w / 512, crop_h / 512
+    left, top = (x0 - 0.5 - 10 * sx, x0 - 0.5 - 9 * sx), (y0 - 0.5 - 10 * sy, y0 - 0.5 - 9 * sy)
+    right, bottom = (x1 + 0.5 + 9 * sx, x1 + 0.5 + 10 * sx), (y1 + 0.5 + 9 * sy,
+                                                               y1 + 0.5 + 10 * sy)
+    for corner, (xs, ys) in zip(corners, [(left, top), (left, bottom), (right, top),
+                                          (right, bottom)], strict=True):
+        assert xs[0] - 1e-9 <= corner.x <= xs[1] + 1e-9
+        assert ys[0] - 1e-9 <= corner.y <= ys[1] + 1e-9
 
 
 def test_score_is_the_stability_of_the_fine_logits(engines) -> None:

@@ -146,7 +146,7 @@ def test_resolve_accepts_a_file_on_disk_or_a_cached_name(tmp_path, server, paylo
     assert weights.resolve_weights(str(own)) == own
     with pytest.raises(WeightsNotFoundError) as info:
         weights.resolve_weights(NAME)
-    assert "fetch('IOG_PASCAL.pth')" in str(info.value)
+    assert "boxmask weights fetch IOG_PASCAL.pth" in str(info.value)
     assert DRIVE_IDS[NAME] in str(info.value)  # where to download it by hand
     weights.fetch(NAME, url=_serve(server, payload), progress=False)
     assert weights.resolve_weights(NAME) == weights.weights_path(NAME)
@@ -286,7 +286,7 @@ def test_verify_reports_a_corrupted_download(server, payload):
 def test_verify_of_a_file_not_downloaded_says_how_to_fetch_it():
     report = weights.verify(NAME)
     assert not report["present"] and not report["ok"]
-    assert "fetch('IOG_PASCAL.pth')" in report["errors"][0]
+    assert "boxmask weights fetch IOG_PASCAL.pth" in report["errors"][0]
 
 
 def test_an_installed_full_size_checkpoint_verifies_ok(tmp_path):

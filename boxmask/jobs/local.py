@@ -1,5 +1,10 @@
 """Run several workers on one machine: one per GPU when there are GPUs, else CPU workers that
-share the cores. Each worker is a ``boxmask work`` subprocess, exactly what a cluster task runs."""
+share the cores. Each worker is a ``boxmask work`` subprocess, exactly what a cluster task runs.
+
+A worker that dies (killed, out of memory) while work is left is replaced, up to
+``max_restarts`` times in all; its shard is taken over at once by the next claim (a lease of a
+process that ended on this host is stale immediately).
+"""
 
 from __future__ import annotations
 
@@ -17,14 +22,26 @@ from .status import job_status
 
 log = logging.getLogger(__name__)
 
+EXIT_OK, EXIT_PARTIAL, EXIT_STOPPED = 0, 3, 4
+"""``boxmask work`` exit codes that mean the worker ended normally (see ``boxmask.cli``)."""
 
-def visible_gpus() -> list[int]:
+
+def visible_gpus() -> list[str]:
+    """Ids of the GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries.
+
+    Honours an existing ``CUDA_VISIBLE_DEVICES`` (its entries are passed on, not renumbered).
+    """
     try:
         import torch
 
-        return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:  # torch without CUDA runtime
         return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        entries = [v.strip() for v in visible.split(",") if v.strip()]
+        return entries[:n]
+    return [str(i) for i in range(n)]
 
 
 def worker_commands(out_dir: str | Path, n: int, *, device: str | None = None,
@@ -32,22 +49,23 @@ def worker_commands(out_dir: str | Path, n: int, *, device: str | None = None,
                     extra_args: list[str] | None = None) -> list[tuple[list[str], dict[str, str]]]:
     """Command lines and environments of ``n`` local workers.
 
-    GPUs: worker i sees only GPU ``i % n_gpus`` (``CUDA_VISIBLE_DEVICES``). CPU: each worker gets
-    ``cores // n`` threads (at least 1).
+    GPUs: worker i sees only GPU ``i % n_gpus`` (``CUDA_VISIBLE_DEVICES``), several workers per
+    GPU when ``n`` exceeds the GPUs. CPU: each worker gets ``cores // n`` threads (at least 1).
     """
     gpus = visible_gpus() if device in (None, "auto", "cuda") else []
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     commands = []
     for i in range(n):
         cmd = [sys.executable, "-m", "boxmask", "work", str(out_dir), "--worker-id",
                f"local-{os.getpid()}-{i}", "--no-progress"]
         env = dict(os.environ)
         if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(gpus[i % len(gpus)])
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
             cmd += ["--device", "cuda"]
         else:
-            threads = max(cores // n, 1)
+            threads = max((cores or 1) // n, 1)
             cmd += ["--threads", str(threads)]
+            env["OMP_NUM_THREADS"] = str(threads)
             if device not in (None, "auto"):
                 cmd += ["--device", device]
         if lease_timeout_s is not None:
@@ -57,24 +75,45 @@ def worker_commands(out_dir: str | Path, n: int, *, device: str | None = None,
 
 
 def run_local_workers(out_dir: str | Path, n: int, *, progress: bool = True,
+                      max_restarts: int | None = None, poll_s: float = 1.0,
                       **options: Any) -> list[int]:
-    """Start ``n`` workers, show combined progress, wait; return their exit codes.
+    """Start ``n`` workers, show combined progress, wait; return their final exit codes.
 
-    SIGINT/SIGTERM to this process is passed on to the workers, which stop cleanly.
+    SIGINT/SIGTERM to this process is passed on to the workers, which stop cleanly. A worker
+    that ends abnormally while the job is not complete is restarted (``max_restarts`` in all,
+    default ``2 * n``).
     """
     status = job_status(out_dir)
     bar = Progress(status["items"]["total"], status["items"]["done"], enabled=progress)
-    procs = [subprocess.Popen(cmd, env=env) for cmd, env in worker_commands(out_dir, n, **options)]
+    commands = worker_commands(out_dir, n, **options)
+    procs = [subprocess.Popen(cmd, env=env) for cmd, env in commands]
+    restarts_left = 2 * n if max_restarts is None else max_restarts
+    stopping = False
 
     def forward(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while any(p.poll() is None for p in procs):
-            time.sleep(1.0)
+        while True:
+            for i, p in enumerate(procs):
+                code = p.poll()
+                if (code is None or code in (EXIT_OK, EXIT_PARTIAL, EXIT_STOPPED) or stopping
+                        or restarts_left <= 0):
+                    continue
+                st = job_status(out_dir)
+                if st["complete"] or not st["shards"]["pending"] + st["shards"]["stale"]:
+                    continue
+                restarts_left -= 1
+                log.warning("worker %d ended with exit code %s; starting a replacement", i, code)
+                procs[i] = subprocess.Popen(commands[i][0], env=commands[i][1])
+            if all(p.poll() is not None for p in procs):
+                break
+            time.sleep(poll_s)
             st = job_status(out_dir)
             bar.set_counts(st["items"]["done"], st["masks_in_done_shards"],
                            st["errors_in_done_shards"])

@@ -1,15 +1,24 @@
 """Merge: turn the finished shards' results into the final files, streaming, idempotent.
 
 Reads every shard's results file (the one its done marker names, checked against the marker's
-sha256) in plan order and hands a re-iterable stream of ``ImageResult`` to each format writer and
-the sidecar writer. Nothing holds all results in memory. Running merge again rewrites the same
-files with the same bytes.
+plan id, item count and sha256) in plan order and hands a re-iterable stream of ``ImageResult``
+to each format writer and the sidecar writer. Nothing holds all results in memory. Running merge
+again rewrites the same files with the same bytes (only ``manifest.json`` has timestamps).
+
+One merge at a time: concurrent merges of the same directory take the merge lock in turn. A done
+marker that does not match its results file (or, with ``verify_files``, its per-image files) is
+removed, so that the shard is converted again. Once every shard is done and no worker holds a
+lease, merge removes what killed processes left behind: superseded attempt files, temporary files
+of processes that no longer exist, lease tombstones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,15 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..atomic import atomic_write_text, remove_stale_temps
+from ..atomic import atomic_write_text, is_temp
 from ..labels import LabelMap
 from ..records import ImageResult
 from ..writers import create_writer
 from ..writers.sidecar import SidecarWriter
 from .layout import JobLayout
-from .lease import read_lease
+from .lease import DEFAULT_TIMEOUT_S, holding, pid_alive, read_lease
 from .plan import load_plan, plan_settings
-from .worker import NoPlanError, sha256_file
+from .worker import NoPlanError, read_failed, scan_done_results, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +47,46 @@ def done_marker(layout: JobLayout, shard_id: int) -> dict[str, Any] | None:
     path = layout.done_file(shard_id)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except ValueError:
+    except (FileNotFoundError, ValueError):
         return None
 
 
-def verified_results_file(layout: JobLayout, shard_id: int) -> Path | None:
+def _marker_problem(layout: JobLayout, plan: dict[str, Any], shard: dict[str, Any],
+                    marker: dict[str, Any], verify_files: bool) -> str | None:
+    """Why a done marker cannot be trusted, or None."""
+    if marker.get("plan_id") != plan.get("plan_id"):
+        return "it belongs to another plan"
+    if marker.get("items") != shard["items"]:
+        return f"it counts {marker.get('items')} items, the shard has {shard['items']}"
+    path = layout.results_dir / marker["results"]
+    if not path.exists():
+        return f"its results file {path.name} is missing"
+    if verify_files:
+        try:
+            scan = scan_done_results(path, layout.root)
+        except FileNotFoundError as e:
+            return f"an output file is missing ({e.filename})"
+        for key in ("results_sha256", "files_sha256"):
+            if scan[key] != marker.get(key):
+                return f"{key} does not match"
+    elif sha256_file(path) != marker.get("results_sha256"):
+        return f"its results file {path.name} is damaged (sha256 differs)"
+    return None
+
+
+def verified_results_file(layout: JobLayout, plan: dict[str, Any], shard: dict[str, Any],
+                          verify_files: bool = False) -> Path | None:
     """The results file of a done shard if it matches its marker; else None (and the bad marker
-    is removed so that the shard is converted again)."""
-    marker = done_marker(layout, shard_id)
+    is removed, so that the shard is converted again)."""
+    marker = done_marker(layout, shard["id"])
     if marker is None:
         return None
-    path = layout.results_dir / marker["results"]
-    if path.exists() and sha256_file(path) == marker.get("results_sha256"):
-        return path
-    log.error("shard %d: results file %s is missing or damaged; the shard will be redone",
-              shard_id, path.name)
-    layout.done_file(shard_id).unlink(missing_ok=True)
+    problem = _marker_problem(layout, plan, shard, marker, verify_files)
+    if problem is None:
+        return layout.results_dir / marker["results"]
+    log.error("shard %d: done marker discarded, %s; the shard will be converted again",
+              shard["id"], problem)
+    layout.done_file(shard["id"]).unlink(missing_ok=True)
     return None
 
 
@@ -88,30 +119,103 @@ def summarize(results: Iterator[ImageResult]) -> dict[str, Any]:
     return out
 
 
-def merge(out_dir: str | Path, *, allow_partial: bool = False) -> dict[str, Any]:
+def temp_owner_pid(name: str) -> int | None:
+    """The pid in a temporary file name of ``boxmask.atomic`` (``.<name>.tmp-<pid>-<hex>``)."""
+    try:
+        return int(name.rsplit("-", 2)[-2])
+    except (ValueError, IndexError):
+        return None
+
+
+def remove_dead_temps(folder: Path) -> int:
+    """Delete the temporary files below ``folder`` whose writing process no longer exists.
+
+    A temporary file of a live process on this host is never touched. Call it only when no
+    worker holds a lease: a process elsewhere whose pid is unknown here is then one that lost
+    its lease, and losing its temporary file only makes its (abandoned) write fail.
+    """
+    n = 0
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            if not is_temp(name):
+                continue
+            pid = temp_owner_pid(name)
+            if pid is None or pid_alive(pid):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                Path(dirpath, name).unlink()
+                n += 1
+    return n
+
+
+def _clean_up(layout: JobLayout, plan: dict[str, Any]) -> None:
+    """Remove leftovers of killed processes once the job is complete and no lease is held."""
+    named = set()
+    for shard in plan["shards"]:
+        marker = done_marker(layout, shard["id"])
+        if marker is None:
+            return
+        named.add(marker["results"])
+    for p in layout.results_dir.glob("*.jsonl"):
+        if p.name not in named:
+            p.unlink(missing_ok=True)
+    for d in (layout.leases_dir, layout.done_dir):  # tombstones and unlinked marker copies
+        for p in d.glob(".*"):
+            p.unlink(missing_ok=True)
+        for p in d.glob("*.lease.*"):
+            p.unlink(missing_ok=True)
+    removed = remove_dead_temps(layout.root)
+    if removed:
+        log.info("removed %d temporary files left by killed processes", removed)
+
+
+def failed_shards(layout: JobLayout, plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The failed markers of the plan's shards (see ``boxmask.jobs.worker``)."""
+    return [m for m in (read_failed(layout, s["id"]) for s in plan["shards"]) if m is not None]
+
+
+def merge(out_dir: str | Path, *, allow_partial: bool = False, verify_files: bool = False,
+          lock_timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """Write the final files of every format, the sidecar and the manifest; return the manifest.
 
     With ``allow_partial`` the files cover only the shards done so far (a preview while workers
-    still run); otherwise an unfinished job raises ``IncompleteJobError``.
+    still run, or the result of a job with failed shards); otherwise an unfinished job raises
+    ``IncompleteJobError``. ``verify_files`` re-reads every per-image file and checks it against
+    the done markers' checksums (slower; damaged shards are re-opened).
     """
     layout = JobLayout(out_dir)
-    plan = load_plan(out_dir)
-    if plan is None:
+    if load_plan(out_dir) is None:
         raise NoPlanError(f"{out_dir} has no plan.json")
+    layout.state_dir.mkdir(parents=True, exist_ok=True)
+    with holding(layout.merge_lock, f"merge-{socket.gethostname()}-{os.getpid()}",
+                 lock_timeout_s):
+        return _merge(layout, allow_partial, verify_files)
+
+
+def _merge(layout: JobLayout, allow_partial: bool, verify_files: bool) -> dict[str, Any]:
+    plan = load_plan(layout.root)
+    if plan is None:
+        raise NoPlanError(f"{layout.root} has no plan.json")
     settings = plan_settings(plan)
     paths: list[Path] = []
     missing: list[int] = []
     for shard in plan["shards"]:
-        p = verified_results_file(layout, shard["id"])
+        p = verified_results_file(layout, plan, shard, verify_files)
         if p is None:
             missing.append(shard["id"])
         else:
             paths.append(p)
+    failed = failed_shards(layout, plan)
     if missing and not allow_partial:
-        raise IncompleteJobError(
-            f"{len(missing)} of {len(plan['shards'])} shards are not done (first: "
-            f"{missing[:5]}); run `boxmask work {out_dir}` (or re-run convert), or merge with "
-            "--partial for a preview")
+        msg = (f"{len(missing)} of {len(plan['shards'])} shards are not done (first: "
+               f"{missing[:5]})")
+        if failed:
+            msg += (f"; {len(failed)} of them failed repeatedly (first: shard "
+                    f"{failed[0]['shard']} at item {failed[0]['items_done']}, "
+                    f"{failed[0]['attempts'][-1].get('reason', '')}); re-open them with "
+                    f"`boxmask work {layout.root} --retry-failed`")
+        raise IncompleteJobError(msg + f"; run `boxmask work {layout.root}` (or re-run convert), "
+                                       "or merge with --partial for a preview")
 
     def results() -> Iterator[ImageResult]:
         return iter_results(paths)
@@ -129,11 +233,7 @@ def merge(out_dir: str | Path, *, allow_partial: bool = False) -> dict[str, Any]
     complete = not missing
     if complete and not any(read_lease(layout.lease_file(s["id"]))[1] is not None
                             for s in plan["shards"]):
-        remove_stale_temps(layout.root)
-        named = {done_marker(layout, s["id"])["results"] for s in plan["shards"]}
-        for p in layout.results_dir.glob("*.jsonl"):
-            if p.name not in named:
-                p.unlink(missing_ok=True)
+        _clean_up(layout, plan)
 
     markers = [m for m in (done_marker(layout, s["id"]) for s in plan["shards"]) if m]
     counts = summarize(results())
@@ -141,7 +241,8 @@ def merge(out_dir: str | Path, *, allow_partial: bool = False) -> dict[str, Any]
         "boxmask_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "complete": complete,
-        "shards": {"total": len(plan["shards"]), "merged": len(paths)},
+        "shards": {"total": len(plan["shards"]), "merged": len(paths),
+                   "failed": [m["shard"] for m in failed]},
         "inputs": plan["reader"],
         "settings": plan["contract"]["settings"],
         "engine": plan["contract"]["engine"],

@@ -1,7 +1,8 @@
-"""Status of a conversion: shards done / leased / stale / pending, progress, rate and ETA.
+"""Status of a conversion: shards done / leased / stale / failed / pending, progress, rate, ETA.
 
-Reads only the plan, done markers, lease files and the sizes of partial results; safe to run while
-workers are running, from any machine that sees the output directory.
+Reads only the plan, done and failed markers, failure records, lease files and the partial
+results of unfinished shards; safe to run while workers are running, from any machine that sees
+the output directory.
 """
 
 from __future__ import annotations
@@ -11,65 +12,105 @@ from pathlib import Path
 from typing import Any
 
 from .layout import JobLayout
-from .lease import DEFAULT_TIMEOUT_S, is_stale, read_lease
+from .lease import DEFAULT_TIMEOUT_S, read_lease, stale_reason
 from .merge import done_marker
 from .plan import load_plan
-from .worker import NoPlanError, read_valid_lines
+from .worker import NoPlanError, read_failed, read_failures, valid_prefix
+
+
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of ``(start, end)`` intervals (seconds during which work ran)."""
+    total = 0.0
+    end_so_far = float("-inf")
+    for start, end in sorted(intervals):
+        if end <= end_so_far:
+            continue
+        total += end - max(start, end_so_far)
+        end_so_far = end
+    return total
 
 
 def job_status(out_dir: str | Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
-    """A JSON-able snapshot of the job's progress."""
+    """A JSON-able snapshot of the job's progress.
+
+    ``shards``: total, done, leased (live lease), stale (lease whose worker died or hung; the next
+    worker takes it over), failed (given up, see ``failed``), pending. ``items`` / ``images`` /
+    ``boxes``: done counts (items = images + read errors; partial shards count their valid
+    results lines). ``rate_items_per_s``: items of done shards per second of busy time (the union
+    of the shards' working intervals, so pauses between runs do not count); ``eta_s`` = remaining
+    items / rate. ``failed_attempts``: recorded failed attempts (crashed or hung workers).
+    """
     layout = JobLayout(out_dir)
     plan = load_plan(out_dir)
     if plan is None:
         raise NoPlanError(f"{out_dir} has no plan.json")
     now = time.time()
-    counts = {"done": 0, "leased": 0, "stale": 0, "pending": 0}
-    items_done = masks = errors = 0
+    counts = {"done": 0, "leased": 0, "stale": 0, "failed": 0, "pending": 0}
+    items_done = images_done = boxes_done = masks = errors = failed_attempts = 0
     leases: list[dict[str, Any]] = []
-    markers: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    intervals: list[tuple[float, float]] = []
+    rate_items = 0
     for shard in plan["shards"]:
         sid = shard["id"]
+        failed_attempts += len(layout.failure_files(sid))
         marker = done_marker(layout, sid)
-        if marker is not None:
+        if marker is not None and marker.get("plan_id") == plan.get("plan_id"):
             counts["done"] += 1
-            markers.append(marker)
             items_done += marker["items"]
+            images_done += marker.get("images", 0)
+            boxes_done += marker.get("boxes", 0)
             masks += marker.get("masks", 0)
             errors += marker.get("errors", 0)
+            if "started" in marker and "finished" in marker:
+                intervals.append((marker["started"], marker["finished"]))
+                rate_items += marker["items"]
+            continue
+        partial = max((valid_prefix(p)[0] for p in layout.attempt_files(sid)), default=0)
+        items_done += partial
+        failed_marker = read_failed(layout, sid)
+        if failed_marker is not None:
+            counts["failed"] += 1
+            attempts = failed_marker.get("attempts") or read_failures(layout, sid)
+            failed.append({"shard": sid, "items_done": failed_marker.get("items_done"),
+                           "next_items": failed_marker.get("next_items", []),
+                           "attempts": len(attempts),
+                           "last_reason": attempts[-1].get("reason") if attempts else None})
             continue
         info, mtime = read_lease(layout.lease_file(sid))
-        partial = max((len(read_valid_lines(p)) for p in
-                       layout.results_dir.glob(f"{JobLayout.shard_name(sid)}.*.jsonl")), default=0)
-        items_done += partial
         if mtime is None:
             counts["pending"] += 1
             continue
-        stale = is_stale(info, mtime, lease_timeout_s, now)
-        counts["stale" if stale else "leased"] += 1
+        reason = stale_reason(info, mtime, lease_timeout_s, now)
+        counts["stale" if reason else "leased"] += 1
         leases.append({"shard": sid, "worker": info.worker_id if info else None,
                        "host": info.host if info else None,
-                       "heartbeat_age_s": round(now - mtime, 1), "stale": stale,
-                       "items_done": partial, "items": shard["items"]})
-    total_items = plan["totals"]["items"]
-    rate = None
-    if markers:
-        span = max(m["finished"] for m in markers) - min(m.get("started", m["finished"])
-                                                         for m in markers)
-        if span > 0:
-            rate = sum(m["items"] for m in markers) / span
-    remaining = total_items - items_done
+                       "heartbeat_age_s": round(now - mtime, 1), "stale": reason is not None,
+                       "stale_reason": reason, "items_done": partial, "items": shard["items"]})
+    totals = plan["totals"]
+    busy = busy_seconds(intervals)
+    rate = rate_items / busy if busy > 0 else None
+    remaining = totals["items"] - items_done
+    workable = remaining - sum(plan["shards"][f["shard"]]["items"] - (f["items_done"] or 0)
+                               for f in failed)
+    if workable <= 0:
+        eta: float | None = 0
+    else:
+        eta = round(workable / rate, 1) if rate else None
     return {
         "output": str(Path(out_dir)),
         "shards": {"total": len(plan["shards"]), **counts},
-        "items": {"total": total_items, "done": items_done, "remaining": remaining},
-        "boxes_planned": plan["totals"]["boxes"],
+        "items": {"total": totals["items"], "done": items_done, "remaining": remaining},
+        "images": {"total": totals["images"], "done_in_done_shards": images_done},
+        "boxes": {"total": totals["boxes"], "done_in_done_shards": boxes_done},
+        "boxes_planned": totals["boxes"],
         "masks_in_done_shards": masks,
         "errors_in_done_shards": errors,
+        "failed_attempts": failed_attempts,
         "rate_items_per_s": round(rate, 3) if rate else None,
-        "eta_s": round(remaining / rate, 1) if rate and remaining > 0 else (0 if remaining == 0
-                                                                           else None),
+        "eta_s": eta,
         "leases": leases,
+        "failed": failed,
         "complete": counts["done"] == len(plan["shards"]),
         "merged": layout.manifest.exists(),
     }

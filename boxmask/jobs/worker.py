@@ -432,7 +432,9 @@ class Worker:
     def _others_active(self) -> bool:
         for shard in self.plan["shards"]:
             sid = shard["id"]
-            if not self._is_finished(sid) and read_lease(self.layout.lease_file(sid))[1] is not None:
+            if self._is_finished(sid):
+                continue
+            if read_lease(self.layout.lease_file(sid))[1] is not None:
                 return True
         return False
 
@@ -495,7 +497,7 @@ class Worker:
                 best = (n, nbytes, p)
         n, nbytes, source = best
         path = self.layout.attempt_file(sid, lease.token)
-        with atomic_open(path, "wb") as out:
+        with atomic_open(path, "wb", fsync=source is not None) as out:
             if source is not None:
                 with open(source, "rb") as f:
                     remaining = nbytes

@@ -12,34 +12,44 @@ from torch import nn
 from .checkpoint import (
     CheckpointError,
     build_from_checkpoint,
+    build_model,
     detect_architecture,
+    export_checkpoint,
+    infer_config,
     load_checkpoint,
+    read_checkpoint,
     sha256_file,
 )
+from .config import ARCHITECTURES, PRESETS, IOGConfig
 from .iog import IOGNetwork
 from .refinement import IOGRefinementNetwork
 
-ARCHITECTURES = ("iog", "iog-refinement")
 
-
-def build_iog(refinement: bool = False) -> nn.Module:
+def build_iog(refinement: bool = False, config: IOGConfig | None = None) -> nn.Module:
     """A randomly initialised IOG network in ``eval()`` mode; load weights with ``load_checkpoint``.
 
     ``refinement=False``: ``IOGNetwork`` (``forward(x) -> [coarse0..3, fine]``, ``forward_fine``).
     ``refinement=True``: ``IOGRefinementNetwork`` (``backbone_features``, ``decode``, ``forward``).
+    ``config``: sizes (default: the official architecture; see ``IOGConfig``).
     """
-    model = IOGRefinementNetwork() if refinement else IOGNetwork()
+    model = IOGRefinementNetwork(config) if refinement else IOGNetwork(config)
     return model.eval()
 
 
 __all__ = [
     "ARCHITECTURES",
+    "PRESETS",
     "CheckpointError",
+    "IOGConfig",
     "IOGNetwork",
     "IOGRefinementNetwork",
     "build_from_checkpoint",
     "build_iog",
+    "build_model",
     "detect_architecture",
+    "export_checkpoint",
+    "infer_config",
     "load_checkpoint",
+    "read_checkpoint",
     "sha256_file",
 ]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .config import IOGConfig
 from .iog import IOGNetwork
 from .refinement import IOGRefinementNetwork
 
@@ -49,16 +50,7 @@ def read_state_dict(path_or_state: StateOrPath) -> dict[str, Tensor]:
     Unwraps ``{"state_dict"|"model"|"net": ...}`` wrappers and strips ``module.`` /
     ``_orig_mod.`` key prefixes. The input mapping is not modified.
     """
-    if isinstance(path_or_state, Mapping):
-        state: Any = path_or_state
-    else:
-        path = Path(path_or_state)
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint file not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle, zip and weights_only errors have no common base
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    state: Any = _load_raw(path_or_state)
     for _ in range(2):  # e.g. {"model": {"state_dict": ...}}
         if not isinstance(state, Mapping):
             break
@@ -140,10 +132,104 @@ def load_checkpoint(model: nn.Module, path_or_state: StateOrPath) -> nn.Module:
     return model
 
 
-def build_from_checkpoint(path_or_state: StateOrPath) -> nn.Module:
-    """The network a checkpoint holds (``IOGNetwork`` or ``IOGRefinementNetwork``), loaded, on the
-    CPU, in ``eval()`` mode."""
-    state = read_state_dict(path_or_state)
+def _load_raw(path_or_state: StateOrPath) -> Any:
+    if isinstance(path_or_state, Mapping):
+        return path_or_state
+    path = Path(path_or_state)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights_only errors have no common base
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+def read_checkpoint(path_or_state: StateOrPath) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """``(state dict, config)`` of a checkpoint: ``config`` is the ``"config"`` mapping of a
+    ``{"state_dict": ..., "config": {...}}`` file (``IOGConfig.to_json()`` plus extra keys such as
+    ``task``), or None for a raw state dict (the released format)."""
+    raw = _load_raw(path_or_state)
+    config = raw.get("config") if isinstance(raw, Mapping) else None
+    if config is not None and not isinstance(config, Mapping):
+        raise CheckpointError(f"checkpoint 'config' is a {type(config).__name__}, not a mapping")
+    return read_state_dict(raw), (dict(config) if config is not None else None)
+
+
+def infer_config(state: Mapping[str, Tensor]) -> IOGConfig:
+    """The ``IOGConfig`` whose network has the shapes of ``state`` (``input_size`` cannot be seen
+    in the weights and is taken as 512). Raises ``CheckpointError`` for a non-IOG state dict."""
     arch = detect_architecture(state)
-    model = IOGRefinementNetwork() if arch == "iog-refinement" else IOGNetwork()
-    return load_checkpoint(model, state).eval()
+    try:
+        conv1 = state["backbone.conv1.weight"]
+        blocks = tuple(
+            len({k.split(".")[2] for k in state if k.startswith(f"backbone.layer{i}.")})
+            for i in range(1, 5)
+        )
+        kwargs: dict[str, Any] = {
+            "architecture": arch,
+            "in_channels": int(conv1.shape[1]),
+            "width": int(conv1.shape[0]),
+            "blocks": blocks,
+            "psp_features": int(state["psp4.bottleneck.0.weight"].shape[0]),
+            "decoder_channels": int(state["Coarse_net.laterals.0.0.weight"].shape[0]),
+        }
+        if arch == "iog-refinement":
+            kwargs["guidance_widths"] = tuple(
+                int(state[f"iog_points.{i}.weight"].shape[0]) for i in (0, 3, 6, 9))
+            kwargs["guidance_features"] = int(state["iog_points.12.weight"].shape[0])
+        return IOGConfig(**kwargs)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise CheckpointError(f"cannot infer the network sizes from the checkpoint: {exc}") from exc
+
+
+def build_model(config: IOGConfig | Mapping[str, Any] | None = None) -> nn.Module:
+    """A randomly initialised network of ``config`` (an ``IOGConfig`` or its ``to_json()``;
+    default: the official IOG network), in ``eval()`` mode."""
+    if config is None:
+        config = IOGConfig()
+    elif not isinstance(config, IOGConfig):
+        config = IOGConfig.from_json(dict(config))
+    model = IOGRefinementNetwork(config) if config.refinement else IOGNetwork(config)
+    return model.eval()
+
+
+def build_from_checkpoint(path_or_state: StateOrPath) -> nn.Module:
+    """The network a checkpoint holds (``IOGNetwork`` or ``IOGRefinementNetwork``, of the sizes
+    its ``config`` states, else of the sizes its tensors have), loaded, on the CPU, in ``eval()``
+    mode. The network's ``config`` attribute tells its ``IOGConfig``."""
+    state, config = read_checkpoint(path_or_state)
+    if config is not None:
+        try:
+            cfg = IOGConfig.from_json(config)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"invalid model config in checkpoint: {exc}") from exc
+        if cfg.architecture != detect_architecture(state):
+            raise CheckpointError(f"checkpoint config says {cfg.architecture!r} but its weights "
+                                  f"are {detect_architecture(state)!r}")
+    else:
+        cfg = infer_config(state)
+    return load_checkpoint(build_model(cfg), state).eval()
+
+
+def export_checkpoint(model: nn.Module, path: str | os.PathLike,
+                      extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model``'s weights to ``path`` atomically, loadable with ``weights_only=True``.
+
+    The official architecture is written as a raw state dict (the released format: the official
+    code, CVAT and ``load_checkpoint`` read it); any other config as
+    ``{"state_dict": ..., "config": {**config.to_json(), **extra}}``, which
+    ``build_from_checkpoint`` understands. Tensors are saved from the CPU, contiguous.
+    """
+    from ..atomic import atomic_open
+
+    cfg = getattr(model, "config", None)
+    if not isinstance(cfg, IOGConfig):
+        raise CheckpointError(f"{type(model).__name__} has no IOGConfig 'config' attribute")
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    payload: Any = state
+    if not cfg.is_official:
+        payload = {"state_dict": state, "config": {**cfg.to_json(), **dict(extra or {})}}
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        torch.save(payload, f)
+    return path

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .coarse import CoarseNet
+from .config import IOGConfig
 from .fine import FineNet
 from .psp import PSPModule
 from .resnet import ResNetBackbone
@@ -26,21 +27,25 @@ class IOGNetworkBase(nn.Module):
     (which fixes the ``state_dict`` order): ``Coarse_net``, ``Fine_net``, ``backbone``, ``psp4``,
     ``upsample``.
 
-    ``psp_in_features`` is 2048 for IOG and 2048 + 64 for the refinement network (whose guidance
-    branch is concatenated to layer4 before the PSP module).
+    ``config`` sets the sizes (default: the official network, ``IOGConfig()``). ``psp_extra`` is
+    the number of channels concatenated to layer4 before the PSP module (0 for IOG, the guidance
+    features for the refinement network).
     """
 
-    def __init__(
-        self, in_channels: int = 5, psp_in_features: int = 2048, out_size: int = 512
-    ) -> None:
+    def __init__(self, config: IOGConfig | None = None, psp_extra: int = 0) -> None:
         super().__init__()
-        self.Coarse_net = CoarseNet()
-        self.Fine_net = FineNet()
-        self.backbone = ResNetBackbone(in_channels)
-        self.psp4 = PSPModule(psp_in_features, 512)
+        cfg = config if config is not None else IOGConfig()
+        l1, l2, l3, l4 = cfg.stage_channels()
+        head = cfg.input_size // 4
+        self.Coarse_net = CoarseNet((cfg.psp_features, l3, l2, l1), out_size=head,
+                                    channels=cfg.decoder_channels)
+        self.Fine_net = FineNet(cfg.decoder_channels, out_size=head)
+        self.backbone = ResNetBackbone(cfg.in_channels, cfg.width, cfg.blocks)
+        self.psp4 = PSPModule(l4 + psp_extra, cfg.psp_features)
         self.upsample = nn.Upsample(
-            size=(out_size, out_size), mode="bilinear", align_corners=True
+            size=(cfg.input_size, cfg.input_size), mode="bilinear", align_corners=True
         )
+        self.config = cfg
 
     @torch.jit.export
     def backbone_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -67,8 +72,14 @@ class IOGNetworkBase(nn.Module):
 
 
 class IOGNetwork(IOGNetworkBase):
-    """IOG with 5 input channels (RGB + inside + outside heatmaps); architecture of
-    ``IOG_PASCAL_SBD.pth`` and ``IOG_PASCAL.pth`` (918 state-dict entries)."""
+    """IOG with 5 input channels (RGB + inside + outside heatmaps); with the default config the
+    architecture of ``IOG_PASCAL_SBD.pth`` and ``IOG_PASCAL.pth`` (918 state-dict entries)."""
+
+    def __init__(self, config: IOGConfig | None = None) -> None:
+        cfg = config if config is not None else IOGConfig()
+        if cfg.refinement:
+            raise ValueError("IOGNetwork needs an 'iog' config; use IOGRefinementNetwork")
+        super().__init__(cfg)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """``x``: float32 ``[N, 5, 512, 512]`` (see module doc). Returns the five official outputs

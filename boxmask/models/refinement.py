@@ -9,21 +9,25 @@ entries).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor, nn
 
+from .config import IOGConfig
 from .iog import IOGNetworkBase
 
 GUIDANCE_FEATURES = 64
 
 
-def guidance_branch(in_channels: int = 2, out_channels: int = GUIDANCE_FEATURES) -> nn.Sequential:
-    """Four stride-2 3x3 conv/BN/ReLU blocks (64, 128, 256, 256 channels) and a 1x1 conv/BN/ReLU to
-    ``out_channels``: ``[N, 2, 512, 512]`` -> ``[N, 64, 32, 32]``. Indices 0..14 as in the
-    checkpoint (``iog_points.{0,3,6,9,12}`` convs, ``iog_points.{1,4,7,10,13}`` BNs)."""
+def guidance_branch(in_channels: int = 2, out_channels: int = GUIDANCE_FEATURES,
+                    widths: tuple[int, ...] = (64, 128, 256, 256)) -> nn.Sequential:
+    """Four stride-2 3x3 conv/BN/ReLU blocks (``widths``: 64, 128, 256, 256 channels) and a 1x1
+    conv/BN/ReLU to ``out_channels``: ``[N, 2, 512, 512]`` -> ``[N, 64, 32, 32]``. Indices 0..14 as
+    in the checkpoint (``iog_points.{0,3,6,9,12}`` convs, ``iog_points.{1,4,7,10,13}`` BNs)."""
     layers: list[nn.Module] = []
     channels = in_channels
-    for width in (64, 128, 256, 256):
+    for width in widths:
         layers += [
             nn.Conv2d(channels, width, kernel_size=3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(width),
@@ -46,9 +50,12 @@ class IOGRefinementNetwork(IOGNetworkBase):
     channel 0 = positive clicks, channel 1 = negative clicks, Gaussian heatmaps in 0..255.
     """
 
-    def __init__(self, in_channels: int = 5, out_size: int = 512) -> None:
-        super().__init__(in_channels, 2048 + GUIDANCE_FEATURES, out_size)
-        self.iog_points = guidance_branch()
+    def __init__(self, config: IOGConfig | None = None) -> None:
+        cfg = config if config is not None else IOGConfig(architecture="iog-refinement")
+        if not cfg.refinement:  # the same sizes with the click branch
+            cfg = replace(cfg, architecture="iog-refinement")
+        super().__init__(cfg, psp_extra=cfg.guidance_features)
+        self.iog_points = guidance_branch(2, cfg.guidance_features, cfg.guidance_widths)
 
     def _deep(self, layer4: Tensor, guidance: Tensor) -> Tensor:
         return torch.cat([layer4, self.iog_points(guidance)], dim=1)

@@ -66,23 +66,31 @@ def _make_stage(
     return nn.Sequential(*blocks), outplanes
 
 
+MULTI_GRID = (1, 2, 4)
+"""Dilation multipliers of the last stage's blocks (cycled when it has more than three)."""
+
+
 class ResNetBackbone(nn.Module):
     """ResNet-101 (blocks 3/4/23/3), output stride 16, ``in_channels`` input planes.
 
+    ``width`` (64) is the planes of the first stage and ``blocks`` the bottlenecks per stage; the
+    defaults are the official network, other values give reduced variants of the same design.
     ``forward`` returns ``(layer4, layer3, layer2, layer1)``, deepest first (the official order).
     """
 
-    def __init__(self, in_channels: int = 5) -> None:
+    def __init__(self, in_channels: int = 5, width: int = 64,
+                 blocks: tuple[int, int, int, int] = (3, 4, 23, 3)) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1, ch = _make_stage(64, 64, [1] * 3, stride=1)
-        self.layer2, ch = _make_stage(ch, 128, [1] * 4, stride=2)
-        self.layer3, ch = _make_stage(ch, 256, [1] * 23, stride=2)
+        self.layer1, ch = _make_stage(width, width, [1] * blocks[0], stride=1)
+        self.layer2, ch = _make_stage(ch, 2 * width, [1] * blocks[1], stride=2)
+        self.layer3, ch = _make_stage(ch, 4 * width, [1] * blocks[2], stride=2)
         # Multi-grid unit: base dilation 2 times the grid (1, 2, 4) and no stride (keeps stride 16).
-        self.layer4, ch = _make_stage(ch, 512, [2, 4, 8], stride=1)
+        grid = [2 * MULTI_GRID[i % len(MULTI_GRID)] for i in range(blocks[3])]
+        self.layer4, ch = _make_stage(ch, 8 * width, grid, stride=1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

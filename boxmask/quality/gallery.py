@@ -183,6 +183,17 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[Any]], *, sortable: bool
     return "".join(out)
 
 
+def _compact(count: int) -> str:
+    """A count in at most 4 characters: 950, 12k, 1.2M."""
+    if count < 1000:
+        return str(count)
+    for div, unit in ((1e6, "M"), (1e3, "k")):
+        if count >= div:
+            v = count / div
+            return f"{v:.1f}{unit}" if v < 10 else f"{v:.0f}{unit}"
+    return str(count)
+
+
 def histogram_svg(counts: Sequence[int], title: str, *, width: int = 300,
                   height: int = 130) -> str:
     """Inline SVG bar chart of equal-width bins over [0, 1]."""
@@ -204,7 +215,7 @@ def histogram_svg(counts: Sequence[int], title: str, *, width: int = 300,
     for frac, anchor in ((0.0, "start"), (0.5, "middle"), (1.0, "end")):
         parts.append(f'<text x="{left + frac * pw:.1f}" y="{height - 6}" '
                      f'text-anchor="{anchor}">{frac:g}</text>')
-    parts.append(f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{peak}</text>'
+    parts.append(f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{_compact(peak)}</text>'
                  f'<text x="{left - 4}" y="{base}" text-anchor="end">0</text></svg>')
     return "".join(parts)
 
@@ -218,8 +229,9 @@ def _counts_table(title: str, counts: dict[str, int], total: int) -> str:
     return f'<div class="panel"><h3>{_e(title)}</h3>{_table(("", "count", "share"), rows)}</div>'
 
 
-def summary_section(s: dict[str, Any]) -> str:
-    """The run overview: cards, tallies, flag rates, histograms, per-class table."""
+def summary_section(s: dict[str, Any], evaluation: dict[str, Any] | None = None) -> str:
+    """The run overview: cards, tallies, flag rates, histograms, per-class table and the
+    evaluation table (when there is one)."""
     n = s["masks"]
     cards = [_card("masks", n), _card("images with masks", s["images_with_masks"])]
     if s.get("images") is not None:
@@ -251,10 +263,10 @@ def summary_section(s: dict[str, Any]) -> str:
     return (f'<section id="summary"><h2>Run summary</h2><p class="note">Read from {_e(source)}.'
             f'</p><div class="cards">{"".join(cards)}</div><br><div class="panels">'
             f'{"".join(panels)}</div><br><div class="panels">{"".join(hists)}</div><br>'
-            f'<div class="panels">{classes}</div></section>')
+            f'<div class="panels">{classes}{eval_panel(evaluation)}</div></section>')
 
 
-def eval_section(result: dict[str, Any] | None) -> str:
+def eval_panel(result: dict[str, Any] | None) -> str:
     """The table of ``eval.json`` (overall, per box size, per class), or nothing."""
     if not result:
         return ""
@@ -275,9 +287,9 @@ def eval_section(result: dict[str, Any] | None) -> str:
     note = (f"{c.get('matched', '?')} of {c.get('predictions', '?')} masks matched to "
             f"{c.get('gt_instances', '?')} ground-truth instances "
             f"(GT: {(result.get('gt') or {}).get('path', '?')}).")
-    return (f'<section id="eval"><h2>Evaluation against ground truth (eval.json)</h2>'
-            f'<p class="note">{_e(note)}</p><div class="panel scroll">'
-            f"{_table(head, rows, sortable=True, cls='eval')}</div></section>")
+    return (f'<div class="panel" id="eval"><h3>evaluation against ground truth (eval.json)</h3>'
+            f'<p class="note">{_e(note)}</p><div class="scroll">'
+            f"{_table(head, rows, sortable=True, cls='eval')}</div></div>")
 
 
 def _select(name: str, label: str, options: Sequence[tuple[str, str]]) -> str:
@@ -286,7 +298,7 @@ def _select(name: str, label: str, options: Sequence[tuple[str, str]]) -> str:
 
 
 def _swatch(rgb: Sequence[int], text: str, dot: bool = False) -> str:
-    colour = "#%02x%02x%02x" % tuple(rgb)
+    colour = "#" + "".join(f"{int(v):02x}" for v in rgb)
     return (f'<span><i class="sw{" dot" if dot else ""}" style="background:{colour}"></i>'
             f"{_e(text)}</span>")
 
@@ -328,19 +340,25 @@ def card_html(item: dict[str, Any]) -> str:
             f'<div class="nums">{_e(nums)}</div><div>{badges}</div></figcaption></figure>')
 
 
-def sample_section(design: dict[str, Any], items: list[dict[str, Any]]) -> str:
-    """The design note, the controls and the grid of cards."""
-    pop = design["population"]
-    draws = design["draws"]
+def design_note(design: dict[str, Any], items: list[dict[str, Any]]) -> str:
+    """One paragraph on how the cards were sampled and how to weight verdicts."""
+    pop, draws = design["population"], design["draws"]
     what = "flagged masks" if pop["flags_only"] else "masks"
-    note = (f"{design['n_sampled']} of {pop['masks']} {what} sampled (n = {design['n_requested']},"
-            f" seed {design['seed']}): uniform {draws['uniform']['picked']}, flagged "
-            f"{draws['flagged']['picked']}, stratum {draws['stratum']['picked']} (by "
-            f"{' x '.join(design['stratify']) or 'nothing'}, {design['stratum_cells']} cells); a "
-            "mask picked by several draws is shown once. The uniform slice "
-            f"({UNIFORM_SHARE:.0%} of n) is a simple random sample: its error rate is unbiased "
-            "as it is. For all cards, weight each verdict by 1/π (sample.jsonl: weight): "
-            "error rate ≈ Σ bad/π ÷ Σ 1/π.")
+    if items and all("all" in (i.get("why") or []) for i in items):
+        return f"All {pop['masks']} {what} are shown: there are no more than n = " \
+               f"{design['n_requested']}."
+    return (f"{design['n_sampled']} of {pop['masks']} {what} sampled (n = "
+            f"{design['n_requested']}, seed {design['seed']}): uniform "
+            f"{draws['uniform']['picked']}, flagged {draws['flagged']['picked']}, stratum "
+            f"{draws['stratum']['picked']} (by {' x '.join(design['stratify']) or 'nothing'}, "
+            f"{design['stratum_cells']} cells); a mask picked by several draws is shown once. "
+            f"The uniform slice ({UNIFORM_SHARE:.0%} of n) is a simple random sample: its error "
+            "rate is unbiased as it is. For all cards, weight each verdict by 1/π (sample.jsonl: "
+            "weight): error rate ≈ Σ bad/π ÷ Σ 1/π.")
+
+
+def sample_section(design: dict[str, Any], items: list[dict[str, Any]]) -> str:
+    """The design note, the legend, the controls and the grid of cards."""
     flag_counts = Counter(f for i in items for f in i.get("flags") or [])
     flag_opts = [("all", "all"), ("any", "any flag"), ("none", "no flag")]
     flag_opts += [(f, f"{f} ({flag_counts[f]})") for f in SAMPLE_FLAGS if flag_counts[f]]
@@ -358,7 +376,8 @@ def sample_section(design: dict[str, Any], items: list[dict[str, Any]]) -> str:
                       _swatch(POSITIVE_RGB, "positive click (inside point)", dot=True),
                       _swatch(NEGATIVE_RGB, "negative click (corner)", dot=True)])
     cards = "".join(card_html(i) for i in items)
-    return (f'<section id="sample"><h2>Sampled masks</h2><p class="note">{_e(note)}</p>'
+    return (f'<section id="sample"><h2>Sampled masks</h2>'
+            f'<p class="note">{_e(design_note(design, items))}</p>'
             f'<p class="note legend">{legend}</p><div id="controls">{controls}</div>'
             f'<div id="grid">{cards}</div></section>')
 
@@ -369,6 +388,7 @@ def render_page(summary: dict[str, Any], design: dict[str, Any], items: list[dic
     template = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
     title = f"boxmask review: {run_name}" if run_name else "boxmask review"
     subtitle = summary["run"]
-    parts = {"title": _e(title), "subtitle": _e(subtitle), "summary": summary_section(summary),
-             "eval": eval_section(evaluation), "sample": sample_section(design, items)}
+    parts = {"title": _e(title), "subtitle": _e(subtitle),
+             "summary": summary_section(summary, evaluation),
+             "sample": sample_section(design, items)}
     return re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m.group(1)], template)

@@ -159,7 +159,7 @@ def render_thumbnails(items: list[dict[str, Any]], images_root: str | Path | Non
         hw = tuple(int(v) for v in group[0]["rle"]["size"])
         try:
             if images_root is None:
-                raise ImageDecodeError("no images root (pass images_root)")
+                raise ImageDecodeError("no images root: plan.json names none; pass images_root")
             rgb = _decode_for(join_inside(images_root, image_path, "image path"), hw, exif,
                               max_pixels)
         except (ImageDecodeError, UnsafePathError) as e:

@@ -9,6 +9,9 @@ clicks, score, metrics, rle, files``), built from a results line exactly as merg
 consumer cannot tell which one it read. Boxes keep the library convention (0-based inclusive
 pixels).
 
+Done markers are taken as they are (``merge`` checks them against their results files); a marker
+naming a missing file is skipped with a warning.
+
 Which one is read (``open_run``): ``masks.jsonl`` when the manifest says the merge was complete or
 no shard is marked done; otherwise the done shards' results (fresher than a partial merge). The
 choice and the list of files are fixed once (a ``MaskSource``), so that a second pass over the
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +37,8 @@ from ..records import ImageResult
 from ..writers.sidecar import SidecarWriter, error_line
 
 log = logging.getLogger(__name__)
+
+_MARKER_NAME = re.compile(r"\d+\.json")
 
 Locator = tuple[int, int, int]
 """``(file index in MaskSource.files, 0-based line number, 0-based position of the mask in the
@@ -64,7 +70,8 @@ class MaskSource:
         settings = self.settings
         return SidecarWriter(self.run_dir, self.labels,
                              engine=engine.get("name", settings.get("engine")),
-                             inside_policy=settings.get("inside_point"))
+                             inside_policy=settings.get("inside_point"),
+                             formats=settings.get("formats") or ())
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -84,6 +91,8 @@ def _done_results(layout: JobLayout) -> tuple[list[Path], int]:
     if not layout.done_dir.is_dir():
         return files, images
     for marker_path in sorted(layout.done_dir.glob("*.json")):
+        if not _MARKER_NAME.fullmatch(marker_path.name):  # temporary or stray files
+            continue
         marker = _read_json(marker_path)
         if not marker or "results" not in marker:
             log.warning("%s is no done marker; ignored", marker_path)

@@ -21,7 +21,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(BIN)/boxmask convert --pipeline pipelines/ilsvrc_loc_to_pixel_imagenet.toml \
-		--input data/samples/ilsvrc_loc --output $(DEMO_OUT)
+		--input data/samples/ilsvrc_loc --format pixel-imagenet --format coco --output $(DEMO_OUT)
+	$(BIN)/boxmask --quiet sample $(DEMO_OUT) --n 40 --output $(DEMO_OUT)/review
+	@echo "masks:  $(DEMO_OUT)/pixel-imagenet/<wnid>/<image>.png, $(DEMO_OUT)/coco/instances.json"
+	@echo "review: open $(DEMO_OUT)/review/index.html in a browser"
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

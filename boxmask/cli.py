@@ -420,6 +420,69 @@ def status(out_dir: Path, as_json: bool, lease_timeout: float) -> None:
                if st["complete"] else "not complete")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--n", "n", type=int, default=200, show_default=True, help="Masks to sample.")
+@click.option("--stratify", default="class,score", show_default=True,
+              help="Strata: class, score (deciles), both comma-separated, or 'none'.")
+@click.option("--flags-only", is_flag=True, help="Sample only masks that raised a flag.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Random seed: the same seed gives the same sample.")
+@click.option("--images-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Where the images are (default: the run's plan).")
+@click.option("--thumb-size", type=int, default=256, show_default=True,
+              help="Thumbnail size in pixels.")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Report folder (index.html, thumbs/, sample.jsonl).")
+def sample(run_dir: Path, n: int, stratify: str, flags_only: bool, seed: int,
+           images_root: Path | None, thumb_size: int, output: Path) -> None:
+    """Write a static HTML review gallery of a reproducible, stratified sample of masks.
+
+    Works on a finished run (masks.jsonl) and on a run in progress (done shards only). Open
+    OUTPUT/index.html in a browser; no server needed. sample.jsonl lists the sampled masks with
+    their inclusion probability, to estimate an unbiased error rate from a review.
+    """
+    from .quality.gallery import sample_run
+
+    strata = () if stratify.strip().lower() in ("", "none") else tuple(
+        s.strip() for s in stratify.split(",") if s.strip())
+    try:
+        index = sample_run(run_dir, output, n=n, stratify=strata, flags_only=flags_only,
+                           seed=seed, images_root=images_root, thumb_size=thumb_size)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    click.echo(str(index))
+
+
+@cli.command("eval")
+@click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
+@click.option("--gt", "gt_path", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Ground truth: COCO instances JSON, VOC root, or a folder of mask PNGs.")
+@click.option("--gt-format", required=True, type=click.Choice(["coco", "voc", "mask-folder"]),
+              help="Layout of --gt.")
+@click.option("--match", type=click.Choice(["auto", "id", "index", "iou"]), default="auto",
+              show_default=True, help="How predictions are paired with ground-truth instances.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write eval.json (default: RUN_DIR/eval.json).")
+def eval_cmd(run_dir: Path, gt_path: Path, gt_format: str, match: str,
+             output: Path | None) -> None:
+    """Score a run's masks against ground truth: mean IoU, Boundary IoU, IoU >= 0.5/0.75/0.9,
+    overall, per class and per box size. The sample gallery shows RUN_DIR/eval.json."""
+    from .quality.evaluate import evaluate_run, write_eval
+
+    try:
+        result = evaluate_run(run_dir, gt_path, gt_format, match=match)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    target = output or (run_dir / "eval.json" if run_dir.is_dir() else run_dir.parent / "eval.json")
+    path = write_eval(result, target)
+    o = result["overall"]
+    click.echo(json.dumps({"pairs": o.get("count"), "mean_iou": o.get("mean_iou"),
+                           "mean_boundary_iou": o.get("mean_boundary_iou"),
+                           "iou_ge_0.5": o.get("iou_ge_0.5"), "iou_ge_0.75": o.get("iou_ge_0.75"),
+                           "iou_ge_0.9": o.get("iou_ge_0.9"), "eval": str(path)}))
+
+
 @cli.group()
 def weights() -> None:
     """IOG checkpoints: the released files, the cache ($BOXMASK_HOME), download and checks."""

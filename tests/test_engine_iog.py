@@ -31,7 +31,7 @@ from test_guidance import (
 from torch import Tensor, nn
 
 from boxmask import guidance as G
-from boxmask.engines import SegmentRequest, create_engine
+from boxmask.engines import SegmentRequest, create_engine, default_inside_points
 from boxmask.engines.iog import IOGEngine, cpu_supports, predict_proba
 from boxmask.models import build_iog
 from boxmask.records import Click
@@ -368,26 +368,68 @@ def test_empty_requests_give_empty_results(engines) -> None:
 # --------------------------------------------------------------------------- precision
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not cpu_supports("bf16"), reason="this CPU has no native bf16")
-def test_bf16_masks_agree_with_fp32() -> None:
-    """bf16 vs fp32 masks on the parity image and real COCO images, mean IoU >= 0.99.
-
-    Weight seed 5 of the parity recipe: its random network gives masks covering a third to four
-    fifths of these boxes (the seeds of the parity cases give nearly empty masks at 0.5, which
-    would agree trivially)."""
+def bf16_requests() -> list[SegmentRequest]:
+    """The first parity case's image and box, and the first 7 COCO-MVal images with theirs
+    (inside point: the box centre)."""
     case = load_case(CASES[0])
     image, _ = case_image_and_mask(case)
-    requests = [SegmentRequest(image, np.array([case["tight_box_xyxy_inclusive"]]),
-                               inside=case_clicks_orig(case)[:1])] + coco_requests(7)
+    coco = coco_requests(7)
+    for r in coco:
+        r.inside = default_inside_points(r.boxes)
+    return [SegmentRequest(image, np.array([case["tight_box_xyxy_inclusive"]]),
+                           inside=case_clicks_orig(case)[:1])] + coco
+
+
+def bf16_masks(net: nn.Module, requests: list[SegmentRequest]) -> list[np.ndarray]:
+    engine = IOGEngine.from_network(net, device="cpu", precision="bf16", batch_size=4)
+    try:
+        return [r[0].mask for r in engine.segment(requests)]
+    finally:
+        engine.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not cpu_supports("bf16"), reason="this CPU has no native bf16")
+def test_bf16_changes_only_pixels_that_fp32_finds_uncertain() -> None:
+    """bf16 vs fp32 on the parity image and real COCO images with random (parity-recipe) weights.
+
+    Seed 5 gives masks covering a third to four fifths of these boxes (the parity cases' seeds
+    give nearly empty masks, which would agree trivially). Such random networks are far less
+    decisive than a trained one: about a fifth of their logits lie within +-0.25 of 0, where
+    bf16's rounding (about 5 % of the logit range after 100+ layers) flips pixels. So the check
+    is that bf16 flips only pixels whose fp32 probability is within 0.1 of the threshold, and
+    that the masks still overlap closely (measured mean IoU 0.987)."""
+    requests = bf16_requests()
     net = parity_net("iog", 5)
-    masks = {}
-    for precision in ("fp32", "bf16"):
-        engine = IOGEngine.from_network(net, device="cpu", precision=precision, batch_size=4)
-        try:
-            masks[precision] = [r[0].mask for r in engine.segment(requests)]
-        finally:
-            engine.close()
-    ious = [iou(a, b) for a, b in zip(masks["fp32"], masks["bf16"], strict=True)]
-    assert min(np.count_nonzero(m) for m in masks["fp32"]) > 0
+    p32 = [predict_proba(net, r.image, r.boxes[0], r.inside[0]) for r in requests]
+    m16 = bf16_masks(net, requests)
+    ious = []
+    for p, m in zip(p32, m16, strict=True):
+        assert np.count_nonzero(p > 0.5) > 0
+        flipped = (p > 0.5) != m
+        assert np.all(np.abs(p[flipped] - 0.5) < 0.1)
+        ious.append(iou(p > 0.5, m))
+    assert np.mean(ious) >= 0.97, ious
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not cpu_supports("bf16"), reason="this CPU has no native bf16")
+def test_bf16_masks_agree_with_fp32_with_the_released_weights() -> None:
+    """Mean IoU >= 0.99 between bf16 and fp32 masks with the released IOG_PASCAL_SBD.pth."""
+    from boxmask.models import build_from_checkpoint
+    from boxmask.weights import WeightsNotFoundError, resolve_weights
+
+    try:
+        path = resolve_weights("IOG_PASCAL_SBD.pth")
+    except WeightsNotFoundError as exc:
+        pytest.skip(f"released weights not in the cache: {exc}")
+    net = build_from_checkpoint(path)
+    requests = bf16_requests()
+    engine = IOGEngine.from_network(net, device="cpu", precision="fp32", batch_size=4)
+    try:
+        m32 = [r[0].mask for r in engine.segment(requests)]
+    finally:
+        engine.close()
+    m16 = bf16_masks(net, requests)
+    ious = [iou(a, b) for a, b in zip(m32, m16, strict=True)]
     assert np.mean(ious) >= 0.99, ious

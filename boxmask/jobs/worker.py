@@ -210,10 +210,10 @@ def check_engine(plan: dict[str, Any], engine: Engine) -> None:
 # -- failures -----------------------------------------------------------------------------------
 
 def record_failure(layout: JobLayout, shard_id: int, token: str, worker: str, reason: str,
-                   items_done: int) -> None:
+                   items_done: int, host: str | None = None, pid: int | None = None) -> None:
     """Record that the attempt ``token`` on a shard ended abnormally after ``items_done`` items."""
-    record = {"shard": shard_id, "attempt": token, "worker": worker, "reason": reason,
-              "items_done": items_done, "recorded": time.time()}
+    record = {"shard": shard_id, "attempt": token, "worker": worker, "host": host, "pid": pid,
+              "reason": reason, "items_done": items_done, "recorded": time.time()}
     atomic_write_text(layout.failure_file(shard_id, token), json.dumps(record))
 
 
@@ -406,8 +406,9 @@ class Worker:
             position = self._best_prefix(sid)
             old = lease.replaced
             record_failure(self.layout, sid, old.token if old else f"unknown-{lease.token}",
-                           old.describe() if old else "unknown", lease.replaced_reason or "",
-                           position)
+                           old.worker_id if old else "unknown", lease.replaced_reason or "",
+                           position, host=old.host if old else None,
+                           pid=old.pid if old else None)
         here = [f for f in read_failures(self.layout, sid) if f.get("items_done") == position]
         if len(here) < self.max_attempts:
             return False
@@ -486,7 +487,8 @@ class Worker:
         with contextlib.suppress(Exception):
             own = self.layout.attempt_file(sid, lease.token)
             record_failure(self.layout, sid, lease.token, self.worker_id, reason,
-                           self._best_prefix(sid) if own.exists() else 0)
+                           self._best_prefix(sid) if own.exists() else 0,
+                           host=lease.info.host, pid=lease.info.pid)
 
     def _start_attempt(self, sid: int, lease: Lease, expected: list[str]) -> tuple[Path, int]:
         """Create this attempt's results file as a copy of the longest valid earlier prefix."""

@@ -1,0 +1,288 @@
+"""Crash safety with real processes: workers killed with SIGKILL at random moments, stopped with
+SIGTERM, frozen past their lease, or crashing again and again on the same shard. After resuming,
+every image is converted exactly once and the outputs are byte-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from boxmask.api import convert, prepare_plan
+from boxmask.atomic import is_temp
+from boxmask.jobs.layout import JobLayout
+from boxmask.jobs.lease import read_lease
+from boxmask.jobs.merge import IncompleteJobError, merge
+from boxmask.jobs.plan import Settings, load_plan
+from boxmask.jobs.status import job_status
+from boxmask.jobs.worker import read_shard_items, reset_failed, run_worker, valid_prefix
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "samples" / "ilsvrc_loc"
+FORMATS = ["pixel-imagenet", "coco", "openimages"]
+SKIP = {"state", "shards", "plan.json", "plan.lock", "manifest.json", "logs"}
+TRIALS = 12
+
+
+def settings(**overrides) -> Settings:
+    s = Settings(source="ilsvrc-loc", input=str(SAMPLE), formats=list(FORMATS), engine="box",
+                 shard_size=2, limit=30)
+    for k, v in overrides.items():
+        setattr(s, k, v)
+    return s
+
+
+GRABCUT = {"engine": "grabcut", "limit": 8, "shard_size": 4}
+
+
+def plan_into(out: Path, **overrides) -> dict:
+    plan, engine = prepare_plan(settings(**overrides), out)
+    engine.close()
+    return plan
+
+
+def output_files(root: Path) -> dict[str, bytes]:
+    """Every output file (formats, sidecar, labels) by relative path; hidden files included."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.relative_to(root).parts[0] not in SKIP}
+
+
+def start_worker(out: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "boxmask", "-q", "work", str(out),
+                             "--no-progress", *args], cwd=ROOT, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(condition, timeout: float = 60.0, poll: float = 0.005) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(poll)
+
+
+def lines_done(out: Path) -> int:
+    layout = JobLayout(out)
+    return sum(valid_prefix(p)[0] for p in layout.results_dir.glob("*.jsonl"))
+
+
+def assert_converted_exactly_once(out: Path, baseline: Path) -> None:
+    """Each planned item has exactly one result line, in order; the outputs equal the baseline
+    byte for byte; the manifest counts agree; no temporary file is left anywhere."""
+    layout = JobLayout(out)
+    plan = load_plan(out)
+    for shard in plan["shards"]:
+        marker = json.loads(layout.done_file(shard["id"]).read_text())
+        lines = (layout.results_dir / marker["results"]).read_text().splitlines()
+        items = read_shard_items(layout.shard_file(shard["id"]))
+        assert [json.loads(x)["record"]["image_id"] for x in lines] == \
+            [i.image_id for i in items], f"shard {shard['id']}"
+    sidecar = [json.loads(x) for x in (out / "masks.jsonl").read_text().splitlines()]
+    keys = [(m["image_id"], m["box_id"]) for m in sidecar]
+    assert len(keys) == len(set(keys)) == plan["totals"]["boxes"]  # no duplicates, no holes
+    assert output_files(out) == output_files(baseline)
+    ours = json.loads((out / "manifest.json").read_text())
+    theirs = json.loads((baseline / "manifest.json").read_text())
+    assert ours["counts"] == theirs["counts"]
+    assert ours["complete"] and ours["shards"]["failed"] == []
+    assert not [p for p in out.rglob("*") if is_temp(p)]
+    assert sorted(p.name for p in layout.results_dir.iterdir()) == sorted(
+        json.loads(layout.done_file(s["id"]).read_text())["results"] for s in plan["shards"])
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("baseline") / "out"
+    assert convert(settings(), out, progress=False)["complete"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def grabcut_baseline(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("grabcut") / "out"
+    assert convert(settings(**GRABCUT), out, progress=False)["complete"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_seconds(tmp_path_factory) -> float:
+    """How long three workers take on the job, start-up included (the span kills are drawn in)."""
+    out = tmp_path_factory.mktemp("timing") / "out"
+    plan_into(out)
+    started = time.monotonic()
+    procs = [start_worker(out, "--lease-timeout", "30") for _ in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    return time.monotonic() - started
+
+
+def test_workers_killed_at_random_moments_resume_to_identical_outputs(baseline, run_seconds,
+                                                                      tmp_path):
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    stats = {"takeovers": 0, "torn_results": 0, "temp_files": 0, "kills": 0}
+    for trial in range(TRIALS):
+        out = tmp_path / f"trial{trial}"
+        plan_into(out)
+        alive: list[subprocess.Popen] = []
+        for _round in range(2):
+            alive += [start_worker(out, "--lease-timeout", "30") for _ in range(3)]
+            time.sleep(rng.uniform(0.0, run_seconds))
+            alive = [p for p in alive if p.poll() is None]
+            victims = rng.sample(alive, min(len(alive), rng.randint(2, 3)))
+            for p in victims:
+                p.kill()
+                p.wait()
+            stats["kills"] += len(victims)
+            alive = [p for p in alive if p not in victims]
+        layout = JobLayout(out)
+        for p in layout.results_dir.glob("*.jsonl"):
+            stats["torn_results"] += p.stat().st_size > valid_prefix(p)[1]
+        stats["temp_files"] += sum(1 for p in out.rglob("*") if is_temp(p))
+        for p in alive:  # survivors finish the job, taking over the dead workers' shards
+            assert p.wait(timeout=120) == 0, p.stderr.read()
+        run_worker(out, wait_for_others=False)  # and whatever no survivor was left for
+        stats["takeovers"] += sum(1 for _ in layout.failures_dir.iterdir())
+        merge(out)
+        try:
+            assert_converted_exactly_once(out, baseline)
+        except AssertionError as e:
+            raise AssertionError(f"trial {trial} (seed {seed}, stats {stats}): {e}") from e
+    print(f"kill trials: seed {seed}, {stats}")
+    assert stats["kills"] >= TRIALS * 2
+    assert stats["takeovers"] > 0, stats  # some kills hit workers in the middle of a shard
+
+
+def test_sigterm_stops_convert_cleanly_and_running_it_again_completes(grabcut_baseline,
+                                                                       tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "boxmask", "-q", "convert", "--source", "ilsvrc-loc",
+           "--input", str(SAMPLE), "--engine", "grabcut", "--limit", "8", "--shard-size", "4",
+           "--no-progress", "--output", str(out)] + [f"--format={f}" for f in FORMATS]
+    p = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (out / "state" / "results").is_dir() and lines_done(out) >= 1)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == 4, p.stderr.read()
+    layout = JobLayout(out)
+    assert not list(layout.leases_dir.glob("*.lease"))  # released
+    assert not (out / "manifest.json").exists()
+    st = job_status(out)
+    assert 1 <= st["items"]["done"] < 8 and not st["complete"]
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert_converted_exactly_once(out, grabcut_baseline)
+
+
+def test_sigusr1_stops_a_worker_with_exit_code_4_and_releases_its_lease(grabcut_baseline,
+                                                                         tmp_path):
+    out = tmp_path / "out"
+    plan_into(out, **GRABCUT)
+    p = start_worker(out)
+    wait_for(lambda: lines_done(out) >= 1)
+    p.send_signal(signal.SIGUSR1)
+    assert p.wait(timeout=60) == 4, p.stderr.read()
+    assert not list(JobLayout(out).leases_dir.glob("*.lease"))
+    done_before = lines_done(out)
+    assert done_before < 8
+    report = run_worker(out, wait_for_others=False)
+    assert report.images == 8 - done_before  # nothing converted twice
+    merge(out)
+    assert_converted_exactly_once(out, grabcut_baseline)
+
+
+def test_a_worker_whose_lease_was_stolen_while_frozen_corrupts_nothing(grabcut_baseline,
+                                                                       tmp_path):
+    out = tmp_path / "out"
+    plan_into(out, **GRABCUT)
+    layout = JobLayout(out)
+    frozen = start_worker(out, "--lease-timeout", "1.5", "--worker-id", "frozen")
+    wait_for(lambda: lines_done(out) >= 1)
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        thief = start_worker(out, "--lease-timeout", "1.5", "--worker-id", "thief")
+        # The thief takes the frozen worker's shard over once its heartbeat is 1.5 s old...
+        wait_for(lambda: any(json.loads(p.read_text())["worker"] == "frozen"
+                             for p in layout.failures_dir.glob("*.json")), timeout=60)
+    finally:
+        frozen.send_signal(signal.SIGCONT)  # ...and both now run side by side on it.
+    assert thief.wait(timeout=120) == 0, thief.stderr.read()
+    assert frozen.wait(timeout=120) == 0
+    frozen_report = json.loads(frozen.stderr.read().strip().splitlines()[-1])
+    assert frozen_report["shards_lost"], frozen_report  # it noticed, and left the shard
+    markers = [json.loads(layout.done_file(s["id"]).read_text())
+               for s in load_plan(out)["shards"]]
+    assert "thief" in {m["worker"] for m in markers}
+    merge(out)
+    assert_converted_exactly_once(out, grabcut_baseline)
+
+
+def test_a_shard_that_kills_its_worker_every_time_is_marked_failed(grabcut_baseline, tmp_path):
+    out = tmp_path / "out"
+    plan_into(out, **GRABCUT)
+    layout = JobLayout(out)
+    # Three workers in a row die (SIGKILL) as soon as they hold shard 0, before any progress.
+    def holds_shard_0(p: subprocess.Popen) -> bool:
+        info, _ = read_lease(layout.lease_file(0))
+        return info is not None and info.pid == p.pid
+
+    for _ in range(3):
+        p = start_worker(out, "--max-shards", "1")
+        wait_for(lambda p=p: holds_shard_0(p))
+        p.kill()
+        p.wait()
+    report = run_worker(out, wait_for_others=False)
+    assert report.shards_failed == [0] and report.shards_done == [1]
+    st = job_status(out)
+    assert st["shards"]["failed"] == 1 and st["shards"]["done"] == 1
+    assert st["failed"][0]["attempts"] == 3 and st["failed"][0]["items_done"] == 0
+    assert "ended without releasing" in st["failed"][0]["last_reason"]
+    with pytest.raises(IncompleteJobError, match="failed repeatedly"):
+        merge(out)
+    partial = merge(out, allow_partial=True)
+    assert partial["shards"]["failed"] == [0] and not partial["complete"]
+    # Workers skip a failed shard until it is re-opened.
+    assert run_worker(out, wait_for_others=False).images == 0
+    assert reset_failed(out) == [0]
+    assert run_worker(out, wait_for_others=False).shards_done == [0]
+    merge(out)
+    assert_converted_exactly_once(out, grabcut_baseline)
+
+
+def test_a_killed_local_worker_is_replaced_and_the_conversion_completes(grabcut_baseline,
+                                                                         tmp_path):
+    from boxmask.jobs.local import run_local_workers
+
+    out = tmp_path / "out"
+    plan_into(out, **GRABCUT)
+    layout = JobLayout(out)
+
+    killed: list[int] = []
+
+    def kill_a_busy_worker(signum, frame) -> None:
+        """Once both workers hold a shard, SIGKILL one of them (checked every 50 ms)."""
+        holders = [read_lease(p)[0] for p in layout.leases_dir.glob("*.lease")]
+        holders = [h for h in holders if h is not None]
+        if len(holders) < 2:
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            return
+        os.kill(holders[0].pid, signal.SIGKILL)
+        killed.append(holders[0].pid)
+
+    previous = signal.signal(signal.SIGALRM, kill_a_busy_worker)
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    try:
+        codes = run_local_workers(out, 2, progress=False, poll_s=0.2)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(killed) == 1
+    assert codes == [0, 0]  # the killed worker was replaced, and the replacement finished
+    merge(out)
+    assert_converted_exactly_once(out, grabcut_baseline)

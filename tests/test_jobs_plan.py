@@ -1,0 +1,168 @@
+"""Planning: deterministic shards by image, the plan as a contract, refusal of other settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from boxmask import __version__
+from boxmask.api import convert, prepare_plan
+from boxmask.engines import create_engine
+from boxmask.jobs.layout import JobLayout
+from boxmask.jobs.plan import PlanMismatchError, Settings, load_plan
+from boxmask.jobs.worker import Worker, read_shard_items, run_worker
+from boxmask.readers import open_reader
+from boxmask.records import ImageRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "samples" / "ilsvrc_loc"
+FORMATS = ["pixel-imagenet", "coco", "openimages"]
+
+
+def settings(**overrides) -> Settings:
+    s = Settings(source="ilsvrc-loc", input=str(SAMPLE), formats=list(FORMATS), engine="box",
+                 shard_size=7)
+    for k, v in overrides.items():
+        setattr(s, k, v)
+    return s
+
+
+def plan_into(out: Path, **overrides) -> dict:
+    plan, engine = prepare_plan(settings(**overrides), out)
+    engine.close()
+    return plan
+
+
+def shard_items(out: Path) -> list[list]:
+    plan = load_plan(out)
+    layout = JobLayout(out)
+    return [read_shard_items(layout.shard_file(s["id"])) for s in plan["shards"]]
+
+
+def test_planning_the_same_input_twice_gives_byte_identical_shards(tmp_path):
+    a, b = plan_into(tmp_path / "a"), plan_into(tmp_path / "b")
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+    for s in a["shards"]:
+        name = JobLayout.shard_name(s["id"]) + ".jsonl"
+        assert (tmp_path / "a" / "shards" / name).read_bytes() == \
+            (tmp_path / "b" / "shards" / name).read_bytes()
+
+
+def test_shards_hold_whole_images_in_source_order(tmp_path):
+    plan = plan_into(tmp_path / "out", shard_size=7)
+    reader = open_reader("ilsvrc-loc", SAMPLE)
+    source = [item for item in reader]
+    shards = shard_items(tmp_path / "out")
+    # Every shard but the last holds exactly shard_size items; concatenated they are the source.
+    assert [len(s) for s in shards[:-1]] == [7] * (len(shards) - 1)
+    assert 1 <= len(shards[-1]) <= 7
+    flat = [item for shard in shards for item in shard]
+    assert [i.to_json() for i in flat] == [i.to_json() for i in source]
+    # An image appears once, with all its boxes, in exactly one shard.
+    ids = [i.image_id for i in flat if isinstance(i, ImageRecord)]
+    assert len(ids) == len(set(ids)) == 50
+    assert plan["totals"]["boxes"] == sum(len(i.boxes) for i in source
+                                          if isinstance(i, ImageRecord))
+    assert sum(len(i.boxes) for i in flat) > len(ids)  # some images have several boxes
+
+
+def test_plan_records_engine_policy_version_and_shard_checksums(tmp_path):
+    plan = plan_into(tmp_path / "out", engine="grabcut", engine_options={"iterations": 3})
+    contract = plan["contract"]
+    assert plan["boxmask_version"] == __version__
+    assert contract["engine"] == create_engine("grabcut", iterations=3).describe()
+    assert contract["settings"]["inside_point"] == "center"
+    assert contract["settings"]["shard_size"] == 7
+    assert contract["settings"]["input"] == str(SAMPLE)
+    assert plan["totals"]["shards"] == len(plan["shards"]) == 8  # ceil(50 / 7)
+    assert sum(s["images"] for s in plan["shards"]) == plan["totals"]["images"] == 50
+    import hashlib
+
+    for s in plan["shards"]:
+        data = JobLayout(tmp_path / "out").shard_file(s["id"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == s["sha256"]
+
+
+def test_same_settings_resume_the_existing_plan(tmp_path):
+    first = plan_into(tmp_path / "out")
+    again = plan_into(tmp_path / "out")
+    assert again["plan_id"] == first["plan_id"]
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"shard_size": 5}, "shard_size: planned 7, requested 5"),
+    ({"engine": "grabcut"}, "engine.name: planned 'box', requested 'grabcut'"),
+    ({"formats": ["coco"]}, "settings.formats"),
+])
+def test_other_settings_are_refused_with_the_differences_listed(tmp_path, change, expected):
+    plan_into(tmp_path / "out")
+    with pytest.raises(PlanMismatchError) as e:
+        plan_into(tmp_path / "out", **change)
+    assert expected in str(e.value)
+    assert "--force" in str(e.value)
+
+
+def test_force_discards_the_previous_conversion(tmp_path):
+    out = tmp_path / "out"
+    summary = convert(settings(), out, progress=False)
+    assert summary["complete"]
+    assert (out / "coco" / "instances.json").exists()
+    plan, engine = prepare_plan(settings(shard_size=5, formats=["pixel-imagenet"]), out,
+                                force=True)
+    engine.close()
+    assert plan["contract"]["settings"]["shard_size"] == 5
+    assert not (out / "coco").exists()
+    assert not list(JobLayout(out).done_dir.iterdir())
+    assert not (out / "manifest.json").exists()
+
+
+def test_workers_refuse_a_plan_of_another_boxmask_version(tmp_path):
+    out = tmp_path / "out"
+    plan = plan_into(out)
+    plan["boxmask_version"] = "0.0.1"
+    JobLayout(out).plan.write_text(json.dumps(plan))
+    with pytest.raises(PlanMismatchError, match="planned with boxmask 0.0.1"):
+        Worker(out)
+    with pytest.raises(PlanMismatchError, match="planned with boxmask 0.0.1"):
+        plan_into(out)
+
+
+def test_workers_refuse_an_engine_that_differs_from_the_plan(tmp_path):
+    out = tmp_path / "out"
+    plan_into(out, engine="grabcut", engine_options={"iterations": 3})
+    worker = Worker(out)
+    with pytest.raises(PlanMismatchError, match="iterations"):
+        worker.use_engine(create_engine("grabcut", iterations=5))
+    # Runtime options (threads, device, batch size) may differ: the masks do not.
+    worker = Worker(out, engine_overrides={"iterations": 5, "device": "cpu"})
+    assert "iterations" not in worker.engine_overrides
+
+
+def test_a_damaged_shard_file_is_refused_and_nothing_is_marked_done(tmp_path):
+    out = tmp_path / "out"
+    plan_into(out)
+    layout = JobLayout(out)
+    shard0 = layout.shard_file(0)
+    shard0.write_bytes(shard0.read_bytes().replace(b'"index": 0', b'"index": 1', 1))
+    with pytest.raises(PlanMismatchError, match="does not match the plan"):
+        run_worker(out, wait_for_others=False)
+    assert not layout.done_file(0).exists()
+    assert not layout.lease_file(0).exists()
+
+
+def test_launchers_started_together_plan_once(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "boxmask", "plan", "--source", "ilsvrc-loc", "--input",
+           str(SAMPLE), "--engine", "box", "--shard-size", "3", "--output", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)]
+    logs = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], logs
+    assert sum("planned 50 images" in log for log in logs) == 1, logs
+    plan = load_plan(out)
+    assert plan["totals"]["items"] == sum(len(s) for s in shard_items(out)) == 50

@@ -14,7 +14,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -92,13 +92,23 @@ def is_temp(path: str | os.PathLike) -> bool:
     return _TEMP_NAME.fullmatch(Path(path).name) is not None
 
 
-def remove_stale_temps(folder: str | os.PathLike, min_age_s: float = 0.0) -> int:
+def temp_owner_pid(name: str) -> int | None:
+    """The pid of the process that made a temporary file (``.<name>.tmp-<pid>-<hex>``)."""
+    try:
+        return int(name.rsplit("-", 2)[-2])
+    except (ValueError, IndexError):
+        return None
+
+
+def remove_stale_temps(folder: str | os.PathLike, min_age_s: float = 0.0,
+                       is_alive: Callable[[int], bool] | None = None) -> int:
     """Delete temporary files left by killed writers anywhere below ``folder``; return the count.
 
     Only regular files whose name matches ``is_temp`` and whose last modification is at least
-    ``min_age_s`` seconds old are removed; symbolic links are neither removed nor followed. Call it
-    when no writer is active in ``folder`` (e.g. when a shard is taken over), or pass a
-    ``min_age_s`` longer than any write takes.
+    ``min_age_s`` seconds old are removed; symbolic links are neither removed nor followed. With
+    ``is_alive`` (a pid check), files whose writing process is still alive are kept. Without it,
+    call this only when no writer is active in ``folder``, or pass a ``min_age_s`` longer than any
+    write takes: a live writer's temporary file would be deleted and its write would fail.
     """
     n = 0
     now = time.time()
@@ -106,6 +116,10 @@ def remove_stale_temps(folder: str | os.PathLike, min_age_s: float = 0.0) -> int
         for name in filenames:
             if not _TEMP_NAME.fullmatch(name):
                 continue
+            if is_alive is not None:
+                pid = temp_owner_pid(name)
+                if pid is None or is_alive(pid):
+                    continue
             p = Path(dirpath, name)
             with contextlib.suppress(FileNotFoundError):
                 st = p.lstat()

@@ -205,6 +205,14 @@ def _fail(e: Exception) -> None:
 def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     if not summary.get("complete"):
         st = summary["status"]
+        if st.get("failed"):
+            click.echo(f"{len(st['failed'])} shard(s) failed: their workers died repeatedly "
+                       f"({st['items']['done']}/{st['items']['total']} items done):", err=True)
+            for f in st["failed"]:
+                click.echo(f"  shard {f.get('shard')}: {f.get('items_done')} items done, stuck "
+                           f"at {f.get('next_items')}: {f.get('last_reason')}", err=True)
+            click.echo("re-run with --retry-failed to try them again", err=True)
+            return
         click.echo(f"stopped: {st['items']['done']}/{st['items']['total']} items done; run the "
                    f"same command again to resume ({out_dir})", err=True)
         return
@@ -231,11 +239,14 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
               help="Discard an existing conversion in --output that used other settings.")
 @click.option("--lease-timeout", type=float, help="Seconds before a silent worker's shard is "
                                                   "taken over (default 300).")
+@click.option("--retry-failed", is_flag=True,
+              help="Re-open shards an earlier run marked failed (their workers kept dying).")
 @click.option("--progress/--no-progress", default=None,
               help="Show the progress bar (default: when stderr is a terminal).")
 @click.pass_context
 def convert(ctx: click.Context, workers: int, device: str | None, force: bool,
-            lease_timeout: float | None, progress: bool | None, **params: Any) -> None:
+            lease_timeout: float | None, retry_failed: bool, progress: bool | None,
+            **params: Any) -> None:
     """Convert a box dataset into masks: plan, run workers, merge.
 
     Running the same command again on the same --output resumes where it stopped (after a crash,
@@ -253,7 +264,8 @@ def convert(ctx: click.Context, workers: int, device: str | None, force: bool,
     progress = sys.stderr.isatty() if progress is None else progress
     try:
         summary = run_convert(settings, out_dir, workers=workers, force=force, progress=progress,
-                              lease_timeout_s=lease_timeout, device=device)
+                              lease_timeout_s=lease_timeout, device=device,
+                              retry_failed=retry_failed)
     except PlanMismatchError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_FATAL)
@@ -293,11 +305,15 @@ def plan(ctx: click.Context, force: bool, **params: Any) -> None:
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="When no shard is free, wait for other workers' shards (and take over those "
                    "whose worker died) instead of exiting.")
+@click.option("--max-attempts", type=int, default=3, show_default=True,
+              help="A shard whose workers die this many times at the same image is marked "
+                   "failed and skipped.")
+@click.option("--retry-failed", is_flag=True, help="Re-open shards marked failed.")
 @click.option("--progress/--no-progress", default=None,
               help="Show the progress bar (default: when stderr is a terminal).")
 def work(out_dir: Path, worker_id: str | None, device: str | None, batch_size: int | None,
          threads: int | None, max_shards: int | None, lease_timeout: float, wait: bool,
-         progress: bool | None) -> None:
+         max_attempts: int, retry_failed: bool, progress: bool | None) -> None:
     """Be a worker of a planned conversion until no shard is left.
 
     Safe to run many at once, on one machine or many sharing OUT_DIR (this is what `submit` runs
@@ -310,7 +326,8 @@ def work(out_dir: Path, worker_id: str | None, device: str | None, batch_size: i
         report = run_work(out_dir, worker_id=worker_id, progress=progress, threads=threads,
                           engine_overrides={"device": device, "batch_size": batch_size},
                           lease_timeout_s=lease_timeout, wait_for_others=wait,
-                          max_shards=max_shards)
+                          max_shards=max_shards, max_attempts=max_attempts,
+                          retry_failed=retry_failed)
     except Exception as e:  # a fatal worker error: the lease is released, the shard resumes later
         log.exception("worker failed")
         _fail(e)
@@ -341,10 +358,12 @@ def work(out_dir: Path, worker_id: str | None, device: str | None, batch_size: i
               help="Extra sbatch option, e.g. --sbatch-arg=--constraint=a100 (repeatable).")
 @click.option("--ray-address", help="Ray: cluster address (default: RAY_ADDRESS, else a local "
                                     "Ray instance).")
+@click.option("--lease-timeout", type=float, default=300.0, show_default=True,
+              help="Ray: seconds before a silent worker's shard is taken over.")
 def submit(out_dir: Path, backend: str, workers: int, partition: str | None, gpus_per_task: int,
            cpus_per_task: int | None, mem: str | None, time_limit: str | None,
            account: str | None, qos: str | None, throttle: int | None,
-           sbatch_args: tuple[str, ...], ray_address: str | None) -> None:
+           sbatch_args: tuple[str, ...], ray_address: str | None, lease_timeout: float) -> None:
     """Run workers of a planned conversion on a cluster (`plan` first, `merge` after).
 
     Slurm: submits job arrays (split below MaxArraySize) and returns at once; follow with
@@ -357,9 +376,15 @@ def submit(out_dir: Path, backend: str, workers: int, partition: str | None, gpu
     if backend == "ray":
         from .jobs.ray_backend import run_ray_workers
 
-        codes = run_ray_workers(out_dir, workers, address=ray_address,
-                                gpus_per_worker=gpus_per_task, cpus_per_worker=cpus_per_task)
+        reports = run_ray_workers(out_dir, workers, address=ray_address,
+                                  gpus_per_worker=gpus_per_task, cpus_per_worker=cpus_per_task,
+                                  lease_timeout_s=lease_timeout)
+        codes = [r["exit_code"] for r in reports]
         click.echo(json.dumps({"worker_exit_codes": codes}))
+        click.echo(f"follow with `boxmask status {out_dir}`, then `boxmask merge {out_dir}`",
+                   err=True)
+        if any(c == EXIT_STOPPED for c in codes):
+            sys.exit(EXIT_STOPPED)
         sys.exit(EXIT_OK if all(c in (EXIT_OK, EXIT_PARTIAL) for c in codes) else EXIT_FATAL)
     from .jobs.slurm import SlurmError, submit_array
 
@@ -377,15 +402,22 @@ def submit(out_dir: Path, backend: str, workers: int, partition: str | None, gpu
 @cli.command()
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--partial", is_flag=True, help="Merge the shards done so far (a preview).")
-def merge(out_dir: Path, partial: bool) -> None:
+@click.option("--verify", is_flag=True,
+              help="Re-read every per-image output file and check it against its shard's checksum.")
+@click.option("--lease-timeout", type=float, default=300.0, show_default=True,
+              help="Leases older than this many seconds count as dead.")
+def merge(out_dir: Path, partial: bool, verify: bool, lease_timeout: float) -> None:
     """Write the final COCO JSON / Open Images CSV / class index / sidecar from the shards."""
     from .jobs.merge import IncompleteJobError
     from .jobs.merge import merge as run_merge
 
     try:
-        manifest = run_merge(out_dir, allow_partial=partial)
+        manifest = run_merge(out_dir, allow_partial=partial, verify_files=verify,
+                             lease_timeout_s=lease_timeout)
     except IncompleteJobError as e:
         _fail(e)
+    if partial and manifest["shards"].get("failed"):
+        click.echo(f"failed shards (not merged): {manifest['shards']['failed']}", err=True)
     click.echo(json.dumps(manifest["counts"]), err=False)
     sys.exit(EXIT_PARTIAL if manifest["counts"]["errors"] else EXIT_OK)
 
@@ -405,17 +437,25 @@ def status(out_dir: Path, as_json: bool, lease_timeout: float) -> None:
         return
     sh, it = st["shards"], st["items"]
     click.echo(f"shards: {sh['done']}/{sh['total']} done, {sh['leased']} leased, "
-               f"{sh['stale']} stale, {sh['pending']} pending")
-    click.echo(f"items:  {it['done']}/{it['total']} done; masks {st['masks_in_done_shards']}, "
-               f"errors {st['errors_in_done_shards']} (in done shards)")
+               f"{sh['stale']} stale, {sh.get('failed', 0)} failed, {sh['pending']} pending")
+    click.echo(f"items:  {it['done']}/{it['total']} done; in done shards: "
+               f"{st['images']['done_in_done_shards']} images, "
+               f"{st['boxes']['done_in_done_shards']} boxes, {st['masks_in_done_shards']} masks, "
+               f"{st['errors_in_done_shards']} errors")
+    if st.get("failed_attempts"):
+        click.echo(f"worker deaths recorded: {st['failed_attempts']}")
     if st["rate_items_per_s"]:
         eta = st["eta_s"]
-        click.echo(f"rate:   {st['rate_items_per_s']:.2f} items/s; ETA "
-                   f"{eta / 3600:.2f} h" if eta else "rate: -")
+        click.echo(f"rate:   {st['rate_items_per_s']:.2f} items/s"
+                   + (f"; ETA {eta / 3600:.2f} h" if eta else ""))
     for lease in st["leases"]:
+        reason = f" (STALE: {lease.get('stale_reason', 'no heartbeat')})" if lease["stale"] else ""
         click.echo(f"  shard {lease['shard']}: {lease['worker']} on {lease['host']}, heartbeat "
-                   f"{lease['heartbeat_age_s']} s ago{' (STALE)' if lease['stale'] else ''}, "
+                   f"{lease['heartbeat_age_s']} s ago{reason}, "
                    f"{lease['items_done']}/{lease['items']} items")
+    for f in st.get("failed", []):
+        click.echo(f"  shard {f.get('shard')} FAILED: {f.get('last_reason')} "
+                   "(`boxmask work --retry-failed` re-opens it)")
     click.echo("complete" + (", merged" if st["merged"] else ", not merged yet")
                if st["complete"] else "not complete")
 
@@ -481,6 +521,86 @@ def eval_cmd(run_dir: Path, gt_path: Path, gt_format: str, match: str,
                            "mean_boundary_iou": o.get("mean_boundary_iou"),
                            "iou_ge_0.5": o.get("iou_ge_0.5"), "iou_ge_0.75": o.get("iou_ge_0.75"),
                            "iou_ge_0.9": o.get("iou_ge_0.9"), "eval": str(path)}))
+
+
+@cli.command("train")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder (checkpoints, metrics.jsonl, model_final.pth).")
+@click.option("--data", "data", multiple=True, metavar="FORMAT:PATH[,k=v]",
+              help="Training instances: voc:ROOT, sbd:ROOT, coco:ANN.json,images=DIR, "
+                   "folder:ROOT[,images_dir=..,masks_dir=..]; split=NAME selects a list. Repeat "
+                   "to combine (VOC + SBD).")
+@click.option("--val-data", multiple=True, metavar="FORMAT:PATH[,k=v]",
+              help="Validation instances (VOC/SBD default to split=val); their images are "
+                   "removed from the training set.")
+@click.option("--val-fraction", type=float, default=0.0, show_default=True,
+              help="Without --val-data: hold out this fraction of the training images.")
+@click.option("--val-max", type=int, help="Validate on at most this many instances.")
+@click.option("--task", type=click.Choice(["iog", "stage1", "refine"]), default="iog",
+              show_default=True, help="iog: box + inside click; stage1: box only (predicts the "
+                                      "inside point); refine: the extra-click branch.")
+@click.option("--recipe", type=click.Choice(["official", "modern"]), default="official",
+              show_default=True, help="official: SGD, lr 1e-8/1e-7, summed BCE, as released; "
+                                      "modern: AdamW, cosine schedule, AMP, mean BCE.")
+@click.option("--model", "model_preset", type=click.Choice(["official", "small", "tiny"]),
+              default="official", show_default=True, help="Network size.")
+@click.option("--input-size", type=int, help="Network input side (default 512).")
+@click.option("--imagenet", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="torchvision resnet101 state dict to initialise the backbone.")
+@click.option("--init", "init_checkpoint", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="IOG checkpoint to start from (copies what fits).")
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its checkpoint.")
+@click.option("--epochs", type=int, help="Epochs (recipe default otherwise).")
+@click.option("--max-steps", type=int, help="Stop after this many optimiser steps.")
+@click.option("--batch-size", type=int, help="Instances per step.")
+@click.option("--lr", type=float, help="Heads learning rate (backbone: a tenth, see docs).")
+@click.option("--backbone-lr", type=float, help="Backbone learning rate.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]),
+              help="Override the recipe's optimiser.")
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]),
+              help="Learning-rate schedule.")
+@click.option("--warmup-steps", type=int, help="Linear warm-up steps.")
+@click.option("--loss-reduction", type=click.Choice(["sum", "mean"]),
+              help="BCE over pixels: summed (official) or mean.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="Autocast precision.")
+@click.option("--no-augment", "augment", flag_value=False, default=None,
+              help="Train without flip / scale-rotate.")
+@click.option("--seed", type=int, help="Random seed (data order, augmentation, init).")
+@click.option("--click-polarity", type=click.Choice(["correct", "official"]),
+              help="Refinement: 'official' reproduces the official transposed lookup.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Data-loader workers.")
+@click.option("--threads", type=int, help="torch CPU threads.")
+@click.option("--save-every", type=int, default=500, show_default=True,
+              help="Checkpoint every N steps (and at every epoch end).")
+@click.option("--snapshot-every", type=int, default=10, show_default=True,
+              help="Keep the weights every N epochs.")
+@click.option("--log-every", type=int, default=10, show_default=True, help="Log every N steps.")
+def train(output: Path, data: tuple[str, ...], val_data: tuple[str, ...], val_fraction: float,
+          val_max: int | None, task: str, recipe: str, model_preset: str,
+          input_size: int | None, imagenet: Path | None, init_checkpoint: Path | None,
+          resume: bool, device: str, workers: int, threads: int | None, save_every: int,
+          snapshot_every: int, log_every: int, **overrides: Any) -> None:
+    """Train IOG, the refinement network or the stage-1 (box-only) network."""
+    from .training import TrainOptions, run_training
+
+    if not data and not resume:
+        raise click.UsageError("give --data (or --resume a run)")
+    options = TrainOptions(
+        output=output, data=list(data), val_data=list(val_data), val_fraction=val_fraction,
+        val_max=val_max, task=task, recipe=recipe, model=model_preset, input_size=input_size,
+        imagenet=imagenet, init_checkpoint=init_checkpoint, resume=resume, device=device,
+        workers=workers, threads=threads, save_every=save_every,
+        snapshot_every=snapshot_every, log_every=log_every,
+        overrides={k: v for k, v in overrides.items() if v is not None})
+    try:
+        summary = run_training(options)
+    except (ValueError, RuntimeError, OSError) as e:  # ResumeError, CheckpointError, bad data
+        raise click.ClickException(str(e)) from e
+    click.echo(f"{summary['status']} at step {summary['step']}: {summary.get('model', output)}")
+    if summary.get("val"):
+        click.echo(f"validation crop IoU {summary['val']['iou']:.4f}")
 
 
 @cli.group()

@@ -19,10 +19,11 @@ Conventions
 
   (same for y with ``cy0, ch``). An image-space *point* is mapped with this formula and rounded to
   the nearest 512-space pixel (the official clicks are integer pixels, so a heatmap peak is exactly
-  1). An image-space *box* maps to the 512-space pixels whose centres lie strictly inside the box's
-  edge rectangle ``[x0, x1 + 1) x [y0, y1 + 1)`` (``box_to_512``). That is the tight box of the
-  box's mask after the official bilinear resize and ``> 0.5`` threshold, i.e. the box the official
-  click simulation would see for an object whose extreme pixels touch the box sides.
+  1). An image-space *box* maps to the 512-space pixels whose centres lie strictly inside the
+  area the box covers (from ``x0 - 0.5`` to ``x1 + 0.5`` in the pixel-centre coordinates above;
+  ``box_to_512``). That is the tight box of the box's mask after the official bilinear resize and
+  ``> 0.5`` threshold, i.e. the box the official click simulation sees for an object whose extreme
+  pixels touch the box sides.
 * **Clicks** (``clicks_from_mask``, ``corner_clicks``), in 512-space, order
   ``[inside, LT, LB, RT, RB]``: the inside click and the four corners of the 512-space tight box
   +- ``CORNER_PAD`` (10) pixels, clamped to ``[0, 512]`` (512, not 511, as the official code does).

@@ -2,8 +2,8 @@
 
 The parity cases (tests/fixtures/iog_parity/<case>/) were produced by the official code; every
 number here is read from their case.json, so a further case folder with the same layout is tested
-the same way. Case images and masks are paths under the shared data folder; the tests find the
-repository's copy under tests/data by file name and folder name.
+the same way. case.json names images and masks relative to the data folder the fixtures were made
+from; the tests find the repository's copy under tests/data by file name and folder name.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ def load_case(name: str) -> dict:
     return json.loads((PARITY / name / "case.json").read_text())
 
 
-def repo_copy(shared_relative: str) -> Path | None:
+def repo_copy(case_relative: str) -> Path | None:
     """The file of the repository's test data with the same name and parent folder name."""
-    rel = Path(shared_relative)
+    rel = Path(case_relative)
     for candidate in sorted(DATA.rglob(rel.name)):
         if candidate.parent.name == rel.parent.name:
             return candidate
@@ -256,7 +256,7 @@ def test_torch_crop_matches_the_official_input(name: str) -> None:
     case = load_case(name)
     image, _ = case_image_and_mask(case)
     ref = np.load(PARITY / name / "input.npz")["x"][0, :3]
-    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    chw = torch.from_numpy(np.array(image)).permute(2, 0, 1)
     out = G.crop_resized_torch(chw, case["crop_box_xyxy_inclusive"]).numpy()
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-3)
 
@@ -269,7 +269,7 @@ def test_torch_crop_matches_cv2_on_real_image(crop_box: tuple[int, int, int, int
     image = np.asarray(Image.open(DATA / "voc2012" / "JPEGImages" / "2007_000063.jpg")
                        .convert("RGB"))
     ref = G.crop_resized(image, crop_box).transpose(2, 0, 1)
-    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    chw = torch.from_numpy(np.array(image)).permute(2, 0, 1)
     out = G.crop_resized_torch(chw, crop_box).numpy()
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-3)
 

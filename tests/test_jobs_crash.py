@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "samples" / "ilsvrc_loc"
 FORMATS = ["pixel-imagenet", "coco", "openimages"]
 SKIP = {"state", "shards", "plan.json", "plan.lock", "manifest.json", "logs"}
-TRIALS = 12
+TRIALS = 10
 
 
 def settings(**overrides) -> Settings:
     s = Settings(source="ilsvrc-loc", input=str(SAMPLE), formats=list(FORMATS), engine="box",
-                 shard_size=2, limit=30)
+                 shard_size=2)
     for k, v in overrides.items():
         setattr(s, k, v)
     return s
@@ -112,29 +112,28 @@ def grabcut_baseline(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def run_seconds(tmp_path_factory) -> float:
-    """How long three workers take on the job, start-up included (the span kills are drawn in)."""
-    out = tmp_path_factory.mktemp("timing") / "out"
-    plan_into(out)
-    started = time.monotonic()
-    procs = [start_worker(out, "--lease-timeout", "30") for _ in range(3)]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
-    return time.monotonic() - started
+def shards_done(out: Path) -> int:
+    return len(list(JobLayout(out).done_dir.glob("*.json")))
 
 
-def test_workers_killed_at_random_moments_resume_to_identical_outputs(baseline, run_seconds,
-                                                                      tmp_path):
+def test_workers_killed_at_random_moments_resume_to_identical_outputs(baseline, tmp_path):
+    """Kill moments are drawn over the whole run in units of progress (a random number of
+    finished shards, then a random delay shorter than a shard takes), so that they land
+    anywhere in the work whatever the speed of the machine: while claiming, converting,
+    writing per-image files, appending results, marking done, releasing."""
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    stats = {"takeovers": 0, "torn_results": 0, "temp_files": 0, "kills": 0}
+    stats = {"kills": 0, "takeovers": 0, "torn_results": 0, "temp_files": 0}
     for trial in range(TRIALS):
         out = tmp_path / f"trial{trial}"
-        plan_into(out)
+        total = len(plan_into(out)["shards"])
         alive: list[subprocess.Popen] = []
         for _round in range(2):
             alive += [start_worker(out, "--lease-timeout", "30") for _ in range(3)]
-            time.sleep(rng.uniform(0.0, run_seconds))
+            target = rng.randint(min(shards_done(out), total - 1), total - 1)
+            wait_for(lambda out=out, target=target, procs=alive:
+                     shards_done(out) >= target or all(p.poll() is not None for p in procs))
+            time.sleep(rng.uniform(0.0, 0.05))
             alive = [p for p in alive if p.poll() is None]
             victims = rng.sample(alive, min(len(alive), rng.randint(2, 3)))
             for p in victims:
@@ -157,7 +156,7 @@ def test_workers_killed_at_random_moments_resume_to_identical_outputs(baseline, 
             raise AssertionError(f"trial {trial} (seed {seed}, stats {stats}): {e}") from e
     print(f"kill trials: seed {seed}, {stats}")
     assert stats["kills"] >= TRIALS * 2
-    assert stats["takeovers"] > 0, stats  # some kills hit workers in the middle of a shard
+    assert stats["takeovers"] >= 3, stats  # kills hit workers in the middle of shards
 
 
 def test_sigterm_stops_convert_cleanly_and_running_it_again_completes(grabcut_baseline,
@@ -200,7 +199,7 @@ def test_sigusr1_stops_a_worker_with_exit_code_4_and_releases_its_lease(grabcut_
 def test_a_worker_whose_lease_was_stolen_while_frozen_corrupts_nothing(grabcut_baseline,
                                                                        tmp_path):
     out = tmp_path / "out"
-    plan_into(out, **GRABCUT)
+    plan_into(out, **{**GRABCUT, "shard_size": 8})  # one shard: frozen early in it
     layout = JobLayout(out)
     frozen = start_worker(out, "--lease-timeout", "1.5", "--worker-id", "frozen")
     wait_for(lambda: lines_done(out) >= 1)
@@ -216,9 +215,7 @@ def test_a_worker_whose_lease_was_stolen_while_frozen_corrupts_nothing(grabcut_b
     assert frozen.wait(timeout=120) == 0
     frozen_report = json.loads(frozen.stderr.read().strip().splitlines()[-1])
     assert frozen_report["shards_lost"], frozen_report  # it noticed, and left the shard
-    markers = [json.loads(layout.done_file(s["id"]).read_text())
-               for s in load_plan(out)["shards"]]
-    assert "thief" in {m["worker"] for m in markers}
+    assert json.loads(layout.done_file(0).read_text())["worker"] == "thief"
     merge(out)
     assert_converted_exactly_once(out, grabcut_baseline)
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,20 @@ def test_launchers_started_together_plan_once(tmp_path):
     assert sum("planned 50 images" in log for log in logs) == 1, logs
     plan = load_plan(out)
     assert plan["totals"]["items"] == sum(len(s) for s in shard_items(out)) == 50
+
+
+def test_a_worker_of_a_discarded_conversion_stops_instead_of_writing_into_the_new_one(tmp_path):
+    out = tmp_path / "out"
+    plan_into(out, engine="grabcut", limit=8, shard_size=4)
+    layout = JobLayout(out)
+    old = subprocess.Popen([sys.executable, "-m", "boxmask", "-q", "work", str(out),
+                            "--no-progress"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(layout.results_dir.glob("*.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    new_plan, engine = prepare_plan(settings(shard_size=50), out, force=True)
+    engine.close()
+    assert old.wait(timeout=60) == 1
+    assert "changed while this worker ran" in old.stderr.read()
+    assert not list(layout.done_dir.iterdir())
+    assert load_plan(out)["plan_id"] == new_plan["plan_id"]

@@ -70,7 +70,9 @@ def copy_prefix(baseline: Path, out: Path, n: int, tail: bytes = b"") -> list[st
     for rel in files:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(baseline / rel, out / rel)
-    JobLayout(out).attempt_file(0, "deadbeef").write_bytes(b"".join(lines) + tail)
+    attempt = JobLayout(out).attempt_file(0, "deadbeef")
+    attempt.parent.mkdir(parents=True, exist_ok=True)
+    attempt.write_bytes(b"".join(lines) + tail)
     return files
 
 
@@ -165,7 +167,8 @@ def test_a_live_but_silent_holder_keeps_its_lease_until_the_timeout(tmp_path):
     try:
         assert p.stdout.readline().strip() == "ok"
         assert try_acquire(path, "b", timeout_s=600) is None
-        assert try_acquire(path, "b", timeout_s=0.01) is not None  # past its timeout
+        time.sleep(0.1)
+        assert try_acquire(path, "b", timeout_s=0.05) is not None  # past its timeout
     finally:
         p.kill()
         p.wait()
@@ -245,8 +248,9 @@ def test_a_write_error_keeps_the_results_so_far_and_marks_nothing_done(baseline,
     assert not layout.lease_file(0).exists()
     assert not list(layout.failures_dir.iterdir())  # the environment failed, not the shard
     partial = only_results_file(out)
-    kept, _ = valid_prefix(partial)
+    kept, kept_bytes = valid_prefix(partial)
     assert 0 < kept < 50
+    assert partial.stat().st_size == 24_000 > kept_bytes  # the last line was torn
     # Resuming without the limit converts the rest only, and the result is the same.
     report = run_worker(out, wait_for_others=False)
     assert report.images == 50 - kept

@@ -1,56 +1,67 @@
 """Weight-free engine: OpenCV GrabCut on a crop around each box, seeded the way IOG sees an object.
 
 Boxes are library boxes ``(x0, y0, x1, y1)`` (0-based, inclusive pixel indices); points are
-``(x, y)`` = (column, row) in image pixels.
+``(x, y)`` = (column, row) in image pixels. Defaults in brackets.
 
 What one box goes through
 -------------------------
 1. **Crop.** A window around the box with a context margin of
-   ``max(margin_px, margin_frac * max(box_w, box_h))`` pixels on every side, clipped to the image.
-   The margin supplies the background colour model; too little starves it, too much mixes in
-   colours far from the object.
-2. **Downscale.** A crop of more than ``max_pixels`` pixels is resized (``INTER_AREA``) to about
-   ``max_pixels`` pixels; GrabCut's cost grows with the pixel count. The hard labels are drawn
-   directly at the working resolution, so small disks survive the resize.
+   ``max(margin_px [32], margin_frac [0.25] * max(box_w, box_h))`` pixels on every side, clipped
+   to the image and grown to hold every click. The margin supplies the background colour model;
+   too little starves it, too much mixes in colours far from the object.
+2. **Downscale.** A crop of more than ``max_pixels`` [120 000] pixels is resized
+   (``INTER_AREA``) to about that many; GrabCut's cost grows with the pixel count. The labels are
+   drawn directly at the working resolution, so small disks survive the resize.
 3. **Initial labels** (``cv2.GC_INIT_WITH_MASK``, never the rect mode, so whole-image and
    border-touching boxes work):
 
    * outside the box: definite background (``GC_BGD``);
    * inside the box: probable foreground (``GC_PR_FGD``);
-   * where a box side lies on the crop border (the box touches the image border), a band of
-     ``band_frac * box side`` pixels just inside that side is probable background
-     (``GC_PR_BGD``): there is no outside pixel there to show what the background looks like,
-     and OpenCV needs background samples when the box covers the whole image. Probable labels
-     are only a starting point; the graph cut may flip them;
-   * a disk at the inside point (``request.inside``, default the box centre) of radius
-     ``max(1, fg_radius_frac * min(box_w, box_h))`` pixels: definite foreground (``GC_FGD``);
+   * box sides that lie on the image border (``band="touching"``; ``"needed"``: only when the box
+     covers the whole crop) get a band of ``band_frac`` [0.1] of the box side just inside them as
+     probable background (``GC_PR_BGD``): no outside pixel there shows what the background looks
+     like, and OpenCV refuses to run without background samples (a whole-image box). Probable
+     labels are only a starting point; the graph cut may flip them;
+   * a disk at the inside point (``request.inside``, default the box centre, clamped into the box)
+     of radius ``max(1, fg_radius_frac [0.1] * min(box_w, box_h))`` pixels: definite foreground;
    * ``request.extra_clicks``: positive clicks are definite-foreground disks, negative clicks
-     definite-background disks, of radius ``max(2, click_radius_frac * min(box_w, box_h))``.
-4. **GrabCut**, ``iterations`` rounds, after ``cv2.setRNGSeed(seed)`` (its k-means initialisation
-   draws from OpenCV's global RNG, so the seed makes the output repeatable).
-5. **Upscale** the foreground labels back to the crop (bilinear, threshold 0.5), then keep the
-   result inside the box (plus positive-click disks).
-6. **Post-processing:** ``keep="inside"`` keeps the connected component (8-connected) holding the
-   inside point and those holding positive clicks (``"largest"``: the largest component;
-   ``"all"``: everything); ``fill_holes`` fills background regions enclosed by the mask.
+     definite-background disks, radius ``max(2, click_radius_frac [0.06] * min(box_w, box_h))``.
+4. **GrabCut**, ``iterations`` [5] rounds, after ``cv2.setRNGSeed(seed)`` (its k-means
+   initialisation draws from OpenCV's global RNG; the seed makes the output repeatable).
+5. **Upscale** the foreground labels to the crop (bilinear, threshold 0.5); keep the result inside
+   the box plus positive-click disks, minus negative-click disks. Where disks overlap, user clicks
+   win over the inside point and positive clicks over negative ones.
+6. **Post-processing:** ``keep="inside"`` keeps the 8-connected components holding the inside point
+   or a positive click (``"largest"``: the largest component; ``"all"``: everything);
+   ``fill_holes`` [on] fills background regions enclosed by the mask.
+7. **Collapse guard.** GrabCut sometimes shrinks the foreground to almost nothing when the box's
+   colours also fill a small context window. If the mask covers less than ``min_fill`` [0.05] of
+   the box area (an object spanning a tight box rarely does), the box is cut again with the whole
+   image (downscaled to the budget) as context and the larger mask wins (``extras["retry"]``).
 
 Fallbacks (named in ``Prediction.extras["fallback"]``, score 0):
 
-* ``"tiny_box"``: a box with a side shorter than ``tiny_side`` pixels gets the ellipse inscribed in
-  it (pixel centres inside the ellipse); GrabCut has no colour statistics to work with there.
-* ``"empty"``: GrabCut kept nothing; the mask is the inscribed ellipse.
+* ``"tiny_box"``: a box with a side shorter than ``tiny_side`` [7] pixels gets the ellipse
+  inscribed in it (pixel centres inside the ellipse); there are too few pixels for colour models.
+* ``"empty"``: GrabCut kept nothing inside the box; the mask is the inscribed ellipse.
+
+A box covering the whole image has no outside pixel; its background evidence is only the
+probable-background band. When GrabCut cuts (almost) nothing away there (mask above
+``1 - min_fill`` of the box), the mask is kept (the object may well fill the image) but the score
+is 0 and ``extras["flag"]`` is ``"no_background"``: the colour models told nothing apart.
 
 Score
 -----
-GrabCut has no confidence. The score is the **stability of the colour posterior**: from the two
-colour GMMs GrabCut fitted (``bgdModel``/``fgdModel``, 5 components each) we compute for every pixel
-of the box the posterior ``p = F / (F + B)`` with equal priors, and return the IoU of
-``{p > 0.5 + delta}`` and ``{p > 0.5 - delta}`` over the box (the SAM-style stability score).
-It measures how well foreground and background colours separate inside the box: when the object
-and its surroundings share colours, ``p`` hovers around 0.5, the two thresholds disagree and the
-score drops. It does not see the smoothness term of the graph cut. ``extras`` also carry
-``agreement`` (IoU of the graph-cut mask with ``p > 0.5`` over the box) for comparison;
-``benchmarks/bench_grabcut.py`` reports how well each ranks masks by their true IoU.
+GrabCut has no confidence. The score is the **agreement of the graph cut with its own colour
+models**: from the two colour GMMs GrabCut fitted (``bgdModel``/``fgdModel``, 5 components each)
+we compute for every pixel of the box the foreground posterior ``p = F / (F + B)`` (equal
+priors), and return the IoU, over the box at working resolution, of GrabCut's foreground with
+``{p > 0.5}``. It is high when the colours alone already say what the cut says, and drops when the
+smoothness term had to overrule the colour models over large areas or the models hardly separate
+object and background. ``extras["stability"]`` holds the SAM-style stability of the same
+posterior (IoU of ``{p > 0.5 + stability_delta}`` and ``{p > 0.5 - stability_delta}`` over the
+box). On the bundled COCO-MVal and DAVIS samples the agreement ranks masks by true IoU better
+than the stability (Spearman about 0.6-0.7 vs 0.5; ``benchmarks/bench_grabcut.py``).
 """
 
 from __future__ import annotations
@@ -116,16 +127,15 @@ def _disk(labels: np.ndarray, x: float, y: float, radius: float, value: int) -> 
 
 
 def initial_labels(shape: tuple[int, int], box: Sequence[float], scale: tuple[float, float],
-                   fg_points: Sequence[tuple[float, float, float]],
-                   bg_points: Sequence[tuple[float, float, float]], band_frac: float,
+                   disks: Sequence[tuple[float, float, float, bool]], band_frac: float,
                    border_sides: Sequence[bool]) -> np.ndarray:
     """GrabCut label map (``cv2.GC_*`` values) for a working image of ``shape`` (rows, cols).
 
     ``box`` is the library box in crop pixels; ``scale`` = ``(sx, sy)`` maps crop pixels to
-    working pixels.
-    ``fg_points``/``bg_points`` are ``(x, y, radius)`` in crop pixels. ``border_sides`` says for
-    (left, top, right, bottom) whether the box side lies on the crop border; those sides get a
-    probable-background band ``band_frac`` of the box side thick.
+    working pixels. ``disks`` are ``(x, y, radius, positive)`` in crop pixels, painted in order
+    (a later disk wins where two overlap) as definite foreground / background. ``border_sides``
+    says for (left, top, right, bottom) whether the box side lies on the crop border; those sides
+    get a probable-background band ``band_frac`` of the box side thick.
     """
     labels = np.full(shape, cv2.GC_BGD, np.uint8)
     sx, sy = scale
@@ -143,9 +153,9 @@ def initial_labels(shape: tuple[int, int], box: Sequence[float], scale: tuple[fl
     if bottom:
         labels[by1 - bh:by1, bx0:bx1] = cv2.GC_PR_BGD
     s = (sx + sy) / 2.0
-    for points, value in ((bg_points, cv2.GC_BGD), (fg_points, cv2.GC_FGD)):
-        for x, y, r in points:
-            _disk(labels, (x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5, r * s, value)
+    for x, y, r, positive in disks:
+        _disk(labels, (x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5, r * s,
+              cv2.GC_FGD if positive else cv2.GC_BGD)
     return labels
 
 
@@ -267,9 +277,9 @@ class GrabCutEngine(Engine):
 
     name = "grabcut"
 
-    def __init__(self, *, iterations: int = 5, margin_frac: float = 0.25, margin_px: int = 16,
-                 fg_radius_frac: float = 0.05, click_radius_frac: float = 0.03,
-                 band: str = "touching", band_frac: float = 0.05, max_pixels: int = 120_000,
+    def __init__(self, *, iterations: int = 5, margin_frac: float = 0.25, margin_px: int = 32,
+                 fg_radius_frac: float = 0.1, click_radius_frac: float = 0.06,
+                 band: str = "touching", band_frac: float = 0.1, max_pixels: int = 120_000,
                  keep: str = "inside", fill_holes: bool = True, min_fill: float = 0.05,
                  tiny_side: int = 7, seed: int = 0, stability_delta: float = 0.25) -> None:
         if keep not in KEEP_MODES:
@@ -336,17 +346,18 @@ class GrabCutEngine(Engine):
             return Prediction(full, 0.0, clicks, {"fallback": "tiny_box"})
 
         click_r = max(2.0, self.click_radius_frac * min(bw, bh))
-        fg_pts = [(ix, iy, max(1.0, self.fg_radius_frac * min(bw, bh)))] + [
-            (c.x, c.y, click_r) for c in extra if c.positive]
-        bg_pts = [(c.x, c.y, click_r) for c in extra if not c.positive]
+        # Precedence where disks overlap: user clicks over the inside point, positive over negative.
+        disks = [(ix, iy, max(1.0, self.fg_radius_frac * min(bw, bh)), True)]
+        disks += [(c.x, c.y, click_r, False) for c in extra if not c.positive]
+        disks += [(c.x, c.y, click_r, True) for c in extra if c.positive]
         window = _window_with_points(
             crop_window(box, width, height, self.margin_frac, self.margin_px),
-            fg_pts + bg_pts, width, height)
-        cut = self._cut(image, box, window, fg_pts, bg_pts)
+            [d[:3] for d in disks], width, height)
+        cut = self._cut(image, box, window, disks)
         extras: dict[str, Any] = {}
         whole = (0, 0, width - 1, height - 1)
         if cut.mask.sum() < self.min_fill * bw * bh and window != whole:
-            retry = self._cut(image, box, whole, fg_pts, bg_pts)
+            retry = self._cut(image, box, whole, disks)
             extras["retry"] = "whole_image"
             if retry.mask.sum() > cut.mask.sum():
                 cut = retry
@@ -357,13 +368,18 @@ class GrabCutEngine(Engine):
             extras["fallback"] = "empty"
             return Prediction(full, 0.0, clicks, extras)
         full[cy0:cy1 + 1, cx0:cx1 + 1] = cut.mask
-        extras.update(stability=round(cut.stability, 6), agreement=round(cut.agreement, 6))
-        return Prediction(full, cut.stability, clicks, extras)
+        extras.update(agreement=round(cut.agreement, 6), stability=round(cut.stability, 6))
+        score = cut.agreement
+        if cut.window == box and cut.mask.sum() > (1.0 - self.min_fill) * bw * bh:
+            extras["flag"] = "no_background"  # nothing outside the box and nothing cut away
+            score = 0.0
+        return Prediction(full, score, clicks, extras)
 
     def _cut(self, image: np.ndarray, box: tuple[int, int, int, int],
-             window: tuple[int, int, int, int], fg_pts: list[tuple[float, float, float]],
-             bg_pts: list[tuple[float, float, float]]) -> _Cut:
-        """GrabCut in ``window`` (library box); points ``(x, y, radius)`` in image pixels."""
+             window: tuple[int, int, int, int],
+             disks: list[tuple[float, float, float, bool]]) -> _Cut:
+        """GrabCut in ``window`` (library box); ``disks`` ``(x, y, radius, positive)`` in image
+        pixels, in painting order."""
         cx0, cy0, cx1, cy1 = window
         cw, ch = cx1 - cx0 + 1, cy1 - cy0 + 1
         crop = np.ascontiguousarray(image[cy0:cy1 + 1, cx0:cx1 + 1])
@@ -376,12 +392,11 @@ class GrabCutEngine(Engine):
         sx, sy = work.shape[1] / cw, work.shape[0] / ch
 
         local_box = (box[0] - cx0, box[1] - cy0, box[2] - cx0, box[3] - cy0)
-        fg_local = [(x - cx0, y - cy0, r) for x, y, r in fg_pts]
-        bg_local = [(x - cx0, y - cy0, r) for x, y, r in bg_pts]
+        local = [(x - cx0, y - cy0, r, positive) for x, y, r, positive in disks]
         sides = (box[0] == cx0, box[1] == cy0, box[2] == cx1, box[3] == cy1)
         if self.band == "needed" and not all(sides):
             sides = (False, False, False, False)
-        labels = initial_labels(work.shape[:2], local_box, (sx, sy), fg_local, bg_local,
+        labels = initial_labels(work.shape[:2], local_box, (sx, sy), local,
                                 self.band_frac, sides)
 
         bgd = np.zeros((1, 65), np.float64)
@@ -402,15 +417,13 @@ class GrabCutEngine(Engine):
             mask = fg_work.copy()
         allowed = np.zeros((ch, cw), bool)
         allowed[local_box[1]:local_box[3] + 1, local_box[0]:local_box[2] + 1] = True
-        hard = np.zeros((ch, cw), np.uint8)
-        for x, y, r in fg_local:
-            _disk(hard, x, y, r, 1)
-        neg = np.zeros((ch, cw), np.uint8)
-        for x, y, r in bg_local:
-            _disk(neg, x, y, r, 1)
-        allowed = (allowed | (hard > 0)) & (neg == 0)
-        mask = ((mask & allowed) | (hard > 0)) & (neg == 0)
-        mask = keep_components(mask, [(x, y) for x, y, _ in fg_local], self.keep)
+        hard = np.zeros((ch, cw), np.uint8)  # 1: definite foreground, 2: definite background
+        for x, y, r, positive in local:
+            _disk(hard, x, y, r, 1 if positive else 2)
+        allowed = (allowed | (hard == 1)) & (hard != 2)
+        mask = (mask & allowed) | (hard == 1)
+        mask = keep_components(mask, [(x, y) for x, y, _, positive in local if positive],
+                               self.keep)
         if self.fill_holes:
             mask = fill_holes(mask) & allowed
 

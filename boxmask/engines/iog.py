@@ -32,15 +32,17 @@ Throughput
 ----------
 ``segment`` flattens all boxes of all requests and runs them ``batch_size`` crops per forward,
 crops from different images mixed. A background thread prepares batch ``k + 1`` while batch ``k``
-runs, and a second one pastes masks back. On CUDA the crop/resize/heatmaps run on the GPU
-(``guidance.*_torch``, same results as the numpy path within ~2e-5), the post-processing too.
+runs, and a second one pastes masks back; the overlap needs several batches per call, so callers
+should hand over ``batch_boxes`` boxes at a time. On CUDA the crop/resize/heatmaps run on the GPU
+(``guidance.*_torch``, same inputs as the numpy path within ~2e-5) on a side stream, the
+bicubic paste-back too, and the main loop never waits for the GPU. ``forward_batch`` runs the
+network alone on a prepared batch (what ``benchmarks/bench_iog.py`` times as the pure forward).
 
 Options (constructor)
 ---------------------
 * ``weights``: checkpoint path or registry name (``boxmask.weights``); required.
 * ``device``: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
-* ``batch_size``: crops per forward (default 4 on CPU, where larger batches gain nothing, 32 on
-  CUDA).
+* ``batch_size``: crops per forward (default 4 on CPU, 32 on CUDA).
 * ``precision``: ``"fp32"`` (on CUDA with TF32 disabled, process-wide:
   ``torch.backends.fp32_precision = "ieee"``), ``"bf16"`` or ``"fp16"`` (autocast). On the CPU,
   bf16/fp16 need native support (AVX512-BF16/AMX, AMX-FP16); otherwise the engine refuses.
@@ -48,10 +50,15 @@ Options (constructor)
   (``torch.fx.experimental.optimization.fuse``; ``torch.jit.freeze`` is deprecated in torch 2.14
   and needs a minute to trace this network); ``"compile"``: ``torch.compile`` of the folded
   network (45-75 s the first time); ``"auto"``: ``compile`` on CUDA when ``expected_crops`` is at
-  least ``COMPILE_MIN_CROPS``, else ``freeze``.
+  least ``COMPILE_MIN_CROPS`` (``expected_crops``: the job's number of boxes, if the caller
+  knows it), else ``freeze``. Results of all modes agree within fp32 rounding.
 * ``channels_last`` (default True), ``threshold`` (0.5), ``stability_delta`` (0.25),
   ``preprocess`` (``"auto"``: torch on CUDA, numpy on CPU; ``"numpy"``, ``"torch"``),
   ``workers`` (paste-back threads, default 2), ``num_threads`` (torch CPU threads).
+
+``describe()`` names the weights file (not its folder), its sha256, the architecture, precision,
+threshold and the guidance constants: the settings that change masks. Device, batch size, mode and
+threads only change speed.
 """
 
 from __future__ import annotations
@@ -79,6 +86,8 @@ MODES = ("auto", "eager", "freeze", "compile")
 PREPROCESS = ("auto", "numpy", "torch")
 ARCHITECTURES = ("iog", "iog-refinement")
 DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 32}
+PIPELINE_BATCHES = 4
+"""Forward batches per ``segment`` call that a caller should aim for (``batch_boxes``)."""
 COMPILE_MIN_CROPS = 50_000
 """``mode="auto"`` compiles on CUDA from this many crops: at a few hundred crops/s, compiling
 (about a minute) pays off only when it is a small share of the job."""
@@ -111,7 +120,7 @@ def predict_proba(net: nn.Module, image_rgb_uint8: np.ndarray, box_xyxy: Sequenc
     are 0 outside the crop box and may overshoot [0, 1] slightly (bicubic resize).
     """
     x, g = G.preprocess_box(np.asarray(image_rgb_uint8), box_xyxy, inside_xy)
-    device = next(net.parameters()).device
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
     with torch.inference_mode():
         fine = fine_logits(net, torch.from_numpy(x)[None].to(device))
     return G.probability_full(fine[0, 0].float().cpu().numpy(), g.crop_box,
@@ -251,16 +260,18 @@ class IOGEngine(Engine):
         if weights is None:
             raise ValueError("the IOG engine needs weights: a checkpoint path or a registry name "
                              "(e.g. IOG_PASCAL_SBD.pth; see `boxmask weights`)")
-        from ..models import build_iog, detect_architecture, load_checkpoint, sha256_file
-        from ..models.checkpoint import read_state_dict
+        from ..models import sha256_file
+        from ..models.checkpoint import build_from_checkpoint
         from ..weights import resolve_weights
 
         path = resolve_weights(weights)
-        state = read_state_dict(path)
-        architecture = detect_architecture(state)
-        net = load_checkpoint(build_iog(refinement=architecture == "iog-refinement"), state)
-        del state
-        self._setup(net, architecture, weights=str(weights), sha256=sha256_file(path),
+        net = build_from_checkpoint(path)  # official or reduced-width, IOG or refinement
+        architecture = "iog-refinement" if hasattr(net, "iog_points") else "iog"
+        size = getattr(getattr(net, "config", None), "input_size", G.INPUT_SIZE)
+        if size != G.INPUT_SIZE:
+            raise ValueError(f"{path.name} was trained at input size {size}; the IOG engine runs "
+                             f"at {G.INPUT_SIZE}")
+        self._setup(net, architecture, weights=Path(str(weights)).name, sha256=sha256_file(path),
                     device=device, batch_size=batch_size, precision=precision, mode=mode,
                     channels_last=channels_last, threshold=threshold,
                     stability_delta=stability_delta, preprocess=preprocess,
@@ -269,7 +280,8 @@ class IOGEngine(Engine):
     @classmethod
     def from_network(cls, net: nn.Module, architecture: str = "iog", **options: Any) -> IOGEngine:
         """An engine around an already built network (``architecture``: ``"iog"`` or
-        ``"iog-refinement"``); ``describe()`` then names no weights file."""
+        ``"iog-refinement"``); ``describe()`` then names no weights file. The engine takes the
+        network over: it moves it to its device (and in eager mode to channels_last)."""
         self = cls.__new__(cls)
         self._setup(net, architecture, weights=None, sha256=None, **options)
         return self
@@ -313,6 +325,8 @@ class IOGEngine(Engine):
         self._side_stream: Any = None
         self._main_stream: Any = None
         self._run = self._build_runner(net.eval().to(self.device))
+        logger.info("IOG engine: %s network on %s, %s, mode %s, %d crops per forward",
+                    architecture, self.device, precision, self.mode, self.batch_size)
 
     # -- network -----------------------------------------------------------------------------
     def _build_runner(self, net: nn.Module) -> Callable[..., Tensor]:
@@ -347,23 +361,36 @@ class IOGEngine(Engine):
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _forward(self, batch: _Batch) -> Tensor:
-        n = len(batch.items)
-        x, guide = batch.x, batch.guide
+    def forward_batch(self, x: Tensor, guidance: Tensor | None = None) -> Tensor:
+        """Fine logits ``[N, 1, 512, 512]`` (float32) of a prepared input batch ``x``
+        ``[N, 5, 512, 512]`` on the engine's device, with its mode, precision and memory format.
+        ``guidance`` ``[N, 2, 512, 512]``: the refinement network's click maps (default: the
+        heatmaps of ``x``); ignored by the IOG architecture."""
+        if self.architecture == "iog-refinement" and guidance is None:
+            guidance = x[:, 3:5]
+        elif self.architecture == "iog":
+            guidance = None
+        n = x.shape[0]
         if self.mode == "compile" and n < self.batch_size:  # one static shape: no recompiles
             pad = self.batch_size - n
             x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
-            if guide is not None:
-                guide = torch.cat([guide, guide.new_zeros((pad, *guide.shape[1:]))])
+            if guidance is not None:
+                guidance = torch.cat([guidance, guidance.new_zeros((pad, *guidance.shape[1:]))])
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-            if guide is not None:
-                guide = guide.contiguous(memory_format=torch.channels_last)
+            if guidance is not None:
+                guidance = guidance.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
-            out = self._run(x) if guide is None else self._run(x, guide)
+            out = self._run(x) if guidance is None else self._run(x, guidance)
         return out[:n].float()
 
     # -- public API --------------------------------------------------------------------------
+    @property
+    def batch_boxes(self) -> int:
+        """Boxes to hand to one ``segment`` call: ``PIPELINE_BATCHES`` forward batches, so that
+        preparing the next batch and pasting the last one overlap the forward passes."""
+        return self.batch_size * PIPELINE_BATCHES
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name, "weights": self.weights, "weights_sha256": self.sha256,
@@ -391,7 +418,7 @@ class IOGEngine(Engine):
                 next_batch = prep.submit(self._prepare, batches[k + 1], requests)
             if batch.ready is not None:
                 self._main_stream.wait_event(batch.ready)
-            fine = self._forward(batch)
+            fine = self.forward_batch(batch.x, batch.guide)
             pending += self._finish(batch, fine, requests, post)
         for fut in pending:
             (r, b), prediction = fut.result()
@@ -418,7 +445,7 @@ class IOGEngine(Engine):
         for r, req in enumerate(requests):
             inside = req.inside if req.inside is not None else default_inside_points(req.boxes)
             for b, box in enumerate(req.boxes):
-                extra = list(req.extra_clicks[b]) if req.extra_clicks else []
+                extra = list(req.extra_clicks[b] or []) if req.extra_clicks else []
                 if extra and self.architecture != "iog-refinement":
                     raise ValueError(
                         "extra clicks need the refinement network: load the refinement "
@@ -451,23 +478,23 @@ class IOGEngine(Engine):
 
     def _finish(self, batch: _Batch, fine: Tensor, requests: Sequence[SegmentRequest],
                 post: ThreadPoolExecutor) -> list[Future]:
-        scores = G.stability_score_torch(fine, self.stability_delta).cpu().tolist()
-        futures = []
-        if self.device.type == "cuda":
-            crops = []
-            for i, item in enumerate(batch.items):
-                h, w = requests[item.request].image.shape[:2]
-                crops.append(mask_crop_torch(fine[i], item.guidance.crop_box, h, w,
-                                             self.threshold))
-            done = torch.cuda.Event()
-            done.record()
-            for item, crop, score in zip(batch.items, crops, scores, strict=True):
-                futures.append(post.submit(self._paste_torch, item, crop, done, score, requests))
-        else:
-            fine_np = fine[:, 0].numpy()
-            for i, (item, score) in enumerate(zip(batch.items, scores, strict=True)):
-                futures.append(post.submit(self._paste_numpy, item, fine_np[i], score, requests))
-        return futures
+        """Scores and masks of a batch, pasted by the ``post`` threads. On CUDA nothing here waits
+        for the GPU: the results are copied asynchronously and the threads wait for them."""
+        scores = G.stability_score_torch(fine, self.stability_delta)
+        if self.device.type != "cuda":
+            fine_np, score_list = fine[:, 0].numpy(), scores.tolist()
+            return [post.submit(self._paste_numpy, item, fine_np[i], score_list[i], requests)
+                    for i, item in enumerate(batch.items)]
+        scores_host = torch.empty(scores.shape, dtype=scores.dtype, pin_memory=True)
+        scores_host.copy_(scores, non_blocking=True)
+        crops = []
+        for i, item in enumerate(batch.items):
+            h, w = requests[item.request].image.shape[:2]
+            crops.append(mask_crop_torch(fine[i], item.guidance.crop_box, h, w, self.threshold))
+        done = torch.cuda.Event()
+        done.record()
+        return [post.submit(self._paste_torch, item, crops[i], done, scores_host, i, requests)
+                for i, item in enumerate(batch.items)]
 
     def _prediction(self, item: _Item, mask: np.ndarray, score: float) -> Prediction:
         extras: dict[str, Any] = {"stability": score}
@@ -482,7 +509,7 @@ class IOGEngine(Engine):
         mask = G.paste(p > self.threshold, item.guidance.crop_box, (h, w))
         return (item.request, item.box_index), self._prediction(item, mask, score)
 
-    def _paste_torch(self, item: _Item, crop: Tensor | None, done: Any, score: float,
+    def _paste_torch(self, item: _Item, crop: Tensor | None, done: Any, scores: Tensor, i: int,
                      requests: Sequence[SegmentRequest]) -> tuple[tuple[int, int], Prediction]:
         done.synchronize()
         h, w = requests[item.request].image.shape[:2]
@@ -490,7 +517,7 @@ class IOGEngine(Engine):
         slices = G.inside_slices(item.guidance.crop_box, h, w)
         if slices is not None and crop is not None:
             mask[slices[0]] = crop.numpy()
-        return (item.request, item.box_index), self._prediction(item, mask, score)
+        return (item.request, item.box_index), self._prediction(item, mask, float(scores[i]))
 
 
 # --------------------------------------------------------------------------- batch building

@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -109,7 +110,28 @@ class JobLayout:
 
     def attempt_files(self, shard_id: int) -> list[Path]:
         """Every attempt's results file of a shard, sorted by name."""
-        return sorted(self.results_dir.glob(f"{self.shard_name(shard_id)}.*.jsonl"))
+        folder = self.results_dir
+        prefix = f"{self.shard_name(shard_id)}."
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return []
+        return [folder / n for n in sorted(n for n in names if n.startswith(prefix)
+                                           and n.endswith(".jsonl"))]
+
+    def all_attempt_files(self) -> dict[int, list[Path]]:
+        """Every attempt's results file, by shard id (one listing of the results folder)."""
+        folder = self.results_dir
+        try:
+            names = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            return {}
+        out: dict[int, list[Path]] = {}
+        for name in names:
+            shard, _, rest = name.partition(".")
+            if shard.isdigit() and rest and name.endswith(".jsonl"):
+                out.setdefault(int(shard), []).append(folder / name)
+        return out
 
     def done_file(self, shard_id: int) -> Path:
         return self.done_dir / f"{self.shard_name(shard_id)}.json"

@@ -28,6 +28,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -200,13 +201,13 @@ class Lease:
 
 def _create(path: Path, info: LeaseInfo) -> bool:
     """Create the lease file with ``info`` unless it exists; True on success."""
+    if path.exists():  # the common case when scanning for work: no file written
+        return False
     data = json.dumps(asdict(info)).encode()
     tmp = path.with_name(f".{path.name}.new-{info.token}")
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as f:  # no fsync: a lease need not outlive its machine
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         try:
             os.link(tmp, path)
             return True
@@ -223,13 +224,22 @@ def _create(path: Path, info: LeaseInfo) -> bool:
         return False
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
     return True
 
 
-def try_acquire(path: Path, worker_id: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Lease | None:
-    """Take the lease at ``path`` if it is free or stale; None if someone else holds it."""
+OnStale = Callable[[LeaseInfo | None, float, str], Callable[[], None] | None]
+"""``on_stale(old_info, old_mtime, reason)``: called before a stale lease is taken over; may
+return an undo function, called if the takeover is abandoned (the lease proved live)."""
+
+
+def try_acquire(path: Path, worker_id: str, timeout_s: float = DEFAULT_TIMEOUT_S,
+                on_stale: OnStale | None = None) -> Lease | None:
+    """Take the lease at ``path`` if it is free or stale; None if someone else holds it.
+
+    ``on_stale`` runs before a stale lease is moved away, so that what it records (e.g. the
+    failure of the abandoned attempt) survives this process being killed during the takeover;
+    it must be idempotent (several workers may judge the same lease stale).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     info = LeaseInfo.mine(worker_id)
     if _create(path, info):
@@ -238,6 +248,7 @@ def try_acquire(path: Path, worker_id: str, timeout_s: float = DEFAULT_TIMEOUT_S
     reason = stale_reason(old, mtime, timeout_s)
     if reason is None:
         return None
+    undo = on_stale(old, mtime, reason) if on_stale is not None else None
     tomb = path.with_name(f"{path.name}.stale-{info.token}")
     try:
         os.rename(path, tomb)
@@ -251,6 +262,8 @@ def try_acquire(path: Path, worker_id: str, timeout_s: float = DEFAULT_TIMEOUT_S
             os.link(tomb, path)
         with contextlib.suppress(FileNotFoundError):
             tomb.unlink()
+        if undo is not None and moved_mtime != mtime and same_owner:
+            undo()  # its owner is alive after all
         return None
     with contextlib.suppress(FileNotFoundError):
         tomb.unlink()

@@ -1,9 +1,10 @@
 """Run several workers on one machine: one per GPU when there are GPUs, else CPU workers that
 share the cores. Each worker is a ``boxmask work`` subprocess, exactly what a cluster task runs.
 
-A worker that dies (killed, out of memory) while work is left is replaced, up to
-``max_restarts`` times in all; its shard is taken over at once by the next claim (a lease of a
-process that ended on this host is stale immediately).
+A worker killed by a signal (SIGKILL from the out-of-memory killer, a crash) while work is left
+is replaced, up to ``max_restarts`` times in all; its shard is taken over at once by the next
+claim (a lease of a process that ended on this host is stale immediately). A worker that exits
+with an error (exit code 1: disk full, a plan mismatch) is not restarted: it would fail again.
 """
 
 from __future__ import annotations
@@ -21,10 +22,6 @@ from .progress import Progress
 from .status import job_status
 
 log = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_PARTIAL, EXIT_STOPPED = 0, 3, 4
-"""``boxmask work`` exit codes that mean the worker ended normally (see ``boxmask.cli``)."""
-
 
 def visible_gpus() -> list[str]:
     """Ids of the GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries.
@@ -80,7 +77,7 @@ def run_local_workers(out_dir: str | Path, n: int, *, progress: bool = True,
     """Start ``n`` workers, show combined progress, wait; return their final exit codes.
 
     SIGINT/SIGTERM to this process is passed on to the workers, which stop cleanly. A worker
-    that ends abnormally while the job is not complete is restarted (``max_restarts`` in all,
+    killed by a signal while the job is not complete is restarted (``max_restarts`` in all,
     default ``2 * n``).
     """
     status = job_status(out_dir)
@@ -102,9 +99,8 @@ def run_local_workers(out_dir: str | Path, n: int, *, progress: bool = True,
         while True:
             for i, p in enumerate(procs):
                 code = p.poll()
-                if (code is None or code in (EXIT_OK, EXIT_PARTIAL, EXIT_STOPPED) or stopping
-                        or restarts_left <= 0):
-                    continue
+                if code is None or code >= 0 or stopping or restarts_left <= 0:
+                    continue  # running, ended by itself, or we are stopping
                 st = job_status(out_dir)
                 if st["complete"] or not st["shards"]["pending"] + st["shards"]["stale"]:
                     continue

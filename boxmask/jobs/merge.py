@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..atomic import atomic_write_text, is_temp
+from ..atomic import atomic_write_text, remove_stale_temps
 from ..labels import LabelMap
 from ..records import ImageResult
 from ..writers import create_writer
 from ..writers.sidecar import SidecarWriter
 from .layout import JobLayout
-from .lease import DEFAULT_TIMEOUT_S, holding, pid_alive, read_lease
+from .lease import DEFAULT_TIMEOUT_S, holding, pid_alive, read_lease, stale_reason
 from .plan import load_plan, plan_settings
 from .worker import NoPlanError, read_failed, scan_done_results, sha256_file
 
@@ -76,16 +76,23 @@ def _marker_problem(layout: JobLayout, plan: dict[str, Any], shard: dict[str, An
 
 def verified_results_file(layout: JobLayout, plan: dict[str, Any], shard: dict[str, Any],
                           verify_files: bool = False) -> Path | None:
-    """The results file of a done shard if it matches its marker; else None (and the bad marker
-    is removed, so that the shard is converted again)."""
+    """The results file of a done shard if it matches its marker; else None.
+
+    A marker that does not match is removed and its results file renamed to ``*.damaged`` (kept
+    for inspection, never resumed from), so that the shard is converted again from scratch,
+    rewriting its per-image files.
+    """
     marker = done_marker(layout, shard["id"])
     if marker is None:
         return None
     problem = _marker_problem(layout, plan, shard, marker, verify_files)
+    path = layout.results_dir / marker["results"]
     if problem is None:
-        return layout.results_dir / marker["results"]
+        return path
     log.error("shard %d: done marker discarded, %s; the shard will be converted again",
               shard["id"], problem)
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(path, path.with_name(path.name + ".damaged"))
     layout.done_file(shard["id"]).unlink(missing_ok=True)
     return None
 
@@ -119,14 +126,6 @@ def summarize(results: Iterator[ImageResult]) -> dict[str, Any]:
     return out
 
 
-def temp_owner_pid(name: str) -> int | None:
-    """The pid in a temporary file name of ``boxmask.atomic`` (``.<name>.tmp-<pid>-<hex>``)."""
-    try:
-        return int(name.rsplit("-", 2)[-2])
-    except (ValueError, IndexError):
-        return None
-
-
 def remove_dead_temps(folder: Path) -> int:
     """Delete the temporary files below ``folder`` whose writing process no longer exists.
 
@@ -134,18 +133,7 @@ def remove_dead_temps(folder: Path) -> int:
     worker holds a lease: a process elsewhere whose pid is unknown here is then one that lost
     its lease, and losing its temporary file only makes its (abandoned) write fail.
     """
-    n = 0
-    for dirpath, _dirs, names in os.walk(folder):
-        for name in names:
-            if not is_temp(name):
-                continue
-            pid = temp_owner_pid(name)
-            if pid is None or pid_alive(pid):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                Path(dirpath, name).unlink()
-                n += 1
-    return n
+    return remove_stale_temps(folder, is_alive=pid_alive)
 
 
 def _clean_up(layout: JobLayout, plan: dict[str, Any]) -> None:
@@ -156,9 +144,10 @@ def _clean_up(layout: JobLayout, plan: dict[str, Any]) -> None:
         if marker is None:
             return
         named.add(marker["results"])
-    for p in layout.results_dir.glob("*.jsonl"):
-        if p.name not in named:
-            p.unlink(missing_ok=True)
+    for paths in layout.all_attempt_files().values():
+        for p in paths:
+            if p.name not in named:
+                p.unlink(missing_ok=True)
     for d in (layout.leases_dir, layout.done_dir):  # tombstones and unlinked marker copies
         for p in d.glob(".*"):
             p.unlink(missing_ok=True)
@@ -169,30 +158,48 @@ def _clean_up(layout: JobLayout, plan: dict[str, Any]) -> None:
         log.info("removed %d temporary files left by killed processes", removed)
 
 
+def _live_leases(layout: JobLayout, plan: dict[str, Any], timeout_s: float) -> bool:
+    """True when a worker may still be running; leases of workers that are gone (they died
+    after marking their shard done) are removed."""
+    live = False
+    for shard in plan["shards"]:
+        path = layout.lease_file(shard["id"])
+        info, mtime = read_lease(path)
+        if mtime is None:
+            continue
+        if stale_reason(info, mtime, timeout_s) is None:
+            live = True
+        else:
+            path.unlink(missing_ok=True)
+    return live
+
+
 def failed_shards(layout: JobLayout, plan: dict[str, Any]) -> list[dict[str, Any]]:
     """The failed markers of the plan's shards (see ``boxmask.jobs.worker``)."""
     return [m for m in (read_failed(layout, s["id"]) for s in plan["shards"]) if m is not None]
 
 
 def merge(out_dir: str | Path, *, allow_partial: bool = False, verify_files: bool = False,
-          lock_timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+          lease_timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """Write the final files of every format, the sidecar and the manifest; return the manifest.
 
     With ``allow_partial`` the files cover only the shards done so far (a preview while workers
     still run, or the result of a job with failed shards); otherwise an unfinished job raises
     ``IncompleteJobError``. ``verify_files`` re-reads every per-image file and checks it against
-    the done markers' checksums (slower; damaged shards are re-opened).
+    the done markers' checksums (slower; damaged shards are re-opened). ``lease_timeout_s``:
+    after how long a silent merge lock or worker lease counts as abandoned.
     """
     layout = JobLayout(out_dir)
     if load_plan(out_dir) is None:
         raise NoPlanError(f"{out_dir} has no plan.json")
     layout.state_dir.mkdir(parents=True, exist_ok=True)
     with holding(layout.merge_lock, f"merge-{socket.gethostname()}-{os.getpid()}",
-                 lock_timeout_s):
-        return _merge(layout, allow_partial, verify_files)
+                 lease_timeout_s):
+        return _merge(layout, allow_partial, verify_files, lease_timeout_s)
 
 
-def _merge(layout: JobLayout, allow_partial: bool, verify_files: bool) -> dict[str, Any]:
+def _merge(layout: JobLayout, allow_partial: bool, verify_files: bool,
+           lease_timeout_s: float) -> dict[str, Any]:
     plan = load_plan(layout.root)
     if plan is None:
         raise NoPlanError(f"{layout.root} has no plan.json")
@@ -231,8 +238,7 @@ def _merge(layout: JobLayout, allow_partial: bool, verify_files: bool) -> dict[s
     files += sidecar.merge(results)
 
     complete = not missing
-    if complete and not any(read_lease(layout.lease_file(s["id"]))[1] is not None
-                            for s in plan["shards"]):
+    if complete and not _live_leases(layout, plan, lease_timeout_s):
         _clean_up(layout, plan)
 
     markers = [m for m in (done_marker(layout, s["id"]) for s in plan["shards"]) if m]

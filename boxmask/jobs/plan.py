@@ -88,7 +88,8 @@ class Settings:
         return s
 
 
-RUNTIME_ENGINE_OPTIONS = frozenset({"device", "batch_size", "workers", "num_threads"})
+RUNTIME_ENGINE_OPTIONS = frozenset({"device", "batch_size", "workers", "num_threads", "mode",
+                                    "preprocess", "expected_crops", "channels_last"})
 """Engine options that change speed, not masks: a worker may choose them freely."""
 
 

@@ -51,9 +51,12 @@ def job_status(out_dir: str | Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) 
     failed: list[dict[str, Any]] = []
     intervals: list[tuple[float, float]] = []
     rate_items = 0
+    attempts = layout.all_attempt_files()
+    if layout.failures_dir.is_dir():
+        failed_attempts = sum(1 for p in layout.failures_dir.iterdir() if p.suffix == ".json"
+                              and not p.name.startswith("."))
     for shard in plan["shards"]:
         sid = shard["id"]
-        failed_attempts += len(layout.failure_files(sid))
         marker = done_marker(layout, sid)
         if marker is not None and marker.get("plan_id") == plan.get("plan_id"):
             counts["done"] += 1
@@ -66,7 +69,7 @@ def job_status(out_dir: str | Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) 
                 intervals.append((marker["started"], marker["finished"]))
                 rate_items += marker["items"]
             continue
-        partial = max((valid_prefix(p)[0] for p in layout.attempt_files(sid)), default=0)
+        partial = max((valid_prefix(p)[0] for p in attempts.get(sid, [])), default=0)
         items_done += partial
         failed_marker = read_failed(layout, sid)
         if failed_marker is not None:

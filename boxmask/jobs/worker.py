@@ -54,7 +54,15 @@ from ..records import ErrorRecord, ImageRecord, ImageResult
 from ..writers import create_writer
 from . import steps
 from .layout import JobLayout
-from .lease import DEFAULT_TIMEOUT_S, Heartbeat, Lease, LeaseLost, read_lease, try_acquire
+from .lease import (
+    DEFAULT_TIMEOUT_S,
+    Heartbeat,
+    Lease,
+    LeaseInfo,
+    LeaseLost,
+    read_lease,
+    try_acquire,
+)
 from .plan import (
     RUNTIME_ENGINE_OPTIONS,
     PlanMismatchError,
@@ -311,6 +319,7 @@ class Worker:
                               "`boxmask convert` first")
         check_version(plan)
         self.plan = plan
+        self._plan_stat = _stat_key(self.layout.plan)
         self.settings = plan_settings(plan)
         self.worker_id = worker_id or default_worker_id()
         self.engine_overrides = {k: v for k, v in (engine_overrides or {}).items()
@@ -371,21 +380,23 @@ class Worker:
             sid = shard["id"]
             if self._is_finished(sid):
                 continue
-            lease = try_acquire(self.layout.lease_file(sid), self.worker_id, self.lease_timeout_s)
+            lease = try_acquire(self.layout.lease_file(sid), self.worker_id, self.lease_timeout_s,
+                                on_stale=lambda old, mtime, reason, sid=sid:
+                                self._record_abandoned(sid, old, mtime, reason))
             if lease is None:
                 continue
             self._finished.discard(sid)
             if self._is_finished(sid):  # finished between our check and the lease
                 lease.release()
                 continue
-            if self._give_up(sid, shard, lease, report):
+            if self._give_up(sid, shard, report):
                 lease.release()
                 continue
             return sid, lease
         return None
 
-    def _best_prefix(self, sid: int, items: list[str] | None = None) -> int:
-        expected = items if items is not None else self._expected_ids(sid)
+    def _best_prefix(self, sid: int) -> int:
+        expected = self._expected_ids(sid)
         return max((valid_prefix(p, expected, self.layout.root)[0]
                     for p in self.layout.attempt_files(sid)), default=0)
 
@@ -394,21 +405,24 @@ class Worker:
         items = read_shard_items(self.layout.shard_file(sid), shard.get("sha256"))
         return [item_id(i) for i in items]
 
-    def _give_up(self, sid: int, shard: dict[str, Any], lease: Lease,
-                 report: WorkerReport | None) -> bool:
-        """Record the failure of the attempt this lease replaced, if any; mark the shard failed
-        (and return True) once ``max_attempts`` attempts failed at the current position."""
-        if lease.replaced is None and lease.replaced_reason is None:
-            if not self.layout.failure_files(sid):
-                return False
-            position = self._best_prefix(sid)
-        else:
-            position = self._best_prefix(sid)
-            old = lease.replaced
-            record_failure(self.layout, sid, old.token if old else f"unknown-{lease.token}",
-                           old.worker_id if old else "unknown", lease.replaced_reason or "",
-                           position, host=old.host if old else None,
-                           pid=old.pid if old else None)
+    def _record_abandoned(self, sid: int, old: LeaseInfo | None, mtime: float,
+                          reason: str) -> Any:
+        """Record the failure of the attempt whose stale lease is being taken over (before the
+        takeover, keyed by its token: idempotent); return the undo for a takeover abandoned."""
+        if self.layout.done_file(sid).exists():
+            return None  # it finished its shard and died before releasing: no failure
+        token = old.token if old is not None else f"unreadable-{int(mtime)}"
+        record_failure(self.layout, sid, token, old.worker_id if old else "unknown", reason,
+                       self._best_prefix(sid), host=old.host if old else None,
+                       pid=old.pid if old else None)
+        return lambda: self.layout.failure_file(sid, token).unlink(missing_ok=True)
+
+    def _give_up(self, sid: int, shard: dict[str, Any], report: WorkerReport | None) -> bool:
+        """Mark the shard failed (and return True) once ``max_attempts`` recorded failures are at
+        the position the shard has reached (its workers died there again and again)."""
+        if not self.layout.failure_files(sid):
+            return False
+        position = self._best_prefix(sid)
         here = [f for f in read_failures(self.layout, sid) if f.get("items_done") == position]
         if len(here) < self.max_attempts:
             return False
@@ -454,7 +468,7 @@ class Worker:
                 claimed = self.claim_next(report)
                 if claimed is None:
                     if self.wait_for_others and self._others_active():
-                        self.stop.event.wait(min(self.heartbeat_s, 2.0))
+                        self.stop.event.wait(min(self.heartbeat_s, 0.5))
                         continue
                     break
                 sid, lease = claimed
@@ -544,8 +558,7 @@ class Worker:
     def _mark_done(self, sid: int, results_path: Path, lease: Lease) -> bool:
         """Create the done marker exclusively; False (and our results discarded) when another
         attempt marked the shard done first."""
-        current = load_plan(self.layout.root)
-        if current is None or current.get("plan_id") != self.plan.get("plan_id"):
+        if not self._plan_unchanged():
             raise PlanMismatchError(f"the plan of {self.layout.root} changed while this worker "
                                     "ran (planned again?); stopping")
         marker = {
@@ -582,6 +595,14 @@ class Worker:
                 p.unlink(missing_ok=True)
         return True
 
+    def _plan_unchanged(self) -> bool:
+        """True while ``plan.json`` is the plan this worker started with (cheap: a stat, and a
+        read only when the file changed)."""
+        if _stat_key(self.layout.plan) == self._plan_stat:
+            return True
+        current = load_plan(self.layout.root)
+        return current is not None and current.get("plan_id") == self.plan.get("plan_id")
+
     # -- conversion ---------------------------------------------------------------------------
     def _batch_boxes(self) -> int:
         engine = self.engine
@@ -591,17 +612,19 @@ class Worker:
     def _results(self, items: list[ImageRecord | ErrorRecord]) -> Iterator[ImageResult]:
         """Results of ``items`` in order: decode ahead in threads, segment in batches.
 
-        Memory stays bounded: at most ``prefetch`` images are decoded ahead of the batch being
-        built, and a batch stops at the engine's ``batch_boxes`` boxes or ``batch_pixels``
-        pixels, whichever comes first.
+        A batch stops at the engine's ``batch_boxes`` boxes (else its ``batch_size``) or at
+        ``batch_pixels`` decoded pixels, whichever comes first. Decoding runs ahead by
+        ``prefetch + batch_boxes`` items, so that the next batch is decoded while the engine
+        works on this one. Memory is bounded by these numbers, never by the shard or dataset.
         """
         batch_boxes = self._batch_boxes()
+        window = self.prefetch + batch_boxes
         with ThreadPoolExecutor(max_workers=self.prefetch, thread_name_prefix="decode") as pool:
             pending: deque[Future | ImageResult] = deque()
             it = iter(items)
 
             def fill() -> None:
-                while len(pending) < self.prefetch:
+                while len(pending) < window:
                     item = next(it, None)
                     if item is None:
                         return
@@ -629,6 +652,9 @@ class Worker:
                         fill()
                     images = [b for b in batch if isinstance(b, steps.LoadedImage)]
                     steps.segment(self._policy, self.engine, images)
+                    if not self._plan_unchanged():  # never write into a re-planned output
+                        raise PlanMismatchError(f"the plan of {self.layout.root} changed while "
+                                                "this worker ran (planned again?); stopping")
                     for b in batch:
                         yield (steps.finish(b, self._writers) if isinstance(b, steps.LoadedImage)
                                else b)
@@ -636,6 +662,14 @@ class Worker:
                 for f in pending:
                     if isinstance(f, Future):
                         f.cancel()
+
+
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def run_worker(out_dir: str | Path, **options: Any) -> WorkerReport:

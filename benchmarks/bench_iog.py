@@ -1,0 +1,358 @@
+"""IOG throughput: pure forward per mode, the engine end to end, and an official-style loop.
+
+All runs in one invocation use the same random weights: the parity recipe of
+``tests/parity_weights.py`` (``--seed``, default 5, whose masks on the COCO-MVal sample are neither
+empty nor full) or PyTorch's default initialisation (``--init default``). Timings do not depend
+on the weights; mask agreement does (a random network is much less decisive than a trained one).
+
+Sections
+--------
+1. **GEMM roof**: FLOP/s of a large fp32 and bf16 (fp16 too on CUDA) matrix product.
+2. **Pure forward**: crops/s of the fine-logit forward on a fixed random batch, per mode
+   (``eager fp32``: contiguous tensors, ``no_grad``, as the official test script;
+   ``eager+cl``: channels_last + inference_mode; ``frozen``: BatchNorm folded, channels_last;
+   ``frozen bf16``: the same under bf16 autocast; ``compile``: with ``--compile``) and batch size,
+   with the achieved FLOP/s (FLOPs counted by ``torch.utils.flop_counter`` on the fine path) as a
+   share of the roof of the same precision.
+3. **Engine end to end**: ``IOGEngine.segment`` on the decoded COCO-MVal images (boxes from
+   ``boxes_from_masks.csv``), handed over ``engine.batch_boxes`` boxes per call as a worker does;
+   crops/s and its ratio to the pure forward rate of the same mode and batch size.
+4. **Official-style loop**: one instance at a time like the official ``test.py``: numpy
+   preprocessing (full-grid float64 Gaussians), batch 1, eager fp32, contiguous, full 5-output
+   forward, numpy sigmoid, ``cv2.INTER_CUBIC`` paste-back.
+
+Then the targets: end-to-end >= 0.9 x pure forward, engine fp32 >= 1.5 x and bf16 >= 2.5 x the
+official-style loop, bf16 masks vs fp32 mean IoU >= 0.99.
+
+    python benchmarks/bench_iog.py --quick           # about a minute on a small CPU
+    python benchmarks/bench_iog.py --device cuda --batch-sizes 8,16,32,64 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from boxmask import guidance as G
+from boxmask.engines import SegmentRequest
+from boxmask.engines.iog import IOGEngine, cpu_supports, disable_tf32, resolve_device
+from boxmask.models import build_iog
+
+ROOT = Path(__file__).resolve().parents[1]
+COCO = ROOT / "tests" / "data" / "coco_mval"
+REFERENCE_GFLOP = 142.6
+"""FLOPs of one full 512^2 forward (5 outputs) stated for IOG; printed beside our own count."""
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def make_network(init: str, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    net = build_iog()
+    if init == "parity":
+        sys.path.insert(0, str(ROOT / "tests"))
+        from parity_weights import parity_weights
+
+        net.load_state_dict(parity_weights("iog", seed), strict=True)
+    return net.eval()
+
+
+def load_requests(n: int) -> list[SegmentRequest]:
+    """The first ``n`` COCO-MVal images (decoded) with their box and the box centre as inside."""
+    with open(COCO / "boxes_from_masks.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:n]
+    out = []
+    for row in rows:
+        image = np.asarray(Image.open(COCO / "img" / row["image"]).convert("RGB"))
+        box = np.array([[int(row[k]) for k in ("x_min", "y_min", "x_max", "y_max")]])
+        centre = np.array([[(box[0, 0] + box[0, 2]) / 2, (box[0, 1] + box[0, 3]) / 2]])
+        out.append(SegmentRequest(image, box, inside=centre))
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, reps: int, warmup: int = 1) -> float:
+    """Median wall-clock seconds of ``fn`` over ``reps`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 1.0
+
+
+def table(title: str, header: list[str], rows: list[list[object]]) -> None:
+    cells = [[str(c) for c in header]] + [[f"{c:.3g}" if isinstance(c, float) else str(c)
+                                           for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n## {title}")
+    for k, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+# --------------------------------------------------------------------------- 1. GEMM roof
+
+
+def gemm_roof(device: torch.device, size: int, reps: int) -> dict[str, float]:
+    """Measured FLOP/s of ``size`` x ``size`` matrix products per dtype."""
+    dtypes = {"fp32": torch.float32}
+    if device.type == "cuda" or cpu_supports("bf16"):
+        dtypes["bf16"] = torch.bfloat16
+    if device.type == "cuda":
+        dtypes["fp16"] = torch.float16
+    out = {}
+    for name, dtype in dtypes.items():
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
+        seconds = timed(lambda a=a, b=b: a @ b, device, reps)
+        out[name] = 2 * size**3 / seconds
+    return out
+
+
+# --------------------------------------------------------------------------- 2. pure forward
+
+
+def count_gflop(net: nn.Module, device: torch.device) -> tuple[float, float]:
+    """(fine path, full 5-output forward) GFLOP of one 512^2 crop."""
+    x = torch.rand(1, 5, 512, 512, device=device) * 255
+    counts = []
+    for fn in (net.forward_fine, net.forward):
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            fn(x)
+        counts.append(counter.get_total_flops() / 1e9)
+    return counts[0], counts[1]
+
+
+def forward_modes(net: nn.Module, device: torch.device, with_compile: bool,
+                  with_bf16: bool) -> dict[str, Callable[[int], Callable[[torch.Tensor], object]]]:
+    """Mode name -> (batch size -> callable on a prepared batch)."""
+
+    def official(_: int) -> Callable[[torch.Tensor], object]:
+        def run(x: torch.Tensor) -> object:
+            with torch.no_grad():
+                return net.forward_fine(x)
+        return run
+
+    def engine_mode(mode: str, precision: str, channels_last: bool = True):
+        engines: dict[int, IOGEngine] = {}
+
+        def make(batch_size: int) -> Callable[[torch.Tensor], object]:
+            if batch_size not in engines:
+                engines[batch_size] = IOGEngine.from_network(  # a copy: the engine owns it
+                    copy.deepcopy(net), device=str(device), mode=mode, precision=precision,
+                    channels_last=channels_last, batch_size=batch_size)
+            return engines[batch_size].forward_batch
+        return make
+
+    modes = {"eager fp32": official,
+             "eager+cl fp32": engine_mode("eager", "fp32"),
+             "frozen fp32": engine_mode("freeze", "fp32")}
+    if with_bf16:
+        modes["frozen bf16"] = engine_mode("freeze", "bf16")
+    if with_compile:
+        modes["compile fp32"] = engine_mode("compile", "fp32")
+        if with_bf16:
+            modes["compile bf16"] = engine_mode("compile", "bf16")
+    return modes
+
+
+# --------------------------------------------------------------------------- 4. official-style
+
+
+def official_style_input(image_f32: np.ndarray, box: np.ndarray, inside: np.ndarray
+                         ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The official test-time chain for one instance, full-grid float64 Gaussians included."""
+    g = G.guidance_for_box(box, inside)
+    crop = G.crop_resized(image_f32, g.crop_box)
+    yy, xx = np.mgrid[0:512, 0:512].astype(np.float64)
+
+    def gaussian(c: tuple[int, int]) -> np.ndarray:
+        return np.exp(-4 * np.log(2) * ((xx - c[0]) ** 2 + (yy - c[1]) ** 2) / 10.0**2)
+
+    inside_map = gaussian(g.inside_512)
+    outside_map = np.zeros((512, 512))
+    for corner in g.corners_512:
+        outside_map = np.maximum(outside_map, gaussian(corner))
+    t = np.stack([inside_map, outside_map], axis=2).astype(np.float32)
+    t = 255 * (t - t.min()) / (t.max() - t.min() + 1e-10)
+    x = np.concatenate([crop, t], axis=2).transpose(2, 0, 1)[None]
+    return np.ascontiguousarray(x), g.crop_box
+
+
+def official_style_loop(net: nn.Module, requests: list[SegmentRequest],
+                        device: torch.device) -> list[np.ndarray]:
+    masks = []
+    for r in requests:
+        image = r.image.astype(np.float32)  # the official loader converts the whole image
+        x, crop_box = official_style_input(image, r.boxes[0], r.inside[0])
+        with torch.no_grad():
+            fine = net(torch.from_numpy(x).to(device))[4]
+        logits = fine.cpu().numpy()[0, 0]
+        p = 1 / (1 + np.exp(-logits))
+        cw, ch = G.crop_size(crop_box)
+        p = cv2.resize(p, (cw, ch), interpolation=cv2.INTER_CUBIC)
+        masks.append(G.paste(p, crop_box, r.image.shape[:2]) > 0.5)
+    return masks
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-sizes", default=None,
+                    help="comma-separated (default: 1,2,4 on CPU, 1,8,16,32,64 on CUDA)")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
+    ap.add_argument("--images", type=int, default=40, help="COCO-MVal images end to end")
+    ap.add_argument("--official-images", type=int, default=None,
+                    help="instances for the official-style loop (default: --images)")
+    ap.add_argument("--engine-batch", type=int, default=None,
+                    help="engine batch size end to end (default: the largest of --batch-sizes)")
+    ap.add_argument("--init", choices=("parity", "default"), default="parity")
+    ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile modes")
+    ap.add_argument("--gemm-size", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--quick", action="store_true",
+                    help="batch size 2, 1 rep, 4 images: checks the script in about a minute")
+    args = ap.parse_args(argv)
+
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        disable_tf32()
+    if args.quick:
+        args.batch_sizes = args.batch_sizes or "2"
+        args.reps, args.images = 1, min(args.images, 4)
+    batch_sizes = [int(b) for b in (args.batch_sizes or
+                                    ("1,8,16,32,64" if device.type == "cuda" else "1,2,4"))
+                   .split(",")]
+    engine_batch = args.engine_batch or max(batch_sizes)
+    with_bf16 = device.type == "cuda" or cpu_supports("bf16")
+    gemm_size = args.gemm_size or (8192 if device.type == "cuda" else 2048)
+
+    print(f"# bench_iog: device {device} "
+          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
+          f"{torch.get_num_threads()} threads), torch {torch.__version__}, weights "
+          f"{args.init}" + (f" seed {args.seed}" if args.init == "parity" else ""))
+    net = make_network(args.init, args.seed).to(device)
+
+    roof = gemm_roof(device, gemm_size, max(args.reps, 3))
+    table(f"GEMM roof ({gemm_size}^3 matmul)", ["dtype", "TFLOP/s"],
+          [[k, v / 1e12] for k, v in roof.items()])
+
+    fine_gflop, full_gflop = count_gflop(net, device)
+    print(f"\nFLOPs per 512^2 crop: fine path {fine_gflop:.1f} GFLOP, full 5-output forward "
+          f"{full_gflop:.1f} GFLOP (stated: {REFERENCE_GFLOP})")
+
+    # -- pure forward
+    pure: dict[tuple[str, int], float] = {}
+    rows = []
+    for name, make in forward_modes(net, device, args.compile, with_bf16).items():
+        precision = "bf16" if "bf16" in name else "fp32"
+        for b in batch_sizes:
+            x = torch.rand(b, 5, 512, 512, device=device) * 255
+            run = make(b)
+            t_first = time.perf_counter()
+            run(x)
+            sync(device)
+            first = time.perf_counter() - t_first
+            seconds = timed(lambda run=run, x=x: run(x), device, args.reps, warmup=0)
+            rate = b / seconds
+            pure[name, b] = rate
+            achieved = rate * fine_gflop * 1e9
+            rows.append([name, b, rate, achieved / 1e12, f"{100 * achieved / roof[precision]:.1f}%",
+                         first])
+    table("Pure forward (fine logits)", ["mode", "batch", "crops/s", "TFLOP/s", "of roof",
+                                         "first call s"], rows)
+
+    # -- engine end to end
+    requests = load_requests(args.images)
+    e2e: dict[str, float] = {}
+    masks: dict[str, list[np.ndarray]] = {}
+    rows = []
+    for precision in ("fp32", "bf16") if with_bf16 else ("fp32",):
+        engine = IOGEngine.from_network(copy.deepcopy(net), device=str(device), mode="freeze",
+                                        precision=precision, batch_size=engine_batch)
+        chunk = engine.batch_boxes
+        engine.segment(requests[:engine_batch])  # warm-up (allocations, thread pools)
+        sync(device)
+        t0 = time.perf_counter()
+        out: list[np.ndarray] = []
+        for i in range(0, len(requests), chunk):
+            out += [r[0].mask for r in engine.segment(requests[i:i + chunk])]
+        sync(device)
+        seconds = time.perf_counter() - t0
+        engine.close()
+        masks[precision] = out
+        e2e[precision] = len(requests) / seconds
+        reference = pure.get((f"frozen {precision}", engine_batch))
+        rows.append([f"engine frozen {precision}", engine_batch, e2e[precision],
+                     e2e[precision] / reference if reference else "n/a"])
+    table(f"Engine end to end ({len(requests)} COCO-MVal images, {chunk} boxes per call)",
+          ["engine", "batch", "crops/s", "/ pure forward"], rows)
+
+    # -- official-style loop
+    n_official = min(args.official_images or len(requests), len(requests))
+    subset = requests[:n_official]
+    official_style_loop(net, subset[:1], device)  # warm-up
+    t0 = time.perf_counter()
+    official_masks = official_style_loop(net, subset, device)
+    sync(device)
+    official_rate = n_official / (time.perf_counter() - t0)
+    agree_fp32 = float(np.mean([iou(a, b) for a, b in
+                                zip(official_masks, masks["fp32"][:n_official], strict=True)]))
+    table(f"Official-style loop ({n_official} instances)", ["loop", "crops/s",
+                                                             "mask IoU vs engine fp32"],
+          [["official-style fp32", official_rate, agree_fp32]])
+
+    # -- targets
+    rows = []
+    ratio = e2e["fp32"] / pure.get(("frozen fp32", engine_batch), float("nan"))
+    rows.append(["end-to-end fp32 / pure forward", ">= 0.9", ratio, ratio >= 0.9])
+    speedup = e2e["fp32"] / official_rate
+    rows.append(["engine fp32 / official-style", ">= 1.5", speedup, speedup >= 1.5])
+    if "bf16" in e2e:
+        ratio16 = e2e["bf16"] / pure.get(("frozen bf16", engine_batch), float("nan"))
+        rows.append(["end-to-end bf16 / pure forward", ">= 0.9", ratio16, ratio16 >= 0.9])
+        speedup16 = e2e["bf16"] / official_rate
+        rows.append(["engine bf16 / official-style", ">= 2.5", speedup16, speedup16 >= 2.5])
+        ious = [iou(a, b) for a, b in zip(masks["fp32"], masks["bf16"], strict=True)]
+        rows.append(["bf16 vs fp32 mask mean IoU", ">= 0.99", float(np.mean(ious)),
+                     float(np.mean(ious)) >= 0.99])
+        rows.append(["bf16 vs fp32 mask min IoU", "(info)", float(np.min(ious)), ""])
+    table("Targets", ["measure", "target", "value", "met"], rows)
+
+
+if __name__ == "__main__":
+    main()

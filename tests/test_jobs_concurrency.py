@@ -1,0 +1,110 @@
+"""Several launchers and workers on one output directory at once: they share the work without
+converting anything twice, and the result equals a single-process run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from boxmask.api import convert, prepare_plan
+from boxmask.jobs.layout import JobLayout
+from boxmask.jobs.local import worker_commands
+from boxmask.jobs.plan import Settings, load_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "samples" / "ilsvrc_loc"
+FORMATS = ["pixel-imagenet", "coco", "openimages"]
+SKIP = {"state", "shards", "plan.json", "plan.lock", "manifest.json", "logs"}
+
+
+def settings(**overrides) -> Settings:
+    s = Settings(source="ilsvrc-loc", input=str(SAMPLE), formats=list(FORMATS), engine="box",
+                 shard_size=1)
+    for k, v in overrides.items():
+        setattr(s, k, v)
+    return s
+
+
+def output_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.relative_to(root).parts[0] not in SKIP}
+
+
+def counts(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())["counts"]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("baseline") / "out"
+    assert convert(settings(), out, progress=False)["complete"]
+    return out
+
+
+def test_two_workers_on_one_plan_share_the_shards_without_duplicates(baseline, tmp_path):
+    out = tmp_path / "out"
+    plan, engine = prepare_plan(settings(), out)
+    engine.close()
+    cmd = [sys.executable, "-m", "boxmask", "-q", "work", str(out), "--no-progress"]
+    procs = [subprocess.Popen(cmd + ["--worker-id", f"w{i}"], cwd=ROOT, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    reports = [json.loads(p.communicate(timeout=120)[1].strip().splitlines()[-1])
+               for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    # Every item converted exactly once, by one of the two.
+    assert sum(r["images"] for r in reports) == plan["totals"]["items"] == 50
+    done = sorted(s for r in reports for s in r["shards_done"])
+    assert done == [s["id"] for s in plan["shards"]]
+    layout = JobLayout(out)
+    owners = {json.loads(layout.done_file(s).read_text())["worker"] for s in done}
+    assert owners <= {"w0", "w1"}
+    subprocess.run([sys.executable, "-m", "boxmask", "-q", "merge", str(out)], cwd=ROOT,
+                   check=True, capture_output=True)
+    assert output_files(out) == output_files(baseline)
+    assert counts(out) == counts(baseline)
+
+
+def test_two_convert_commands_started_together_plan_once_and_agree(baseline, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "boxmask", "convert", "--source", "ilsvrc-loc", "--input",
+           str(SAMPLE), "--engine", "box", "--shard-size", "1", "--no-progress",
+           "--output", str(out)] + [f"--format={f}" for f in FORMATS]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    logs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert sum("planned 50 images" in log for log in logs) == 1, logs
+    assert output_files(out) == output_files(baseline)
+    assert counts(out) == counts(baseline)
+    layout = JobLayout(out)
+    results = sorted(layout.results_dir.glob("*.jsonl"))
+    assert len(results) == len(load_plan(out)["shards"])  # one attempt per shard: none redone
+
+
+def test_convert_with_local_workers_equals_a_single_process_run(baseline, tmp_path):
+    out = tmp_path / "out"
+    summary = convert(settings(), out, workers=2, progress=False)
+    assert summary["complete"] and summary["exit_code"] == 0
+    assert output_files(out) == output_files(baseline)
+    workers = {json.loads(p.read_text())["worker"] for p in JobLayout(out).done_dir.iterdir()}
+    assert len(workers) == 2  # both did some of the work
+
+
+def test_local_cpu_workers_split_the_cores(tmp_path, monkeypatch):
+    monkeypatch.setattr("boxmask.jobs.local.visible_gpus", lambda: [])
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    commands = worker_commands(tmp_path, 3)
+    threads = [cmd[cmd.index("--threads") + 1] for cmd, _ in commands]
+    assert threads == ["2", "2", "2"]
+    assert len({cmd[cmd.index("--worker-id") + 1] for cmd, _ in commands}) == 3
+
+
+def test_local_gpu_workers_are_pinned_to_the_visible_gpus_round_robin(tmp_path, monkeypatch):
+    monkeypatch.setattr("boxmask.jobs.local.visible_gpus", lambda: ["2", "5"])
+    commands = worker_commands(tmp_path, 3)
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in commands] == ["2", "5", "2"]
+    assert all(cmd[cmd.index("--device") + 1] == "cuda" for cmd, _ in commands)

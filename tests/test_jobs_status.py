@@ -1,0 +1,119 @@
+"""Status: what a user sees while a job runs, crashed, or has failed shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from boxmask.api import prepare_plan
+from boxmask.jobs.layout import JobLayout
+from boxmask.jobs.lease import try_acquire
+from boxmask.jobs.merge import merge
+from boxmask.jobs.plan import Settings
+from boxmask.jobs.status import busy_seconds, job_status
+from boxmask.jobs.worker import record_failure, run_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "samples" / "ilsvrc_loc"
+
+
+def plan_into(out: Path) -> dict:
+    s = Settings(source="ilsvrc-loc", input=str(SAMPLE), formats=["pixel-imagenet"],
+                 engine="box", shard_size=10)
+    plan, engine = prepare_plan(s, out)
+    engine.close()
+    return plan
+
+
+def test_a_fresh_plan_is_all_pending(tmp_path):
+    plan_into(tmp_path)
+    st = job_status(tmp_path)
+    assert st["shards"] == {"total": 5, "done": 0, "leased": 0, "stale": 0, "failed": 0,
+                            "pending": 5}
+    assert st["items"] == {"total": 50, "done": 0, "remaining": 50}
+    assert st["boxes"]["total"] == 82
+    assert st["rate_items_per_s"] is None and st["eta_s"] is None
+    assert not st["complete"]
+
+
+def test_status_of_a_running_crashed_and_failing_job(tmp_path):
+    plan_into(tmp_path)
+    layout = JobLayout(tmp_path)
+    run_worker(tmp_path, wait_for_others=False, max_shards=2)
+    # Shard 2: a live worker (this process) holds it.
+    held = try_acquire(layout.lease_file(2), "me", 600)
+    # Shard 3: its worker process ended without releasing the lease.
+    code = ("import sys; from pathlib import Path; from boxmask.jobs.lease import try_acquire; "
+            "try_acquire(Path(sys.argv[1]), 'crashed', 600)")
+    subprocess.run([sys.executable, "-c", code, str(layout.lease_file(3))], check=True,
+                   cwd=ROOT)
+    # Shard 4: given up after repeated crashes at item 0.
+    for token in ("a1", "a2", "a3"):
+        record_failure(layout, 4, token, "w", "worker process 1 ended", 0)
+    layout.failed_file(4).write_text(json.dumps({"shard": 4, "items_done": 0, "attempts": [
+        {"reason": "worker process 1 ended"}] * 3, "next_items": ["x"]}))
+    st = job_status(tmp_path)
+    assert st["shards"] == {"total": 5, "done": 2, "leased": 1, "stale": 1, "failed": 1,
+                            "pending": 0}
+    assert st["items"]["done"] == 20
+    assert st["images"]["done_in_done_shards"] == 20
+    assert st["boxes"]["done_in_done_shards"] == sum(
+        json.loads(layout.done_file(s).read_text())["boxes"] for s in (0, 1))
+    leases = {lease["shard"]: lease for lease in st["leases"]}
+    assert leases[2]["worker"] == "me" and not leases[2]["stale"]
+    assert leases[3]["stale"] and "ended without releasing" in leases[3]["stale_reason"]
+    assert st["failed"] == [{"shard": 4, "items_done": 0, "next_items": ["x"], "attempts": 3,
+                             "last_reason": "worker process 1 ended"}]
+    assert st["failed_attempts"] == 3
+    assert st["rate_items_per_s"] > 0
+    # ETA covers the items that workers can still do (not the failed shard's).
+    assert st["eta_s"] == round(20 / st["rate_items_per_s"], 1)
+    held.release()
+
+
+def test_partial_results_count_as_done_items(tmp_path):
+    plan_into(tmp_path)
+    layout = JobLayout(tmp_path)
+    run_worker(tmp_path, wait_for_others=False, max_shards=1)
+    lines = (layout.results_dir / json.loads(layout.done_file(0).read_text())["results"]
+             ).read_bytes().splitlines(keepends=True)
+    # Another worker, now gone, had recorded 4 results of shard 1's items and torn a fifth.
+    shard1 = [json.loads(x)["record"]["image_id"]
+              for x in layout.shard_file(1).read_text().splitlines()]
+    fake = [json.dumps({"record": {"image_id": i}, "masks": []}).encode() + b"\n"
+            for i in shard1[:4]]
+    attempt = layout.attempt_file(1, "cafe0001")
+    attempt.parent.mkdir(parents=True, exist_ok=True)
+    attempt.write_bytes(b"".join(fake) + lines[0][:30])
+    st = job_status(tmp_path)
+    assert st["items"]["done"] == 10 + 4
+
+
+def test_a_complete_merged_job(tmp_path):
+    plan_into(tmp_path)
+    run_worker(tmp_path, wait_for_others=False)
+    merge(tmp_path)
+    st = job_status(tmp_path)
+    assert st["complete"] and st["merged"] and st["eta_s"] == 0
+    assert st["masks_in_done_shards"] == 82 and st["errors_in_done_shards"] == 0
+
+
+def test_the_status_command_shows_the_job(tmp_path):
+    plan_into(tmp_path)
+    run_worker(tmp_path, wait_for_others=False, max_shards=1)
+    p = subprocess.run([sys.executable, "-m", "boxmask", "status", str(tmp_path), "--json"],
+                       capture_output=True, text=True, cwd=ROOT, check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert json.loads(p.stdout)["shards"]["done"] == 1
+
+
+def test_busy_time_is_the_union_of_working_intervals():
+    now = time.time()
+    assert busy_seconds([]) == 0
+    assert busy_seconds([(now, now + 10), (now + 5, now + 12)]) == 12
+    assert busy_seconds([(now, now + 1), (now + 100, now + 102)]) == 3  # pauses do not count
+    assert busy_seconds([(now, now + 10), (now + 2, now + 3)]) == 10

@@ -32,26 +32,28 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from boxmask import guidance as G
-from boxmask.engines import SegmentRequest
+from boxmask.engines import SegmentRequest, default_inside_points
 from boxmask.engines.iog import IOGEngine, cpu_supports, disable_tf32, resolve_device
 from boxmask.models import build_iog
 
 ROOT = Path(__file__).resolve().parents[1]
-COCO = ROOT / "tests" / "data" / "coco_mval"
+sys.path.insert(0, str(ROOT / "tests"))  # test helpers: parity weights, COCO-MVal requests
+from iog_cases import coco_mval_requests  # noqa: E402
+from parity_weights import parity_weights  # noqa: E402
+
 REFERENCE_GFLOP = 142.6
 """FLOPs of one full 512^2 forward (5 outputs) stated for IOG; printed beside our own count."""
 
@@ -63,24 +65,13 @@ def make_network(init: str, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     net = build_iog()
     if init == "parity":
-        sys.path.insert(0, str(ROOT / "tests"))
-        from parity_weights import parity_weights
-
         net.load_state_dict(parity_weights("iog", seed), strict=True)
     return net.eval()
 
 
 def load_requests(n: int) -> list[SegmentRequest]:
     """The first ``n`` COCO-MVal images (decoded) with their box and the box centre as inside."""
-    with open(COCO / "boxes_from_masks.csv", newline="") as f:
-        rows = list(csv.DictReader(f))[:n]
-    out = []
-    for row in rows:
-        image = np.asarray(Image.open(COCO / "img" / row["image"]).convert("RGB"))
-        box = np.array([[int(row[k]) for k in ("x_min", "y_min", "x_max", "y_max")]])
-        centre = np.array([[(box[0, 0] + box[0, 2]) / 2, (box[0, 1] + box[0, 3]) / 2]])
-        out.append(SegmentRequest(image, box, inside=centre))
-    return out
+    return [replace(r, inside=default_inside_points(r.boxes)) for r in coco_mval_requests(n)]
 
 
 def sync(device: torch.device) -> None:

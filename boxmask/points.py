@@ -14,9 +14,10 @@ Policies (``create_policy(name, **options)``)
 * ``center``: the box centre (the baseline).
 * ``iterate`` (options ``max_rounds`` [3], ``tolerance`` [2.0]): run the engine with the centre,
   move the point to the interior point of the predicted mask (``interior_point``), run again with
-  it; a box stops when its point moves less than ``tolerance`` network pixels (stable), when its
-  mask is empty (the point stays), or after ``max_rounds`` engine runs. Only boxes still moving
-  are run again. Works with any engine.
+  it; a box stops when its point would move less than ``tolerance`` network pixels or less than
+  one image pixel (stable), when its mask is empty (the point stays), or after ``max_rounds``
+  engine runs. The prediction returned is the last run's, made with the last point. Only boxes
+  still moving are run again. Works with any engine.
 * ``grabcut`` (option ``grabcut_options`` [{}], ``GrabCutEngine`` settings): a GrabCut pass with
   the centre picks the point (the interior point of its mask), then the configured engine runs
   once with it.
@@ -42,15 +43,18 @@ Why ``tolerance`` = 2 network pixels: the IOG engine rounds the inside point to 
 and its click heatmap is a Gaussian with a full width at half maximum of 10 network pixels
 (``guidance.SIGMA``); a move of 2 px changes the heatmap by at most ~10 % of its peak, and the
 GrabCut engine's inside disk (radius 10 % of the box's short side, i.e. >= 30 network pixels)
-changes even less. A smaller step does not change the next mask in a way worth another run.
+changes even less. A smaller step does not change the next mask in a way worth another run. A move
+of less than one image pixel is stable whatever the box size: the point of a mask cannot be placed
+more finely than its pixels (the box centre lies between pixels when a side is even).
 
 Diagnostics
 -----------
 Policies other than ``center`` add to each ``Prediction.extras`` (they land in the sidecar's
 ``metrics``): ``inside_moved_px`` (distance in image pixels from the box centre to the inside
-point used; 0 for given points) and ``inside_source`` (``"given"``, ``"center"``: no usable mask,
-``"mask"``: the interior point of a mask). ``iterate`` adds ``inside_rounds`` (engine runs for the
-box) and ``inside_stop`` (``"stable"``, ``"empty"``, ``"max_rounds"`` or ``"given"``).
+point used; 0 for given points) and ``inside_source`` (``"given"``: the request's own point,
+``"center"``: the box centre was kept, ``"mask"``: the interior point of a mask, ``"stage1"``: the
+stage-1 network's point). ``iterate`` adds ``inside_rounds`` (engine runs for the box) and
+``inside_stop`` (``"stable"``, ``"empty"``, ``"max_rounds"`` or ``"given"``).
 """
 
 from __future__ import annotations
@@ -157,9 +161,6 @@ class InsidePointPolicy(ABC):
     def segment(self, engine: Engine, requests: Sequence[SegmentRequest]) -> list[list[Prediction]]:
         """Choose inside points for boxes without one, run ``engine``, return its predictions."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release resources (a network)."""
-
 
 class CenterPolicy(InsidePointPolicy):
     """The inside point is the box centre ``((x0 + x1) / 2, (y0 + y1) / 2)``."""
@@ -244,13 +245,13 @@ class IteratePolicy(InsidePointPolicy):
                     still.append((i, moving))
             active = still
         for i, r in enumerate(requests):
+            centres = default_inside_points(r.boxes)
             for b, pred in enumerate(results[i]):
+                moved = 0.0 if given[i] else _moved_px(points[i][b], r.boxes[b])
+                pred.extras["inside_source"] = "given" if given[i] else (
+                    "mask" if np.any(points[i][b] != centres[b]) else "center")
+                pred.extras["inside_moved_px"] = moved
                 pred.extras["inside_rounds"] = rounds[i][b]
-                pred.extras["inside_moved_px"] = 0.0 if given[i] else _moved_px(points[i][b],
-                                                                                r.boxes[b])
-                pred.extras.setdefault("inside_source", "given" if given[i] else (
-                    "center" if rounds[i][b] == 1 and pred.extras["inside_stop"] == "empty"
-                    else "mask"))
         return results  # type: ignore[return-value]
 
     def _step(self, pred: Prediction, box: np.ndarray, points: np.ndarray, b: int,
@@ -262,7 +263,8 @@ class IteratePolicy(InsidePointPolicy):
         new = interior_point(mask, box, near=current) if mask is not None else None
         if new is None:
             return "empty"
-        if network_distance(new, current, box) < self.tolerance:
+        if (network_distance(new, current, box) < self.tolerance
+                or math.dist(new, current) < 1.0):
             return "stable"
         if round_no >= self.max_rounds:
             return "max_rounds"
@@ -334,10 +336,7 @@ class Stage1Policy(_ChosenOncePolicy):
         from .training.stage1 import stage1_inside_points
 
         points = stage1_inside_points(self.net, request.image, request.boxes, self.batch_size)
-        return points, ["mask"] * len(points)
-
-    def close(self) -> None:
-        self.net = None
+        return points, ["stage1"] * len(points)
 
 
 def create_policy(name: str, **options: Any) -> InsidePointPolicy:

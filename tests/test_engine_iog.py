@@ -9,16 +9,13 @@ fixed function of its input, so that they run in milliseconds and any mix-up cha
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import re
 
 import numpy as np
 import pytest
 import torch
-from parity_weights import parity_weights
-from PIL import Image
-from test_guidance import (
+from iog_cases import (
     CASES,
     DATA,
     PARITY,
@@ -26,8 +23,11 @@ from test_guidance import (
     case_clicks_512,
     case_clicks_orig,
     case_image_and_mask,
+    coco_mval_requests,
     load_case,
 )
+from parity_weights import parity_weights
+from PIL import Image
 from torch import Tensor, nn
 
 from boxmask import guidance as G
@@ -35,8 +35,6 @@ from boxmask.engines import SegmentRequest, create_engine, default_inside_points
 from boxmask.engines.iog import IOGEngine, cpu_supports, predict_proba
 from boxmask.models import build_iog
 from boxmask.records import Click
-
-COCO = DATA / "coco_mval"
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -79,18 +77,6 @@ def engines():
     yield make
     for engine in made:
         engine.close()
-
-
-def coco_requests(n: int) -> list[SegmentRequest]:
-    """The first ``n`` COCO-MVal images with their boxes (library convention, from the CSV)."""
-    with open(COCO / "boxes_from_masks.csv", newline="") as f:
-        rows = list(csv.DictReader(f))[:n]
-    out = []
-    for row in rows:
-        image = np.asarray(Image.open(COCO / "img" / row["image"]).convert("RGB"))
-        box = [int(row[k]) for k in ("x_min", "y_min", "x_max", "y_max")]
-        out.append(SegmentRequest(image, np.array([box])))
-    return out
 
 
 def threshold_for(p: np.ndarray) -> float:
@@ -252,7 +238,7 @@ def reference_mask(request: SegmentRequest, b: int, threshold: float = 0.5) -> n
 def mixed_requests() -> list[SegmentRequest]:
     voc = np.asarray(Image.open(DATA / "voc2012" / "JPEGImages" / "2007_000063.jpg")
                      .convert("RGB"))
-    coco = coco_requests(4)
+    coco = coco_mval_requests(4)
     return [
         SegmentRequest(voc, np.array([[123, 115, 379, 275], [75, 1, 428, 374]]),
                        inside=np.array([[250.0, 180.0], [300.4, 200.6]])),
@@ -290,7 +276,7 @@ def test_gpu_preprocessing_path_gives_the_numpy_inputs(engines) -> None:
 
 def test_default_inside_point_is_the_box_centre_and_clicks_come_back_in_image_pixels(
         engines) -> None:
-    [request] = coco_requests(1)
+    [request] = coco_mval_requests(1)
     [[pred]] = engines(EchoNet()).segment([request])
     x0, y0, x1, y1 = request.boxes[0]
     crop_w, crop_h = x1 - x0 + 61, y1 - y0 + 61
@@ -322,7 +308,7 @@ def test_score_is_the_stability_of_the_fine_logits(engines) -> None:
 
 
 def test_extra_clicks_are_merged_into_the_refinement_guidance_in_order(engines) -> None:
-    [request] = coco_requests(1)
+    [request] = coco_mval_requests(1)
     x0, y0, x1, y1 = request.boxes[0]
     clicks = [Click(x0 + 5.0, y0 + 6.0, True), Click(x1 - 4.0, y1 - 3.0, False),
               Click(x0 + 7.0, y0 + 6.0, True)]
@@ -343,7 +329,7 @@ def test_extra_clicks_are_merged_into_the_refinement_guidance_in_order(engines) 
 
 def test_extra_clicks_with_the_main_checkpoint_ask_for_the_refinement_checkpoint(
         engines) -> None:
-    [request] = coco_requests(1)
+    [request] = coco_mval_requests(1)
     request.extra_clicks = [[Click(100.0, 120.0, True)]]
     with pytest.raises(ValueError, match="refinement checkpoint"):
         engines(EchoNet()).segment([request])
@@ -373,7 +359,7 @@ def bf16_requests() -> list[SegmentRequest]:
     (inside point: the box centre)."""
     case = load_case(CASES[0])
     image, _ = case_image_and_mask(case)
-    coco = coco_requests(7)
+    coco = coco_mval_requests(7)
     for r in coco:
         r.inside = default_inside_points(r.boxes)
     return [SegmentRequest(image, np.array([case["tight_box_xyxy_inclusive"]]),

@@ -1,78 +1,31 @@
 """IOG guidance against the official implementation: crops, clicks, heatmaps, refinement clicks.
 
-The parity cases (tests/fixtures/iog_parity/<case>/) were produced by the official code; every
-number here is read from their case.json, so a further case folder with the same layout is tested
-the same way. case.json names images and masks relative to the data folder the fixtures were made
-from; the tests find the repository's copy under tests/data by file name and folder name.
+Every number of a parity case is read from its case.json (tests/fixtures/iog_parity/<case>/, see
+tests/iog_cases.py), so a further case folder with the same layout is tested the same way.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from iog_cases import (
+    CASES,
+    DATA,
+    FIXTURES,
+    PARITY,
+    REFINE_CASES,
+    case_clicks_512,
+    case_clicks_orig,
+    case_image_and_mask,
+    load_case,
+)
 from PIL import Image
 
 from boxmask import guidance as G
 from boxmask.boxes import mask_to_box
-
-TESTS = Path(__file__).parent
-FIXTURES = TESTS / "fixtures"
-PARITY = FIXTURES / "iog_parity"
-DATA = TESTS / "data"
-CASES = sorted(p.name for p in PARITY.iterdir() if (p / "input.npz").is_file())
-REFINE_CASES = sorted(p.name for p in PARITY.iterdir() if (p / "dmaps.npz").is_file())
-
-CLICK_ORDER = ("inside", "outside_left_top", "outside_left_bottom", "outside_right_top",
-               "outside_right_bottom")
-
-
-# --------------------------------------------------------------------------- case helpers
-
-
-def load_case(name: str) -> dict:
-    return json.loads((PARITY / name / "case.json").read_text())
-
-
-def repo_copy(case_relative: str) -> Path | None:
-    """The file of the repository's test data with the same name and parent folder name."""
-    rel = Path(case_relative)
-    for candidate in sorted(DATA.rglob(rel.name)):
-        if candidate.parent.name == rel.parent.name:
-            return candidate
-    return None
-
-
-def case_image_and_mask(case: dict) -> tuple[np.ndarray, np.ndarray]:
-    """RGB uint8 image and the boolean mask of the case's instance (skips if not in the repo).
-
-    Mask PNGs hold instance values (VOC palette indices, or 255 for a COCO-MVal object); the VOC
-    void value 255 counts as background unless it is the instance value itself.
-    """
-    image_path, mask_path = repo_copy(case["image"]), repo_copy(case["mask"])
-    if image_path is None or mask_path is None:
-        pytest.skip(f"case {case.get('case')}: {case['image']} / {case['mask']} have no copy "
-                    "under tests/data")
-    image = np.asarray(Image.open(image_path).convert("RGB"))
-    values = np.asarray(Image.open(mask_path))
-    if values.ndim == 3:
-        values = values[..., 0]
-    instance = int(case["instance_id"])
-    if instance != 255:
-        values = np.where(values == 255, 0, values)
-    return image, values == instance
-
-
-def case_clicks_512(case: dict) -> np.ndarray:
-    return np.array([case["clicks_512_xy"][k] for k in CLICK_ORDER], dtype=np.int64)
-
-
-def case_clicks_orig(case: dict) -> np.ndarray:
-    return np.array([case["clicks_orig_xy"][k] for k in CLICK_ORDER], dtype=np.float64)
-
 
 # --------------------------------------------------------------------------- parity: official chain
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_guidance import CASES, PARITY, load_case
+from iog_cases import CASES, PARITY, load_case
 
 from boxmask import guidance as G
 

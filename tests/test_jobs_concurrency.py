@@ -4,34 +4,28 @@ converting anything twice, and the result equals a single-process run."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
+from jobs_support import (
+    FORMATS,
+    SAMPLE,
+    convert_once,
+    output_files,
+    plan_into,
+    run_boxmask,
+    sample_settings,
+    start_boxmask,
+    start_worker,
+)
 
-from boxmask.api import convert, prepare_plan
+from boxmask.api import convert
 from boxmask.jobs.layout import JobLayout
 from boxmask.jobs.local import worker_commands
-from boxmask.jobs.plan import Settings, load_plan
+from boxmask.jobs.plan import load_plan
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "data" / "samples" / "ilsvrc_loc"
-FORMATS = ["pixel-imagenet", "coco", "openimages"]
-SKIP = {"state", "shards", "plan.json", "plan.lock", "manifest.json", "logs"}
-
-
-def settings(**overrides) -> Settings:
-    s = Settings(source="ilsvrc-loc", input=str(SAMPLE), formats=list(FORMATS), engine="box",
-                 shard_size=1)
-    for k, v in overrides.items():
-        setattr(s, k, v)
-    return s
-
-
-def output_files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.relative_to(root).parts[0] not in SKIP}
+settings = partial(sample_settings, shard_size=1)
 
 
 def counts(out: Path) -> dict:
@@ -40,18 +34,13 @@ def counts(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("baseline") / "out"
-    assert convert(settings(), out, progress=False)["complete"]
-    return out
+    return convert_once(tmp_path_factory.mktemp("baseline") / "out", settings())
 
 
 def test_two_workers_on_one_plan_share_the_shards_without_duplicates(baseline, tmp_path):
     out = tmp_path / "out"
-    plan, engine = prepare_plan(settings(), out)
-    engine.close()
-    cmd = [sys.executable, "-m", "boxmask", "-q", "work", str(out), "--no-progress"]
-    procs = [subprocess.Popen(cmd + ["--worker-id", f"w{i}"], cwd=ROOT, stderr=subprocess.PIPE,
-                              text=True) for i in range(2)]
+    plan = plan_into(out, settings())
+    procs = [start_worker(out, "--worker-id", f"w{i}") for i in range(2)]
     reports = [json.loads(p.communicate(timeout=120)[1].strip().splitlines()[-1])
                for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
@@ -62,19 +51,17 @@ def test_two_workers_on_one_plan_share_the_shards_without_duplicates(baseline, t
     layout = JobLayout(out)
     owners = {json.loads(layout.done_file(s).read_text())["worker"] for s in done}
     assert owners <= {"w0", "w1"}
-    subprocess.run([sys.executable, "-m", "boxmask", "-q", "merge", str(out)], cwd=ROOT,
-                   check=True, capture_output=True)
+    run_boxmask("-q", "merge", str(out), check=True)
     assert output_files(out) == output_files(baseline)
     assert counts(out) == counts(baseline)
 
 
 def test_two_convert_commands_started_together_plan_once_and_agree(baseline, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "boxmask", "convert", "--source", "ilsvrc-loc", "--input",
-           str(SAMPLE), "--engine", "box", "--shard-size", "1", "--no-progress",
-           "--output", str(out)] + [f"--format={f}" for f in FORMATS]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    args = ["convert", "--source", "ilsvrc-loc", "--input", str(SAMPLE), "--engine", "box",
+            "--shard-size", "1", "--no-progress", "--output", str(out),
+            *(f"--format={f}" for f in FORMATS)]
+    procs = [start_boxmask(*args) for _ in range(2)]
     logs = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     assert sum("planned 50 images" in log for log in logs) == 1, logs

@@ -10,55 +10,35 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
+from jobs_support import (
+    FORMATS,
+    SAMPLE,
+    convert_once,
+    output_files,
+    plan_into,
+    run_boxmask,
+    sample_settings,
+    start_boxmask,
+    start_worker,
+)
 
-from boxmask.api import convert, prepare_plan
 from boxmask.atomic import is_temp
 from boxmask.jobs.layout import JobLayout
 from boxmask.jobs.lease import read_lease
 from boxmask.jobs.merge import IncompleteJobError, merge
-from boxmask.jobs.plan import Settings, load_plan
+from boxmask.jobs.plan import load_plan
 from boxmask.jobs.status import job_status
 from boxmask.jobs.worker import read_shard_items, reset_failed, run_worker, valid_prefix
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "data" / "samples" / "ilsvrc_loc"
-FORMATS = ["pixel-imagenet", "coco", "openimages"]
-SKIP = {"state", "shards", "plan.json", "plan.lock", "manifest.json", "logs"}
 TRIALS = 10
 
-
-def settings(**overrides) -> Settings:
-    s = Settings(source="ilsvrc-loc", input=str(SAMPLE), formats=list(FORMATS), engine="box",
-                 shard_size=2)
-    for k, v in overrides.items():
-        setattr(s, k, v)
-    return s
-
-
+settings = partial(sample_settings, shard_size=2)
 GRABCUT = {"engine": "grabcut", "limit": 8, "shard_size": 4}
-
-
-def plan_into(out: Path, **overrides) -> dict:
-    plan, engine = prepare_plan(settings(**overrides), out)
-    engine.close()
-    return plan
-
-
-def output_files(root: Path) -> dict[str, bytes]:
-    """Every output file (formats, sidecar, labels) by relative path; hidden files included."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.relative_to(root).parts[0] not in SKIP}
-
-
-def start_worker(out: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "boxmask", "-q", "work", str(out),
-                             "--no-progress", *args], cwd=ROOT, stderr=subprocess.PIPE,
-                            text=True)
 
 
 def wait_for(condition, timeout: float = 60.0, poll: float = 0.005) -> None:
@@ -100,16 +80,12 @@ def assert_converted_exactly_once(out: Path, baseline: Path) -> None:
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("baseline") / "out"
-    assert convert(settings(), out, progress=False)["complete"]
-    return out
+    return convert_once(tmp_path_factory.mktemp("baseline") / "out", settings())
 
 
 @pytest.fixture(scope="module")
 def grabcut_baseline(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("grabcut") / "out"
-    assert convert(settings(**GRABCUT), out, progress=False)["complete"]
-    return out
+    return convert_once(tmp_path_factory.mktemp("grabcut") / "out", settings(**GRABCUT))
 
 
 def shards_done(out: Path) -> int:
@@ -126,7 +102,7 @@ def test_workers_killed_at_random_moments_resume_to_identical_outputs(baseline, 
     stats = {"kills": 0, "takeovers": 0, "torn_results": 0, "temp_files": 0}
     for trial in range(TRIALS):
         out = tmp_path / f"trial{trial}"
-        total = len(plan_into(out)["shards"])
+        total = len(plan_into(out, settings())["shards"])
         alive: list[subprocess.Popen] = []
         for _round in range(2):
             alive += [start_worker(out, "--lease-timeout", "30") for _ in range(3)]
@@ -162,10 +138,10 @@ def test_workers_killed_at_random_moments_resume_to_identical_outputs(baseline, 
 def test_sigterm_stops_convert_cleanly_and_running_it_again_completes(grabcut_baseline,
                                                                        tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "boxmask", "-q", "convert", "--source", "ilsvrc-loc",
-           "--input", str(SAMPLE), "--engine", "grabcut", "--limit", "8", "--shard-size", "4",
-           "--no-progress", "--output", str(out)] + [f"--format={f}" for f in FORMATS]
-    p = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    args = ["-q", "convert", "--source", "ilsvrc-loc", "--input", str(SAMPLE), "--engine",
+            "grabcut", "--limit", "8", "--shard-size", "4", "--no-progress", "--output",
+            str(out), *(f"--format={f}" for f in FORMATS)]
+    p = start_boxmask(*args)
     wait_for(lambda: (out / "state" / "results").is_dir() and lines_done(out) >= 1)
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=60) == 4, p.stderr.read()
@@ -174,7 +150,7 @@ def test_sigterm_stops_convert_cleanly_and_running_it_again_completes(grabcut_ba
     assert not (out / "manifest.json").exists()
     st = job_status(out)
     assert 1 <= st["items"]["done"] < 8 and not st["complete"]
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    again = run_boxmask(*args, timeout=120)
     assert again.returncode == 0, again.stderr
     assert_converted_exactly_once(out, grabcut_baseline)
 
@@ -182,7 +158,7 @@ def test_sigterm_stops_convert_cleanly_and_running_it_again_completes(grabcut_ba
 def test_sigusr1_stops_a_worker_with_exit_code_4_and_releases_its_lease(grabcut_baseline,
                                                                          tmp_path):
     out = tmp_path / "out"
-    plan_into(out, **GRABCUT)
+    plan_into(out, settings(**GRABCUT))
     p = start_worker(out)
     wait_for(lambda: lines_done(out) >= 1)
     p.send_signal(signal.SIGUSR1)
@@ -199,7 +175,7 @@ def test_sigusr1_stops_a_worker_with_exit_code_4_and_releases_its_lease(grabcut_
 def test_a_worker_whose_lease_was_stolen_while_frozen_corrupts_nothing(grabcut_baseline,
                                                                        tmp_path):
     out = tmp_path / "out"
-    plan_into(out, **{**GRABCUT, "shard_size": 8})  # one shard: frozen early in it
+    plan_into(out, settings(**{**GRABCUT, "shard_size": 8}))  # one shard: frozen early in it
     layout = JobLayout(out)
     frozen = start_worker(out, "--lease-timeout", "1.5", "--worker-id", "frozen")
     wait_for(lambda: lines_done(out) >= 1)
@@ -222,7 +198,7 @@ def test_a_worker_whose_lease_was_stolen_while_frozen_corrupts_nothing(grabcut_b
 
 def test_a_shard_that_kills_its_worker_every_time_is_marked_failed(grabcut_baseline, tmp_path):
     out = tmp_path / "out"
-    plan_into(out, **GRABCUT)
+    plan_into(out, settings(**GRABCUT))
     layout = JobLayout(out)
     # Three workers in a row die (SIGKILL) as soon as they hold shard 0, before any progress.
     def holds_shard_0(p: subprocess.Popen) -> bool:
@@ -257,7 +233,7 @@ def test_a_killed_local_worker_is_replaced_and_the_conversion_completes(grabcut_
     from boxmask.jobs.local import run_local_workers
 
     out = tmp_path / "out"
-    plan_into(out, **GRABCUT)
+    plan_into(out, settings(**GRABCUT))
     layout = JobLayout(out)
 
     killed: list[int] = []

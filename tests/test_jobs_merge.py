@@ -7,51 +7,27 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
+from jobs_support import convert_once, output_files, plan_into, sample_settings
 
-from boxmask.api import convert, prepare_plan
 from boxmask.jobs.layout import JobLayout
 from boxmask.jobs.merge import IncompleteJobError, merge, remove_dead_temps
-from boxmask.jobs.plan import Settings
 from boxmask.jobs.worker import run_worker
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "data" / "samples" / "ilsvrc_loc"
-FORMATS = ["pixel-imagenet", "coco", "openimages"]
-SKIP = {"state", "shards", "plan.json", "plan.lock", "manifest.json", "logs"}
-
-
-def settings(**overrides) -> Settings:
-    s = Settings(source="ilsvrc-loc", input=str(SAMPLE), formats=list(FORMATS), engine="box",
-                 shard_size=10)
-    for k, v in overrides.items():
-        setattr(s, k, v)
-    return s
-
-
-def plan_into(out: Path) -> dict:
-    plan, engine = prepare_plan(settings(), out)
-    engine.close()
-    return plan
-
-
-def output_files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.relative_to(root).parts[0] not in SKIP}
+settings = partial(sample_settings, shard_size=10)
 
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("baseline") / "out"
-    assert convert(settings(), out, progress=False)["complete"]
-    return out
+    return convert_once(tmp_path_factory.mktemp("baseline") / "out", settings())
 
 
 def test_merging_again_rewrites_the_same_bytes(baseline, tmp_path):
     out = tmp_path / "out"
-    plan_into(out)
+    plan_into(out, settings())
     run_worker(out, wait_for_others=False)
     first_manifest = merge(out)
     first = output_files(out)
@@ -63,7 +39,7 @@ def test_merging_again_rewrites_the_same_bytes(baseline, tmp_path):
 
 def test_merge_refuses_an_unfinished_job_and_previews_it_on_request(baseline, tmp_path):
     out = tmp_path / "out"
-    plan_into(out)
+    plan_into(out, settings())
     run_worker(out, wait_for_others=False, max_shards=2)
     with pytest.raises(IncompleteJobError, match=r"3 of 5 shards are not done \(first: \[2, 3, 4"):
         merge(out)
@@ -84,7 +60,7 @@ def test_merge_refuses_an_unfinished_job_and_previews_it_on_request(baseline, tm
 
 def test_a_damaged_results_file_reopens_its_shard(baseline, tmp_path):
     out = tmp_path / "out"
-    plan_into(out)
+    plan_into(out, settings())
     run_worker(out, wait_for_others=False)
     layout = JobLayout(out)
     marker = json.loads(layout.done_file(3).read_text())
@@ -101,7 +77,7 @@ def test_a_damaged_results_file_reopens_its_shard(baseline, tmp_path):
 
 def test_verify_finds_a_damaged_mask_file_and_the_shard_is_redone(baseline, tmp_path):
     out = tmp_path / "out"
-    plan_into(out)
+    plan_into(out, settings())
     run_worker(out, wait_for_others=False)
     merge(out)
     png = sorted((out / "pixel-imagenet").rglob("*.png"))[0]
@@ -116,7 +92,7 @@ def test_verify_finds_a_damaged_mask_file_and_the_shard_is_redone(baseline, tmp_
 
 def test_merge_cleans_up_after_killed_processes_but_not_after_live_ones(baseline, tmp_path):
     out = tmp_path / "out"
-    plan_into(out)
+    plan_into(out, settings())
     run_worker(out, wait_for_others=False)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)

@@ -3,40 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
+from jobs_support import SAMPLE, plan_into, sample_settings, start_boxmask, start_worker
 
 from boxmask import __version__
-from boxmask.api import convert, prepare_plan
+from boxmask.api import convert
 from boxmask.engines import create_engine
 from boxmask.jobs.layout import JobLayout
-from boxmask.jobs.plan import PlanMismatchError, Settings, load_plan
+from boxmask.jobs.plan import PlanMismatchError, load_plan
 from boxmask.jobs.worker import Worker, read_shard_items, run_worker
 from boxmask.readers import open_reader
 from boxmask.records import ImageRecord
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "data" / "samples" / "ilsvrc_loc"
-FORMATS = ["pixel-imagenet", "coco", "openimages"]
-
-
-def settings(**overrides) -> Settings:
-    s = Settings(source="ilsvrc-loc", input=str(SAMPLE), formats=list(FORMATS), engine="box",
-                 shard_size=7)
-    for k, v in overrides.items():
-        setattr(s, k, v)
-    return s
-
-
-def plan_into(out: Path, **overrides) -> dict:
-    plan, engine = prepare_plan(settings(**overrides), out)
-    engine.close()
-    return plan
+settings = partial(sample_settings, shard_size=7)
 
 
 def shard_items(out: Path) -> list[list]:
@@ -46,7 +29,7 @@ def shard_items(out: Path) -> list[list]:
 
 
 def test_planning_the_same_input_twice_gives_byte_identical_shards(tmp_path):
-    a, b = plan_into(tmp_path / "a"), plan_into(tmp_path / "b")
+    a, b = plan_into(tmp_path / "a", settings()), plan_into(tmp_path / "b", settings())
     assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
     for s in a["shards"]:
         name = JobLayout.shard_name(s["id"]) + ".jsonl"
@@ -55,7 +38,7 @@ def test_planning_the_same_input_twice_gives_byte_identical_shards(tmp_path):
 
 
 def test_shards_hold_whole_images_in_source_order(tmp_path):
-    plan = plan_into(tmp_path / "out", shard_size=7)
+    plan = plan_into(tmp_path / "out", settings(shard_size=7))
     reader = open_reader("ilsvrc-loc", SAMPLE)
     source = [item for item in reader]
     shards = shard_items(tmp_path / "out")
@@ -73,7 +56,8 @@ def test_shards_hold_whole_images_in_source_order(tmp_path):
 
 
 def test_plan_records_engine_policy_version_and_shard_checksums(tmp_path):
-    plan = plan_into(tmp_path / "out", engine="grabcut", engine_options={"iterations": 3})
+    plan = plan_into(tmp_path / "out",
+                     settings(engine="grabcut", engine_options={"iterations": 3}))
     contract = plan["contract"]
     assert plan["boxmask_version"] == __version__
     assert contract["engine"] == create_engine("grabcut", iterations=3).describe()
@@ -90,8 +74,8 @@ def test_plan_records_engine_policy_version_and_shard_checksums(tmp_path):
 
 
 def test_same_settings_resume_the_existing_plan(tmp_path):
-    first = plan_into(tmp_path / "out")
-    again = plan_into(tmp_path / "out")
+    first = plan_into(tmp_path / "out", settings())
+    again = plan_into(tmp_path / "out", settings())
     assert again["plan_id"] == first["plan_id"]
 
 
@@ -101,9 +85,9 @@ def test_same_settings_resume_the_existing_plan(tmp_path):
     ({"formats": ["coco"]}, "settings.formats"),
 ])
 def test_other_settings_are_refused_with_the_differences_listed(tmp_path, change, expected):
-    plan_into(tmp_path / "out")
+    plan_into(tmp_path / "out", settings())
     with pytest.raises(PlanMismatchError) as e:
-        plan_into(tmp_path / "out", **change)
+        plan_into(tmp_path / "out", settings(**change))
     assert expected in str(e.value)
     assert "--force" in str(e.value)
 
@@ -113,9 +97,7 @@ def test_force_discards_the_previous_conversion(tmp_path):
     summary = convert(settings(), out, progress=False)
     assert summary["complete"]
     assert (out / "coco" / "instances.json").exists()
-    plan, engine = prepare_plan(settings(shard_size=5, formats=["pixel-imagenet"]), out,
-                                force=True)
-    engine.close()
+    plan = plan_into(out, settings(shard_size=5, formats=["pixel-imagenet"]), force=True)
     assert plan["contract"]["settings"]["shard_size"] == 5
     assert not (out / "coco").exists()
     assert not list(JobLayout(out).done_dir.iterdir())
@@ -124,18 +106,18 @@ def test_force_discards_the_previous_conversion(tmp_path):
 
 def test_workers_refuse_a_plan_of_another_boxmask_version(tmp_path):
     out = tmp_path / "out"
-    plan = plan_into(out)
+    plan = plan_into(out, settings())
     plan["boxmask_version"] = "0.0.1"
     JobLayout(out).plan.write_text(json.dumps(plan))
     with pytest.raises(PlanMismatchError, match="planned with boxmask 0.0.1"):
         Worker(out)
     with pytest.raises(PlanMismatchError, match="planned with boxmask 0.0.1"):
-        plan_into(out)
+        plan_into(out, settings())
 
 
 def test_workers_refuse_an_engine_that_differs_from_the_plan(tmp_path):
     out = tmp_path / "out"
-    plan_into(out, engine="grabcut", engine_options={"iterations": 3})
+    plan_into(out, settings(engine="grabcut", engine_options={"iterations": 3}))
     worker = Worker(out)
     with pytest.raises(PlanMismatchError, match="iterations"):
         worker.use_engine(create_engine("grabcut", iterations=5))
@@ -146,7 +128,7 @@ def test_workers_refuse_an_engine_that_differs_from_the_plan(tmp_path):
 
 def test_a_damaged_shard_file_is_refused_and_nothing_is_marked_done(tmp_path):
     out = tmp_path / "out"
-    plan_into(out)
+    plan_into(out, settings())
     layout = JobLayout(out)
     shard0 = layout.shard_file(0)
     shard0.write_bytes(shard0.read_bytes().replace(b'"index": 0', b'"index": 1', 1))
@@ -158,10 +140,9 @@ def test_a_damaged_shard_file_is_refused_and_nothing_is_marked_done(tmp_path):
 
 def test_launchers_started_together_plan_once(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "boxmask", "plan", "--source", "ilsvrc-loc", "--input",
-           str(SAMPLE), "--engine", "box", "--shard-size", "3", "--output", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)]
+    args = ["plan", "--source", "ilsvrc-loc", "--input", str(SAMPLE), "--engine", "box",
+            "--shard-size", "3", "--output", str(out)]
+    procs = [start_boxmask(*args) for _ in range(3)]
     logs = [p.communicate(timeout=60)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], logs
     assert sum("planned 50 images" in log for log in logs) == 1, logs
@@ -171,15 +152,13 @@ def test_launchers_started_together_plan_once(tmp_path):
 
 def test_a_worker_of_a_discarded_conversion_stops_instead_of_writing_into_the_new_one(tmp_path):
     out = tmp_path / "out"
-    plan_into(out, engine="grabcut", limit=8, shard_size=4)
+    plan_into(out, settings(engine="grabcut", limit=8, shard_size=4))
     layout = JobLayout(out)
-    old = subprocess.Popen([sys.executable, "-m", "boxmask", "-q", "work", str(out),
-                            "--no-progress"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    old = start_worker(out)
     deadline = time.monotonic() + 60
     while not list(layout.results_dir.glob("*.jsonl")) and time.monotonic() < deadline:
         time.sleep(0.01)
-    new_plan, engine = prepare_plan(settings(shard_size=50), out, force=True)
-    engine.close()
+    new_plan = plan_into(out, settings(shard_size=50), force=True)
     assert old.wait(timeout=60) == 1
     assert "changed while this worker ran" in old.stderr.read()
     assert not list(layout.done_dir.iterdir())

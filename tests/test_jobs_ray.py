@@ -8,35 +8,18 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
+from functools import partial
 
 import pytest
+from jobs_support import ROOT, convert_once, output_files, plan_into, sample_settings
 
-from boxmask.api import convert, prepare_plan
 from boxmask.jobs.layout import JobLayout
-from boxmask.jobs.plan import Settings
 
 ray = pytest.importorskip("ray", reason="the Ray backend is optional: pip install 'boxmask[ray]'")
 
 from boxmask.jobs.ray_backend import submit_ray  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "data" / "samples" / "ilsvrc_loc"
-FORMATS = ["pixel-imagenet", "coco", "openimages"]
-SKIP = {"state", "shards", "plan.json", "plan.lock", "manifest.json", "logs"}
-
-
-def settings(**overrides) -> Settings:
-    s = Settings(source="ilsvrc-loc", input=str(SAMPLE), formats=list(FORMATS), engine="box",
-                 shard_size=5)
-    for k, v in overrides.items():
-        setattr(s, k, v)
-    return s
-
-
-def output_files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.relative_to(root).parts[0] not in SKIP}
+settings = partial(sample_settings, shard_size=5)
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +31,9 @@ def local_ray():
 
 
 def test_ray_workers_convert_the_job_like_a_single_process(local_ray, tmp_path):
-    single = tmp_path / "single"
-    assert convert(settings(), single, progress=False)["complete"]
+    single = convert_once(tmp_path / "single", settings())
     out = tmp_path / "ray"
-    plan, engine = prepare_plan(settings(), out)
-    engine.close()
+    plan_into(out, settings())
     result = submit_ray(out, 2, poll_s=0.2)
     reports = result["reports"]
     assert [r["exit_code"] for r in reports] == [0, 0], reports
@@ -69,11 +50,9 @@ def test_ray_workers_convert_the_job_like_a_single_process(local_ray, tmp_path):
 
 def test_sigterm_stops_the_ray_workers_and_a_second_run_finishes_the_job(local_ray, tmp_path):
     grabcut = {"engine": "grabcut", "limit": 8, "shard_size": 2}
-    single = tmp_path / "single"
-    assert convert(settings(**grabcut), single, progress=False)["complete"]
+    single = convert_once(tmp_path / "single", settings(**grabcut))
     out = tmp_path / "ray"
-    plan, engine = prepare_plan(settings(**grabcut), out)
-    engine.close()
+    plan_into(out, settings(**grabcut))
     layout = JobLayout(out)
 
     def terminate_once_working() -> None:

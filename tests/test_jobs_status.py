@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-from boxmask.api import prepare_plan
+from jobs_support import lease_taken_by_an_ended_process, plan_into, run_boxmask, sample_settings
+
 from boxmask.jobs.layout import JobLayout
 from boxmask.jobs.lease import try_acquire
 from boxmask.jobs.merge import merge
@@ -17,20 +14,14 @@ from boxmask.jobs.plan import Settings
 from boxmask.jobs.status import busy_seconds, job_status
 from boxmask.jobs.worker import record_failure, run_worker
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "data" / "samples" / "ilsvrc_loc"
 
-
-def plan_into(out: Path) -> dict:
-    s = Settings(source="ilsvrc-loc", input=str(SAMPLE), formats=["pixel-imagenet"],
-                 engine="box", shard_size=10)
-    plan, engine = prepare_plan(s, out)
-    engine.close()
-    return plan
+def settings() -> Settings:
+    """The sample into Pixel-ImageNet only, in 5 shards of 10 images."""
+    return sample_settings(shard_size=10, formats=["pixel-imagenet"])
 
 
 def test_a_fresh_plan_is_all_pending(tmp_path):
-    plan_into(tmp_path)
+    plan_into(tmp_path, settings())
     st = job_status(tmp_path)
     assert st["shards"] == {"total": 5, "done": 0, "leased": 0, "stale": 0, "failed": 0,
                             "pending": 5}
@@ -41,16 +32,13 @@ def test_a_fresh_plan_is_all_pending(tmp_path):
 
 
 def test_status_of_a_running_crashed_and_failing_job(tmp_path):
-    plan_into(tmp_path)
+    plan_into(tmp_path, settings())
     layout = JobLayout(tmp_path)
     run_worker(tmp_path, wait_for_others=False, max_shards=2)
     # Shard 2: a live worker (this process) holds it.
     held = try_acquire(layout.lease_file(2), "me", 600)
     # Shard 3: its worker process ended without releasing the lease.
-    code = ("import sys; from pathlib import Path; from boxmask.jobs.lease import try_acquire; "
-            "try_acquire(Path(sys.argv[1]), 'crashed', 600)")
-    subprocess.run([sys.executable, "-c", code, str(layout.lease_file(3))], check=True,
-                   cwd=ROOT)
+    lease_taken_by_an_ended_process(layout.lease_file(3), "crashed")
     # Shard 4: given up after repeated crashes at item 0.
     for token in ("a1", "a2", "a3"):
         record_failure(layout, 4, token, "w", "worker process 1 ended", 0)
@@ -76,7 +64,7 @@ def test_status_of_a_running_crashed_and_failing_job(tmp_path):
 
 
 def test_partial_results_count_as_done_items(tmp_path):
-    plan_into(tmp_path)
+    plan_into(tmp_path, settings())
     layout = JobLayout(tmp_path)
     run_worker(tmp_path, wait_for_others=False, max_shards=1)
     lines = (layout.results_dir / json.loads(layout.done_file(0).read_text())["results"]
@@ -94,7 +82,7 @@ def test_partial_results_count_as_done_items(tmp_path):
 
 
 def test_a_complete_merged_job(tmp_path):
-    plan_into(tmp_path)
+    plan_into(tmp_path, settings())
     run_worker(tmp_path, wait_for_others=False)
     merge(tmp_path)
     st = job_status(tmp_path)
@@ -103,11 +91,9 @@ def test_a_complete_merged_job(tmp_path):
 
 
 def test_the_status_command_shows_the_job(tmp_path):
-    plan_into(tmp_path)
+    plan_into(tmp_path, settings())
     run_worker(tmp_path, wait_for_others=False, max_shards=1)
-    p = subprocess.run([sys.executable, "-m", "boxmask", "status", str(tmp_path), "--json"],
-                       capture_output=True, text=True, cwd=ROOT, check=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    p = run_boxmask("status", str(tmp_path), "--json", check=True)
     assert json.loads(p.stdout)["shards"]["done"] == 1
 
 

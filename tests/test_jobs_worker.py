@@ -11,49 +11,32 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
+from jobs_support import (
+    ROOT,
+    convert_once,
+    lease_taken_by_an_ended_process,
+    output_files,
+    plan_into,
+    run_boxmask,
+    sample_settings,
+)
 
-from boxmask.api import convert, prepare_plan
 from boxmask.jobs.layout import JobLayout
 from boxmask.jobs.lease import Heartbeat, LeaseInfo, read_lease, try_acquire
 from boxmask.jobs.merge import merge
-from boxmask.jobs.plan import Settings
 from boxmask.jobs.worker import Worker, WorkerReport, run_worker, valid_prefix
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "data" / "samples" / "ilsvrc_loc"
-FORMATS = ["pixel-imagenet", "coco", "openimages"]
-SKIP = {"state", "shards", "plan.json", "plan.lock", "manifest.json", "logs"}
-
-
-def settings(**overrides) -> Settings:
-    s = Settings(source="ilsvrc-loc", input=str(SAMPLE), formats=list(FORMATS), engine="box",
-                 shard_size=50)
-    for k, v in overrides.items():
-        setattr(s, k, v)
-    return s
-
-
-def plan_into(out: Path, **overrides) -> dict:
-    plan, engine = prepare_plan(settings(**overrides), out)
-    engine.close()
-    return plan
-
-
-def output_files(root: Path) -> dict[str, bytes]:
-    """Every output file (formats, sidecar, labels) by relative path; hidden files included."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.relative_to(root).parts[0] not in SKIP}
+settings = partial(sample_settings, shard_size=50)
 
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory) -> Path:
     """An uninterrupted single-process conversion: one shard of 50 images."""
-    out = tmp_path_factory.mktemp("baseline") / "out"
-    assert convert(settings(), out, progress=False)["complete"]
-    return out
+    return convert_once(tmp_path_factory.mktemp("baseline") / "out", settings())
 
 
 def only_results_file(out: Path, shard: int = 0) -> Path:
@@ -78,7 +61,7 @@ def copy_prefix(baseline: Path, out: Path, n: int, tail: bytes = b"") -> list[st
 
 def test_a_resumed_shard_converts_only_the_images_not_yet_recorded(baseline, tmp_path):
     out = tmp_path / "out"
-    plan_into(out)
+    plan_into(out, settings())
     copied = copy_prefix(baseline, out, 20, tail=b'{"record": {"image_id": "n01')
     inodes = {rel: (out / rel).stat().st_ino for rel in copied}
     report = run_worker(out, wait_for_others=False)
@@ -93,7 +76,7 @@ def test_a_resumed_shard_converts_only_the_images_not_yet_recorded(baseline, tmp
 
 def test_a_recorded_image_whose_output_file_is_missing_is_converted_again(baseline, tmp_path):
     out = tmp_path / "out"
-    plan_into(out)
+    plan_into(out, settings())
     copied = copy_prefix(baseline, out, 20)
     lines = only_results_file(baseline).read_bytes().splitlines()
     lost = json.loads(lines[12])["files"][0]
@@ -148,9 +131,7 @@ def test_a_lease_whose_heartbeat_stopped_is_taken_over(tmp_path):
 
 def test_a_lease_of_a_process_that_ended_is_taken_over_at_once(tmp_path):
     path = tmp_path / "x.lease"
-    code = ("import sys; from pathlib import Path; from boxmask.jobs.lease import try_acquire; "
-            "assert try_acquire(Path(sys.argv[1]), 'dead', 600) is not None")
-    subprocess.run([sys.executable, "-c", code, str(path)], check=True, cwd=ROOT)
+    lease_taken_by_an_ended_process(path, "dead")
     info, _ = read_lease(path)
     assert info.worker_id == "dead"
     new = try_acquire(path, "b", timeout_s=600)
@@ -199,7 +180,7 @@ def test_an_unreadable_lease_file_is_not_taken_over_while_fresh(tmp_path):
 
 def test_a_shard_is_marked_done_once_and_a_late_attempt_is_discarded(baseline, tmp_path):
     out = tmp_path / "out"
-    plan_into(out)
+    plan_into(out, settings())
     assert run_worker(out, wait_for_others=False).shards_done == [0]
     layout = JobLayout(out)
     marker = layout.done_file(0).read_bytes()
@@ -236,12 +217,11 @@ def _limit_file_size(limit: int):
 
 def test_a_write_error_keeps_the_results_so_far_and_marks_nothing_done(baseline, tmp_path):
     out = tmp_path / "out"
-    plan_into(out)
+    plan_into(out, settings())
     layout = JobLayout(out)
     # Files may not grow past 24 kB: the results file hits the limit part-way through the shard.
-    p = subprocess.run([sys.executable, "-m", "boxmask", "work", str(out), "--no-progress",
-                        "--no-wait"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                       preexec_fn=_limit_file_size(24_000))
+    p = run_boxmask("work", str(out), "--no-progress", "--no-wait", timeout=120,
+                    preexec_fn=_limit_file_size(24_000))
     assert p.returncode == 1, p.stderr
     assert "File too large" in p.stderr
     assert not layout.done_file(0).exists()

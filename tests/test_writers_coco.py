@@ -6,7 +6,6 @@ import contextlib
 import csv
 import io
 import json
-import tracemalloc
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools.coco import COCO
+from writers_support import assert_merge_streams, tiny_results
 
 from boxmask import masks
 from boxmask.boxes import from_voc
@@ -184,33 +184,15 @@ def test_merge_is_deterministic(tmp_path):
     assert [p.name for p in (tmp_path / "a" / "coco").iterdir()] == ["instances.json"]
 
 
-def tiny_results(n: int):
-    rle = masks.encode_rle(np.eye(4, dtype=bool))
-    for i in range(n):
-        box = Box("b0", f"n{i % 50:08d}", 0, (0, 0, 3, 3))
-        record = ImageRecord(f"img{i:05d}", f"img{i:05d}.jpg", [box])
-        yield ImageResult(record, 4, 4, masks=[
-            MaskResult("b0", box.label, 0, box.xyxy, dict(rle), 0.5, [Click(1, 1, True)])])
-
-
 def test_merge_streams_results_without_holding_them(tmp_path):
     n = 10_000
-    tracemalloc.start()
-    held = list(tiny_results(n))
-    _, materialised = tracemalloc.get_traced_memory()
-    del held
-    tracemalloc.stop()
     calls = []
 
     def factory():
         calls.append(1)
         return tiny_results(n)
 
-    tracemalloc.start()
-    CocoWriter(tmp_path).merge(factory)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert peak < materialised / 10, (peak, materialised)
+    assert_merge_streams(lambda: CocoWriter(tmp_path).merge(factory), lambda: tiny_results(n))
     assert len(calls) == 2  # images pass, then annotations pass
     coco = load(tmp_path / "coco" / "instances.json")
     assert len(coco.getImgIds()) == n and len(coco.getAnnIds()) == n

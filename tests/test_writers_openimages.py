@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import tracemalloc
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -13,12 +12,17 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from writers_support import (
+    assert_merge_streams,
+    assert_refused_writing_nothing,
+    assert_rewrite_changes_nothing,
+    tiny_results,
+)
 
 from boxmask import masks
 from boxmask.boxes import from_voc
 from boxmask.labels import read_label_file
 from boxmask.records import Box, Click, ErrorRecord, ImageRecord, ImageResult, MaskResult
-from boxmask.safepath import UnsafePathError
 from boxmask.writers.openimages import CSV_NAME, OpenImagesWriter
 
 DATA = Path(__file__).parent / "data"
@@ -168,10 +172,7 @@ def test_coco_mval_masks_round_trip_through_pngs_and_csv(tmp_path):
 def test_write_image_is_idempotent_and_merge_deterministic(tmp_path):
     result, _ = voc_result()
     writer = OpenImagesWriter(tmp_path)
-    files = writer.write_image(result)
-    before = {f: (tmp_path / f).read_bytes() for f in files}
-    assert writer.write_image(result) == files
-    assert {f: (tmp_path / f).read_bytes() for f in files} == before
+    files = assert_rewrite_changes_nothing(writer.write_image, lambda: result, tmp_path)
     writer.merge(lambda: iter([result]))
     first = (tmp_path / "openimages" / CSV_NAME).read_bytes()
     writer.merge(lambda: iter([result]))
@@ -188,9 +189,8 @@ def test_unsafe_ids_raise_and_nothing_is_written(tmp_path, field, value):
         result.record.image_id = value
     else:
         result.masks[1].box_id = value  # the first mask is fine: it must not be written either
-    with pytest.raises(UnsafePathError):
-        OpenImagesWriter(tmp_path / "out").write_image(result)
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    assert_refused_writing_nothing(lambda: OpenImagesWriter(tmp_path / "out").write_image(result),
+                                   tmp_path)
 
 
 def test_an_image_refused_for_an_unsafe_id_gets_no_csv_rows(tmp_path):
@@ -212,25 +212,11 @@ def test_failed_decode_writes_no_png_and_no_row(tmp_path):
     assert (tmp_path / "openimages" / CSV_NAME).read_text().count("\n") == 1  # header only
 
 
-def tiny_results(n: int):
-    rle = masks.encode_rle(np.eye(4, dtype=bool))
-    for i in range(n):
-        box = Box("b0", "/m/0bt9lr", 0, (0, 0, 3, 3))
-        record = ImageRecord(f"{i:016x}", f"{i:016x}.jpg", [box])
-        yield ImageResult(record, 4, 4, masks=[
-            MaskResult("b0", box.label, 0, box.xyxy, dict(rle), 0.5, [Click(1, 1, True)])])
-
-
 def test_merge_streams_results_without_holding_them(tmp_path):
     n = 10_000
-    tracemalloc.start()
-    held = list(tiny_results(n))
-    _, materialised = tracemalloc.get_traced_memory()
-    del held
-    tracemalloc.stop()
-    tracemalloc.start()
-    OpenImagesWriter(tmp_path).merge(lambda: tiny_results(n))
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert peak < materialised / 10, (peak, materialised)
+
+    def results():
+        return tiny_results(n, label=lambda i: "/m/0bt9lr", image_id=lambda i: f"{i:016x}")
+
+    assert_merge_streams(lambda: OpenImagesWriter(tmp_path).merge(results), results)
     assert len(read_csv(tmp_path / "openimages" / CSV_NAME)) == n

@@ -5,19 +5,23 @@ from __future__ import annotations
 import csv
 import json
 import struct
-import tracemalloc
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from writers_support import (
+    assert_merge_streams,
+    assert_refused_writing_nothing,
+    assert_rewrite_changes_nothing,
+    tiny_results,
+)
 
 from boxmask import masks
 from boxmask.boxes import from_voc
 from boxmask.labels import LabelMap
 from boxmask.records import Box, Click, ErrorRecord, ImageRecord, ImageResult, MaskResult
-from boxmask.safepath import UnsafePathError
 from boxmask.writers import FORMATS, create_writer
 from boxmask.writers.pixel_imagenet import PixelImageNetWriter
 
@@ -170,10 +174,7 @@ def test_bit_depth_follows_the_box_count_not_the_masks_present(tmp_path):
 
 def test_write_image_is_idempotent(tmp_path):
     writer = PixelImageNetWriter(tmp_path)
-    (rel,) = writer.write_image(voc_result())
-    first = (tmp_path / rel).read_bytes()
-    assert writer.write_image(voc_result()) == [rel]
-    assert (tmp_path / rel).read_bytes() == first
+    (rel,) = assert_rewrite_changes_nothing(writer.write_image, voc_result, tmp_path)
     assert sorted(p.name for p in (tmp_path / "pixel-imagenet" / "dog").iterdir()) == [
         "2007_000063.png"]  # no temporary files left behind
 
@@ -183,9 +184,7 @@ def test_unsafe_image_id_raises_and_writes_nothing(tmp_path, image_id):
     out = tmp_path / "out"
     result = voc_result()
     result.record.image_id = image_id
-    with pytest.raises(UnsafePathError):
-        PixelImageNetWriter(out).write_image(result)
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    assert_refused_writing_nothing(lambda: PixelImageNetWriter(out).write_image(result), tmp_path)
 
 
 def test_label_table_counts_images_per_class_with_label_map_indices(tmp_path):
@@ -221,27 +220,10 @@ def test_label_table_counts_only_images_that_got_a_png(tmp_path):
     assert table == {"0": ["chair", "chair", 1], "1": ["dog", "dog", 1]}
 
 
-def tiny_results(n: int):
-    rle = masks.encode_rle(np.eye(4, dtype=bool))
-    for i in range(n):
-        box = Box("b0", f"n{i % 50:08d}", 0, (0, 0, 3, 3))
-        record = ImageRecord(f"img{i:05d}", f"img{i:05d}.jpg", [box])
-        yield ImageResult(record, 4, 4, masks=[
-            MaskResult("b0", box.label, 0, box.xyxy, dict(rle), 0.5, [Click(1, 1, True)])])
-
-
 def test_merge_streams_results_without_holding_them(tmp_path):
     n = 10_000
-    tracemalloc.start()
-    held = list(tiny_results(n))
-    _, materialised = tracemalloc.get_traced_memory()
-    del held
-    tracemalloc.stop()
-    tracemalloc.start()
-    PixelImageNetWriter(tmp_path).merge(lambda: tiny_results(n))
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert peak < materialised / 10, (peak, materialised)
+    assert_merge_streams(lambda: PixelImageNetWriter(tmp_path).merge(lambda: tiny_results(n)),
+                         lambda: tiny_results(n))
     table = json.loads((tmp_path / "pixel-imagenet" / "label-v1.json").read_text())
     assert sum(v[2] for v in table.values()) == n
 

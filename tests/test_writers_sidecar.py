@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import tracemalloc
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from writers_support import assert_merge_streams, tiny_results
 
 from boxmask import masks
 from boxmask.boxes import from_voc
@@ -151,27 +151,13 @@ def test_empty_run_writes_empty_files(tmp_path):
     assert (tmp_path / "errors.jsonl").read_bytes() == b""
 
 
-def tiny_results(n: int):
-    rle = masks.encode_rle(np.eye(4, dtype=bool))
-    for i in range(n):
-        box = Box("b0", "dog", 0, (0, 0, 3, 3))
-        record = ImageRecord(f"img{i:05d}", f"img{i:05d}.jpg", [box])
-        yield ImageResult(record, 4, 4, masks=[
-            MaskResult("b0", box.label, 0, box.xyxy, dict(rle), 0.5, [Click(1, 1, True)])],
-            errors=[ErrorRecord("box", "clipped", record.image_id, "b1")])
-
-
 def test_merge_streams_results_without_holding_them(tmp_path):
     n = 10_000
-    tracemalloc.start()
-    held = list(tiny_results(n))
-    _, materialised = tracemalloc.get_traced_memory()
-    del held
-    tracemalloc.stop()
-    tracemalloc.start()
-    SidecarWriter(tmp_path, LABELS, engine="grabcut").merge(lambda: tiny_results(n))
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert peak < materialised / 10, (peak, materialised)
+
+    def results():
+        return tiny_results(n, label=lambda i: "dog", with_error=True)
+
+    assert_merge_streams(
+        lambda: SidecarWriter(tmp_path, LABELS, engine="grabcut").merge(results), results)
     assert len((tmp_path / "masks.jsonl").read_text().splitlines()) == n
     assert len((tmp_path / "errors.jsonl").read_text().splitlines()) == n

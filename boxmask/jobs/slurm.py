@@ -26,6 +26,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .layout import JobLayout
 
@@ -234,22 +235,15 @@ def submit_array(
     output_dir: str | Path,
     n_tasks: int,
     *,
-    partition: str | None = None,
-    gpus_per_task: int = 0,
-    cpus_per_task: int | None = None,
-    mem: str | None = None,
-    time: str | None = None,
-    account: str | None = None,
-    qos: str | None = None,
-    throttle: int | None = None,
-    grace_s: int = DEFAULT_GRACE_S,
-    requeue_on_timeout: bool = True,
     extra_sbatch_args: Sequence[str] = (),
-    boxmask_cmd: Sequence[str] | None = None,
     max_array_size: int | None = None,
+    **script_options: Any,
 ) -> list[str]:
     """Submit ``n_tasks`` workers on ``output_dir`` as Slurm arrays; returns the array job ids.
 
+    ``script_options`` are the keyword options of :func:`render_sbatch` (``partition``,
+    ``gpus_per_task``, ``cpus_per_task``, ``mem``, ``time``, ``account``, ``qos``, ``throttle``,
+    ``grace_s``, ``requeue_on_timeout``, ``job_name``, ``boxmask_cmd``), the same for every array.
     More workers than the cluster's MaxArraySize (read from ``scontrol`` unless given) become
     several arrays, each with its own job id and ``throttle``. Every script is kept as
     ``DIR/slurm/array-<job id>.sbatch``. ``extra_sbatch_args`` go on the sbatch command line, where
@@ -265,12 +259,7 @@ def submit_array(
     limit = max_array_size if max_array_size is not None else read_max_array_size()
     job_ids: list[str] = []
     for k, size in enumerate(array_sizes(n_tasks, limit)):
-        script = render_sbatch(
-            out, size, partition=partition, gpus_per_task=gpus_per_task,
-            cpus_per_task=cpus_per_task, mem=mem, time=time, account=account, qos=qos,
-            throttle=throttle, grace_s=grace_s, requeue_on_timeout=requeue_on_timeout,
-            boxmask_cmd=boxmask_cmd,
-        )
+        script = render_sbatch(out, size, **script_options)
         pending = scripts_dir / f"pending-{os.getpid()}-{k}.sbatch"
         pending.write_text(script)
         cmd = ["sbatch", "--parsable", *extra_sbatch_args, str(pending)]

@@ -5,24 +5,20 @@ A run folder holds ``masks.jsonl`` (one line per mask: ``image_id``, ``image_pat
 of the full-image mask, ...) and optionally ``errors.jsonl``. ``evaluate_run`` pairs every
 predicted mask with a ground-truth instance and reports mask IoU and Boundary IoU.
 
-Ground-truth formats (``gt_format``)
-------------------------------------
+Matching per ground-truth format (``gt_format``; the files are read by
+:mod:`boxmask.quality.groundtruth`, which describes them)
+------------------------------------------------------------------------------------------------
 ``coco``
-    A COCO instances JSON (segmentations as polygons, uncompressed or compressed RLE). Matching:
-    by annotation id when the prediction's ``box_id`` is the id of an annotation of the same image
-    (the run was converted from that file), else by box IoU. Images are found by file name
-    (basename of ``image_path`` vs ``file_name``), then by ``image_id`` == COCO image id.
+    A COCO instances JSON. Matching: by annotation id when the prediction's ``box_id`` is the id
+    of an annotation of the same image (the run was converted from that file), else by box IoU.
     Crowd annotations are never matched by box; a prediction matched to one by id is reported as
     ignored, as COCO's own evaluation ignores crowd regions.
 ``voc``
-    A VOC-style folder: ``SegmentationObject/<image>.png`` (value k = the k-th ``<object>`` of
-    ``Annotations/<image>.xml``, 255 = void) and the XMLs (class names). Matching: the prediction
-    with ``index`` k is object k + 1. Void pixels are excluded from intersection and union, as in
-    the official VOC segmentation evaluation.
+    A VOC-style folder (``SegmentationObject`` PNGs, ``Annotations`` XMLs). Matching: the
+    prediction with ``index`` k is object k + 1. Void pixels (255) are excluded from intersection
+    and union, as in the official VOC segmentation evaluation.
 ``mask-folder``
-    ``<gt>/<image_id>.png`` per image: a binary PNG (one object: every non-zero pixel when the only
-    non-zero value is 1 or 255) or an instance-index PNG (value k = instance k, 255 = void).
-    Matching: by box IoU.
+    ``<gt>/<image_id>.png`` per image, binary or instance-index. Matching: by box IoU.
 
 Box-IoU matching is greedy and one-to-one per image: the pair with the highest IoU between the
 prediction's input box and the GT box (COCO ``bbox``, else the instance's tight box) first, down to
@@ -54,30 +50,45 @@ from __future__ import annotations
 import json
 import logging
 import math
-import xml.etree.ElementTree as ET
-from abc import ABC, abstractmethod
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import groupby
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..atomic import atomic_write_text
 from ..boxes import area as box_area
-from ..boxes import from_xywh, mask_to_box
 from ..boxes import iou as box_iou
 from ..records import BoxXYXY
-from ..safepath import UnsafePathError, check_component
+from .groundtruth import (
+    GT_FORMATS,
+    VOID,
+    CocoGT,
+    FolderGT,
+    GroundTruth,
+    GTImage,
+    GTInstance,
+    VocGT,
+    open_gt,
+)
+
+__all__ = [
+    # ground truth (boxmask.quality.groundtruth), importable from here as before
+    "GT_FORMATS", "VOID", "CocoGT", "FolderGT", "GroundTruth", "GTImage", "GTInstance", "VocGT",
+    "open_gt",
+    # evaluation
+    "BOUNDARY_DILATION_RATIO", "IOU_THRESHOLDS", "MATCH_MODES", "MAX_LISTED", "MIN_BOX_IOU",
+    "SIZE_BUCKETS", "boundary_dilation", "boundary_iou", "evaluate_run", "iter_jsonl",
+    "mask_boundary", "mask_iou", "run_files", "size_bucket", "summary_lines", "write_eval",
+]
 
 log = logging.getLogger(__name__)
 
-GT_FORMATS = ("coco", "voc", "mask-folder")
 MATCH_MODES = ("auto", "id", "index", "iou")
 IOU_THRESHOLDS = (0.5, 0.75, 0.9)
 BOUNDARY_DILATION_RATIO = 0.02
@@ -86,7 +97,6 @@ MIN_BOX_IOU = 0.5
 """Box-IoU matching: lowest IoU between a prediction's input box and a GT box that pairs them."""
 SIZE_BUCKETS = (("small", 32**2), ("medium", 96**2), ("large", math.inf))
 """COCO area ranges (px), applied to the prediction's input box area."""
-VOID = 255
 MAX_LISTED = 1000
 """At most this many unmatched predictions / GT instances are listed by id in the result."""
 
@@ -149,238 +159,6 @@ def size_bucket(box: BoxXYXY) -> str:
     """COCO size bucket of a library box by its pixel area."""
     a = box_area(box)
     return next(name for name, limit in SIZE_BUCKETS if a < limit)
-
-
-# ------------------------------------------------------------------ ground truth
-
-@dataclass
-class GTInstance:
-    """One ground-truth object of an image."""
-
-    gt_id: str
-    """COCO annotation id, or the instance value in a PNG."""
-    label: str
-    """Class name ("" when the GT has no classes)."""
-    box: BoxXYXY
-    """Box used for matching (library convention)."""
-    crowd: bool = False
-    _mask: np.ndarray | None = None
-    _decode: Callable[[], np.ndarray] | None = None
-
-    @property
-    def mask(self) -> np.ndarray:
-        """H x W bool mask, decoded on first use."""
-        if self._mask is None:
-            self._mask = self._decode()
-        return self._mask
-
-
-@dataclass
-class GTImage:
-    key: str
-    height: int
-    width: int
-    instances: dict[str, GTInstance] = field(default_factory=dict)
-    void: np.ndarray | None = None
-
-
-class GroundTruth(ABC):
-    """A source of GT images, looked up by the prediction's ``image_id`` / ``image_path``."""
-
-    format: str = ""
-    match: str = "iou"
-    """Matching used by ``match="auto"``."""
-
-    @abstractmethod
-    def find(self, image_id: str | None, image_path: str | None) -> str | None:
-        """Key of the GT image for a prediction or error, or None when the GT lacks it."""
-
-    @abstractmethod
-    def load(self, key: str) -> GTImage:
-        """The GT image (masks decoded lazily)."""
-
-    @abstractmethod
-    def num_images(self) -> int:
-        """Images in the GT."""
-
-    def by_id(self, key: str, box_id: str) -> str | None:
-        """The GT id that ``box_id`` names in image ``key`` (COCO annotation ids), if any."""
-        return None
-
-
-def _stem(path: str | None) -> str | None:
-    return PurePosixPath(path.replace("\\", "/")).stem if path else None
-
-
-def _safe(name: str | None) -> str | None:
-    if not name:
-        return None
-    try:
-        return check_component(name)
-    except UnsafePathError:
-        return None
-
-
-def _tight_box(mask: np.ndarray) -> BoxXYXY:
-    box = mask_to_box(mask)
-    return box if box is not None else (0, 0, -1, -1)
-
-
-class CocoGT(GroundTruth):
-    format = "coco"
-    match = "id"
-
-    def __init__(self, path: str | Path) -> None:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        self.images = {str(im["id"]): im for im in data.get("images", [])}
-        self.by_name = {PurePosixPath(im["file_name"]).name: k for k, im in self.images.items()}
-        self.by_stem = {PurePosixPath(im["file_name"]).stem: k for k, im in self.images.items()}
-        self.cats = {c["id"]: c.get("name", str(c["id"])) for c in data.get("categories", [])}
-        self.anns: dict[str, list[dict]] = {}
-        self.ann_image: dict[str, str] = {}
-        for a in data.get("annotations", []):
-            key = str(a["image_id"])
-            self.anns.setdefault(key, []).append(a)
-            self.ann_image[str(a["id"])] = key
-
-    def find(self, image_id: str | None, image_path: str | None) -> str | None:
-        if image_path:
-            name = PurePosixPath(image_path.replace("\\", "/")).name
-            if name in self.by_name:
-                return self.by_name[name]
-        if image_id is not None and str(image_id) in self.images:
-            return str(image_id)
-        stem = _stem(image_path) or image_id
-        return self.by_stem.get(stem) if stem else None
-
-    def num_images(self) -> int:
-        return len(self.images)
-
-    def by_id(self, key: str, box_id: str) -> str | None:
-        return box_id if self.ann_image.get(str(box_id)) == key else None
-
-    def load(self, key: str) -> GTImage:
-        im = self.images[key]
-        h, w = int(im["height"]), int(im["width"])
-        out = GTImage(key, h, w)
-        for a in self.anns.get(key, []):
-            inst = GTInstance(str(a["id"]), self.cats.get(a.get("category_id"), ""),
-                              (0, 0, -1, -1), bool(a.get("iscrowd", 0)),
-                              _decode=_coco_decoder(a["segmentation"], h, w))
-            # the annotation's bbox is what a run converted from this file used as input box
-            inst.box = from_xywh(*a["bbox"]) if a.get("bbox") else _tight_box(inst.mask)
-            out.instances[inst.gt_id] = inst
-        return out
-
-
-def _coco_decoder(seg: Any, h: int, w: int) -> Callable[[], np.ndarray]:
-    def decode() -> np.ndarray:
-        if isinstance(seg, list):  # polygons
-            rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-        elif isinstance(seg.get("counts"), list):  # uncompressed RLE
-            rle = mask_utils.frPyObjects(seg, h, w)
-        else:
-            rle = seg
-        return mask_utils.decode(rle).astype(bool)
-
-    return decode
-
-
-def _read_png(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        if im.mode not in ("P", "L", "1", "I;16", "I"):
-            raise ValueError(f"{path}: expected a single-channel or palette PNG, "
-                             f"got mode {im.mode}")
-        return np.array(im)
-
-
-def _instances_from_png(key: str, values: np.ndarray, labels: list[str] | None, *,
-                        binary: bool) -> GTImage:
-    """PNG values -> GT image: value k = instance k (class ``labels[k - 1]``), 255 = void.
-
-    With ``binary``, a PNG whose only non-zero value is 1 or 255 is one object (every non-zero
-    pixel) instead of instance 1 / all void.
-    """
-    h, w = values.shape
-    present = sorted(set(np.unique(values).tolist()) - {0})
-    out = GTImage(key, h, w)
-    if binary and present in ([1], [VOID]):
-        m = values != 0
-        out.instances["1"] = GTInstance("1", labels[0] if labels else "", _tight_box(m), _mask=m)
-        return out
-    void = values == VOID
-    out.void = void if void.any() else None
-    for v in present:
-        if v == VOID:
-            continue
-        m = values == v
-        label = labels[v - 1] if labels and v - 1 < len(labels) else ""
-        out.instances[str(v)] = GTInstance(str(v), label, _tight_box(m), _mask=m)
-    return out
-
-
-class FolderGT(GroundTruth):
-    """``mask-folder``: ``<root>/<image_id>.png``."""
-
-    format = "mask-folder"
-    match = "iou"
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.masks = self.root
-
-    def find(self, image_id: str | None, image_path: str | None) -> str | None:
-        for key in (_safe(image_id), _safe(_stem(image_path))):
-            if key and (self.masks / f"{key}.png").is_file():
-                return key
-        return None
-
-    def num_images(self) -> int:
-        return sum(1 for _ in self.masks.glob("*.png"))
-
-    def labels(self, key: str) -> list[str] | None:
-        return None
-
-    def load(self, key: str) -> GTImage:
-        values = _read_png(self.masks / f"{key}.png")
-        return _instances_from_png(key, values, self.labels(key), binary=True)
-
-
-class VocGT(FolderGT):
-    """``voc``: ``SegmentationObject/<image>.png`` + ``Annotations/<image>.xml``."""
-
-    format = "voc"
-    match = "index"
-
-    def __init__(self, root: str | Path) -> None:
-        super().__init__(root)
-        self.masks = self.root / "SegmentationObject"
-        if not self.masks.is_dir():
-            raise FileNotFoundError(f"{self.masks} is not a folder")
-
-    def labels(self, key: str) -> list[str] | None:
-        xml = self.root / "Annotations" / f"{key}.xml"
-        if not xml.is_file():
-            return None
-        return [(o.findtext("name") or "").strip() for o in ET.parse(xml).getroot().iter("object")]
-
-    def load(self, key: str) -> GTImage:
-        values = _read_png(self.masks / f"{key}.png")
-        return _instances_from_png(key, values, self.labels(key), binary=False)
-
-
-def open_gt(gt_path: str | Path, gt_format: str) -> GroundTruth:
-    """The ground truth at ``gt_path`` in one of ``GT_FORMATS``."""
-    if gt_format == "coco":
-        return CocoGT(gt_path)
-    if gt_format == "voc":
-        return VocGT(gt_path)
-    if gt_format == "mask-folder":
-        if not Path(gt_path).is_dir():
-            raise FileNotFoundError(f"{gt_path} is not a folder")
-        return FolderGT(gt_path)
-    raise ValueError(f"unknown GT format {gt_format!r}; choose from {', '.join(GT_FORMATS)}")
 
 
 # ------------------------------------------------------------------ the run

@@ -29,7 +29,7 @@ the GT object, and ``s/box`` = wall-clock seconds of the whole conversion (plann
 policy, engine, writing, merging) per box, on this machine; timings on a shared machine are noisy.
 Under each table, for ``iterate``: engine runs per box and why the boxes stopped.
 
-    python benchmarks/eval_dev_data.py                       # ~6 min on 2 CPU cores
+    python benchmarks/eval_dev_data.py                       # ~5 min on 2 CPU cores
     python benchmarks/eval_dev_data.py --train-stage1 0      # without the stage-1 rows
     python benchmarks/eval_dev_data.py --iog-weights IOG_PASCAL_SBD.pth --datasets davis
 """
@@ -54,7 +54,8 @@ sys.path.insert(0, str(ROOT))
 
 from boxmask.api import convert  # noqa: E402
 from boxmask.jobs.plan import Settings  # noqa: E402
-from boxmask.quality.evaluate import GroundTruth, evaluate_run, iter_jsonl, open_gt  # noqa: E402
+from boxmask.quality.evaluate import evaluate_run, iter_jsonl  # noqa: E402
+from boxmask.quality.groundtruth import GroundTruth, open_gt  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 ENGINES = ("box", "grabcut", "iog")

@@ -59,7 +59,6 @@ stage-1 network's point). ``iterate`` adds ``inside_rounds`` (engine runs for th
 
 from __future__ import annotations
 
-import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -69,8 +68,6 @@ from typing import Any
 import numpy as np
 
 from .engines.base import Engine, Prediction, SegmentRequest, default_inside_points
-
-log = logging.getLogger(__name__)
 
 POLICIES = ("center", "iterate", "grabcut", "stage1")
 RUNTIME_OPTIONS = frozenset({"device", "batch_size"})

@@ -155,6 +155,7 @@ def convert(settings: Settings, out_dir: str | Path, *, workers: int = 1, force:
 
 def segment_image(image_rgb: np.ndarray, box_xyxy: tuple[int, int, int, int], *,
                   engine: Engine, inside_point: str = "center",
+                  inside_options: dict[str, Any] | None = None,
                   clicks: list[Click] | None = None) -> Prediction:
     """Segment one box of one decoded image (``box_xyxy`` in the library convention).
 
@@ -170,5 +171,5 @@ def segment_image(image_rgb: np.ndarray, box_xyxy: tuple[int, int, int, int], *,
             extra.append(c)
     request = SegmentRequest(image=image_rgb, boxes=np.array([box_xyxy]), inside=inside,
                              extra_clicks=[extra] if extra else None)
-    policy = create_policy(inside_point)
+    policy = create_policy(inside_point, **(inside_options or {}))
     return policy.segment(engine, [request])[0][0]

@@ -101,8 +101,14 @@ def source_options(f: Any) -> Any:
         click.option("--engine-option", "engine_option", multiple=True, metavar="KEY=VALUE",
                      help="Any other engine setting (repeatable), e.g. iterations=5."),
         click.option("--inside-point", type=click.Choice(POLICIES),
-                     help="How the inside click is chosen when only a box is known (default "
-                          "center)."),
+                     help="How the inside click is chosen when only a box is known: center (the "
+                          "box centre, default), iterate (re-run from the deepest point of the "
+                          "mask), grabcut (deepest point of a GrabCut mask), stage1 (a first-stage "
+                          "network; --stage1-weights)."),
+        click.option("--inside-option", "inside_option", multiple=True, metavar="KEY=VALUE",
+                     help="A setting of the inside-point policy (repeatable), e.g. max_rounds=3."),
+        click.option("--stage1-weights", help="Checkpoint of the first-stage network "
+                                              "(--inside-point stage1; see `boxmask train`)."),
         click.option("--exif", type=click.Choice(["auto", "apply", "ignore"]),
                      help="EXIF orientation policy (default auto: apply unless the annotation's "
                           "declared size matches the stored pixels)."),
@@ -123,9 +129,10 @@ def source_options(f: Any) -> Any:
 _PIPELINE_KEYS = {"source", "input_path", "images_root", "labels_file", "split", "box_origin",
                   "formats",
                   "engine", "weights", "precision", "batch_size", "engine_option", "inside_point",
+                  "inside_option", "stage1_weights",
                   "exif", "max_pixels", "min_box_side", "shard_size", "limit"}
 _PIPELINE_ALIASES = {"input": "input_path", "labels": "labels_file", "format": "formats",
-                     "engine_options": "engine_option"}
+                     "engine_options": "engine_option", "inside_options": "inside_option"}
 
 
 def _apply_pipeline(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -139,8 +146,9 @@ def _apply_pipeline(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any
         raise click.BadParameter(f"cannot read pipeline {path}: {e}",
                                  param_hint="--pipeline") from None
     preset = dict(data.get("convert", {}))
-    if "engine_options" in data:
-        preset["engine_options"] = data["engine_options"]
+    for table in ("engine_options", "inside_options"):
+        if table in data:
+            preset[table] = data[table]
     for key, value in preset.items():
         name = _PIPELINE_ALIASES.get(key, key)
         if name not in _PIPELINE_KEYS:
@@ -149,7 +157,7 @@ def _apply_pipeline(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any
             continue
         if name == "formats":
             value = tuple([value] if isinstance(value, str) else value)
-        elif name == "engine_option":
+        elif name in ("engine_option", "inside_option"):
             value = tuple(f"{k}={json.dumps(v)}" for k, v in value.items())
         params[name] = value
     return params
@@ -190,11 +198,24 @@ def _settings(ctx: click.Context, params: dict[str, Any]) -> Settings:
         engine=engine,
         engine_options=engine_options,
         inside_point=p.get("inside_point") or "center",
+        inside_options=_inside_options(p.get("inside_point") or "center",
+                                       tuple(p.get("inside_option") or ()),
+                                       p.get("stage1_weights")),
     )
     for key in ("exif", "max_pixels", "min_box_side", "shard_size", "limit"):
         if p.get(key) is not None:
             setattr(s, key, p[key])
     return s
+
+
+def _inside_options(policy: str, values: tuple[str, ...],
+                    stage1_weights: str | None) -> dict[str, Any]:
+    options = _parse_kv(values)
+    if stage1_weights:
+        if policy != "stage1":
+            raise click.UsageError("--stage1-weights applies to --inside-point stage1 only")
+        options["weights"] = str(stage1_weights)
+    return options
 
 
 def _fail(e: Exception) -> None:
@@ -707,10 +728,16 @@ def _parse_click(value: str) -> Click:
 @click.option("--weights", help="IOG checkpoint path or registry name.")
 @click.option("--device", default="auto", show_default=True,
               help="Engine device: auto, cpu, cuda, cuda:1.")
+@click.option("--inside-point", type=click.Choice(POLICIES), default="center", show_default=True,
+              help="Inside-point policy when no positive click is given.")
+@click.option("--inside-option", "inside_option", multiple=True, metavar="KEY=VALUE",
+              help="A setting of the inside-point policy (repeatable).")
+@click.option("--stage1-weights", help="First-stage checkpoint (--inside-point stage1).")
 @click.option("--output", "-o", "out_path", required=True,
               type=click.Path(dir_okay=False, path_type=Path), help="Mask PNG (0/255) to write.")
 def segment(image: Path, box: str, clicks: tuple[str, ...], engine: str, weights: str | None,
-            device: str, out_path: Path) -> None:
+            device: str, inside_point: str, inside_option: tuple[str, ...],
+            stage1_weights: str | None, out_path: Path) -> None:
     """Segment one box of one image and write the mask as a PNG."""
     import cv2
     import numpy as np
@@ -739,7 +766,9 @@ def segment(image: Path, box: str, clicks: tuple[str, ...], engine: str, weights
         raise click.UsageError("--weights applies to --engine iog only")
     eng = create_engine(name, **options)
     try:
-        pred = segment_image(decoded.rgb, checked.box, engine=eng,
+        pred = segment_image(decoded.rgb, checked.box, engine=eng, inside_point=inside_point,
+                             inside_options=_inside_options(inside_point, inside_option,
+                                                            stage1_weights),
                              clicks=[_parse_click(c) for c in clicks])
     except ValueError as e:
         _fail(e)

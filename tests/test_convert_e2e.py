@@ -230,3 +230,21 @@ def test_every_command_has_complete_help() -> None:
             if param.param_type_name == "option":
                 assert param.help, f"{name} {param.opts[0]} has no help text"
                 assert param.opts[-1] in res.output
+
+
+def test_inside_point_policy_and_its_options_are_part_of_the_contract(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    base = ["convert", "--source", "coco", "--input", str(COCO_JSON), "--images-root",
+            str(COCO_MVAL / "img"), "--format", "coco", "--engine", "grabcut", "--limit", "2",
+            "--inside-point", "iterate", "--output", str(out), "--no-progress"]
+    boxmask(*base, "--inside-option", "max_rounds=2")
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["contract"]["settings"]["inside_options"] == {"max_rounds": 2}
+    assert plan["contract"]["inside_policy"]["name"] == "iterate"
+    sidecar = read_jsonl(out / "masks.jsonl")
+    assert {m["inside_policy"] for m in sidecar} == {"iterate"}
+    assert all("inside_rounds" in m["metrics"] for m in sidecar)
+    proc = boxmask(*base, "--inside-option", "max_rounds=3", check_codes=(1,))
+    assert "max_rounds" in proc.stderr
+    proc = boxmask(*base, "--stage1-weights", "x.pth", check_codes=(2,))
+    assert "--inside-point stage1" in proc.stderr

@@ -84,6 +84,8 @@ class Settings:
             s.images_root = str(Path(s.images_root).absolute())
         if s.labels_file is not None:
             s.labels_file = str(Path(s.labels_file).absolute())
+        if s.inside_options.get("weights"):
+            s.inside_options["weights"] = str(Path(s.inside_options["weights"]).absolute())
         s.formats = sorted(set(s.formats))
         return s
 
@@ -93,12 +95,24 @@ RUNTIME_ENGINE_OPTIONS = frozenset({"device", "batch_size", "workers", "num_thre
 """Engine options that change speed, not masks: a worker may choose them freely."""
 
 
+def policy_description(settings: Settings) -> dict[str, Any]:
+    """What the inside-point policy of ``settings`` is (with its weights' sha256, if any)."""
+    from ..points import create_policy
+
+    return create_policy(settings.inside_point, **settings.inside_options).describe()
+
+
 def contract(settings: Settings, engine_description: dict[str, Any]) -> dict[str, Any]:
     """The part of a plan two runs must agree on to share an output directory."""
+    from ..points import RUNTIME_OPTIONS
+
     s = settings.normalized().to_json()
     s["engine_options"] = {k: v for k, v in s["engine_options"].items()
                            if k not in RUNTIME_ENGINE_OPTIONS}
-    return {"settings": s, "engine": engine_description}
+    s["inside_options"] = {k: v for k, v in s["inside_options"].items()
+                           if k not in RUNTIME_OPTIONS}
+    return {"settings": s, "engine": engine_description,
+            "inside_policy": policy_description(settings.normalized())}
 
 
 def contract_hash(c: dict[str, Any]) -> str:

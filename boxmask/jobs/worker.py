@@ -49,7 +49,7 @@ from ..atomic import atomic_open, atomic_write_text
 from ..engines import create_engine
 from ..engines.base import Engine
 from ..labels import LabelMap
-from ..points import create_policy
+from ..points import InsidePointPolicy, create_policy
 from ..records import ErrorRecord, ImageRecord, ImageResult
 from ..writers import create_writer
 from . import steps
@@ -205,6 +205,17 @@ def read_shard_items(path: Path, sha256: str | None = None) -> list[ImageRecord 
     return items
 
 
+def check_policy(plan: dict[str, Any], policy: InsidePointPolicy) -> None:
+    """Refuse an inside-point policy that differs from the plan's (e.g. replaced weights)."""
+    planned = plan["contract"].get("inside_policy")
+    actual = policy.describe()
+    if planned is not None and json.dumps(planned, sort_keys=True) != json.dumps(
+            actual, sort_keys=True):
+        diffs = describe_differences(planned, actual)
+        raise PlanMismatchError("this worker's inside-point policy differs from the plan:\n  "
+                                + "\n  ".join(diffs[:20]))
+
+
 def check_engine(plan: dict[str, Any], engine: Engine) -> None:
     """Refuse an engine whose description differs from the plan's (other weights, settings)."""
     planned = plan["contract"]["engine"]
@@ -335,6 +346,7 @@ class Worker:
         self.images_root = Path(self.settings.images_root or ".")
         self._engine: Engine | None = None
         self._policy = create_policy(self.settings.inside_point, **self.settings.inside_options)
+        check_policy(self.plan, self._policy)
         labels = LabelMap.load(self.layout.labels) if self.layout.labels.exists() else LabelMap()
         self._writers = [create_writer(name, self.layout.root, labels)
                          for name in self.settings.formats]

@@ -42,16 +42,16 @@ Options (constructor)
 ---------------------
 * ``weights``: checkpoint path or registry name (``boxmask.weights``); required.
 * ``device``: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
-* ``batch_size``: crops per forward (default 4 on CPU, 32 on CUDA).
+* ``batch_size``: crops per forward (default 2 on CPU, 32 on CUDA).
 * ``precision``: ``"fp32"`` (on CUDA with TF32 disabled, process-wide:
   ``torch.backends.fp32_precision = "ieee"``), ``"bf16"`` or ``"fp16"`` (autocast). On the CPU,
   bf16/fp16 need native support (AVX512-BF16/AMX, AMX-FP16); otherwise the engine refuses.
 * ``mode``: ``"eager"``; ``"freeze"``: BatchNorm folded into the convolutions
   (``torch.fx.experimental.optimization.fuse``; ``torch.jit.freeze`` is deprecated in torch 2.14
   and needs a minute to trace this network); ``"compile"``: ``torch.compile`` of the folded
-  network (45-75 s the first time); ``"auto"``: ``compile`` on CUDA when ``expected_crops`` is at
-  least ``COMPILE_MIN_CROPS`` (``expected_crops``: the job's number of boxes, if the caller
-  knows it), else ``freeze``. Results of all modes agree within fp32 rounding.
+  network (45-75 s the first time); ``"auto"``: ``compile`` when ``expected_crops`` is at least
+  ``COMPILE_MIN_CROPS`` for the device (``expected_crops``: the job's number of boxes; workers pass
+  it), else ``freeze``. Results of all modes agree within fp32 rounding.
 * ``channels_last`` (default True), ``threshold`` (0.5), ``stability_delta`` (0.25),
   ``preprocess`` (``"auto"``: torch on CUDA, numpy on CPU; ``"numpy"``, ``"torch"``),
   ``workers`` (paste-back threads, default 2), ``num_threads`` (torch CPU threads).
@@ -85,10 +85,13 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 MODES = ("auto", "eager", "freeze", "compile")
 PREPROCESS = ("auto", "numpy", "torch")
 ARCHITECTURES = ("iog", "iog-refinement")
-DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 32}
+DEFAULT_BATCH_SIZE = {"cpu": 2, "cuda": 32}
 PIPELINE_BATCHES = 4
 """Forward batches per ``segment`` call that a caller should aim for (``batch_boxes``)."""
-COMPILE_MIN_CROPS = 50_000
+COMPILE_MIN_CROPS = {"cuda": 50_000, "cpu": 5_000}
+"""``mode="auto"`` compiles from this many crops on: torch.compile costs 45-75 s the first time
+and gains about 10 % on this network on a CPU (``benchmarks/bench_iog.py --compile``), more on a
+GPU with large batches."""
 """``mode="auto"`` compiles on CUDA from this many crops: at a few hundred crops/s, compiling
 (about a minute) pays off only when it is a small share of the job."""
 
@@ -316,8 +319,10 @@ class IOGEngine(Engine):
         self.use_torch_preprocess = (preprocess == "torch"
                                      or (preprocess == "auto" and self.device.type == "cuda"))
         if mode == "auto":
-            big = expected_crops is not None and expected_crops >= COMPILE_MIN_CROPS
-            mode = "compile" if self.device.type == "cuda" and big else "freeze"
+            threshold = COMPILE_MIN_CROPS.get(self.device.type)
+            big = (threshold is not None and expected_crops is not None
+                   and expected_crops >= threshold)
+            mode = "compile" if big else "freeze"
         self.mode = mode
         self._workers = int(workers or 2)
         self._prep_pool: ThreadPoolExecutor | None = None

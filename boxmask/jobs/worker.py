@@ -358,6 +358,8 @@ class Worker:
     def engine(self) -> Engine:
         if self._engine is None:
             options = {**self.settings.engine_options, **self.engine_overrides}
+            if self.settings.engine == "iog":  # lets the engine pick its mode by job size
+                options.setdefault("expected_crops", self.plan["totals"]["boxes"])
             engine = create_engine(self.settings.engine, **options)
             try:
                 check_engine(self.plan, engine)

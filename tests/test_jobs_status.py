@@ -63,6 +63,21 @@ def test_status_of_a_running_crashed_and_failing_job(tmp_path):
     held.release()
 
 
+def test_failed_shards_before_unfinished_ones(tmp_path):
+    """Failed shards 0 and 1, then a stale shard and pending ones: every shard is still counted."""
+    plan_into(tmp_path, settings())
+    layout = JobLayout(tmp_path)
+    for shard in (0, 1):
+        record_failure(layout, shard, f"t{shard}", "w", f"worker of shard {shard} ended", 0)
+        layout.failed_file(shard).write_text(json.dumps({"shard": shard, "items_done": 0}))
+    lease_taken_by_an_ended_process(layout.lease_file(2), "crashed")
+    st = job_status(tmp_path)
+    assert st["shards"] == {"total": 5, "done": 0, "leased": 0, "stale": 1, "failed": 2,
+                            "pending": 2}
+    assert [(f["shard"], f["attempts"], f["last_reason"]) for f in st["failed"]] == [
+        (0, 1, "worker of shard 0 ended"), (1, 1, "worker of shard 1 ended")]
+
+
 def test_partial_results_count_as_done_items(tmp_path):
     plan_into(tmp_path, settings())
     layout = JobLayout(tmp_path)

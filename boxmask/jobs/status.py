@@ -74,11 +74,11 @@ def job_status(out_dir: str | Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) 
         failed_marker = read_failed(layout, sid)
         if failed_marker is not None:
             counts["failed"] += 1
-            attempts = failed_marker.get("attempts") or read_failures(layout, sid)
+            failures = failed_marker.get("attempts") or read_failures(layout, sid)
             failed.append({"shard": sid, "items_done": failed_marker.get("items_done"),
                            "next_items": failed_marker.get("next_items", []),
-                           "attempts": len(attempts),
-                           "last_reason": attempts[-1].get("reason") if attempts else None})
+                           "attempts": len(failures),
+                           "last_reason": failures[-1].get("reason") if failures else None})
             continue
         info, mtime = read_lease(layout.lease_file(sid))
         if mtime is None:

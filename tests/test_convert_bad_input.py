@@ -182,3 +182,40 @@ def test_unsafe_file_names_never_read_or_write_outside(tmp_path: Path) -> None:
     new = {p for p in tmp_path.rglob("*")} - before
     assert all(out in p.parents or p == out for p in new), sorted(new)
     assert len([x for x in (out / "masks.jsonl").read_text().splitlines() if x]) == 1
+
+
+def test_coco_ids_that_are_missing_repeated_or_strings_lose_no_mask(tmp_path: Path) -> None:
+    """Annotations without an id or with a repeated one get ids of their own; string image ids
+    are renumbered in the COCO output; every box becomes a mask and its own PNG."""
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(SAMPLE / "Data" / "CLS-LOC" / "train" / WNID / f"{GOOD[0]}.JPEG", images / "a.jpg")
+    coco = {
+        "images": [{"id": "img-a", "file_name": "a.jpg", "width": 224, "height": 224}],
+        "annotations": [
+            {"image_id": "img-a", "category_id": 1, "bbox": [10, 10, 50, 50], "iscrowd": 0},
+            {"image_id": "img-a", "category_id": 1, "bbox": [60, 60, 50, 50], "iscrowd": 0},
+            {"id": 7, "image_id": "img-a", "category_id": 1, "bbox": [20, 100, 40, 40]},
+            {"id": 7, "image_id": "img-a", "category_id": 1, "bbox": [120, 20, 40, 40]},
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    src = tmp_path / "coco.json"
+    src.write_text(json.dumps(coco))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "boxmask", "convert", "--source", "coco", "--input", str(src),
+         "--images-root", str(images), "--format", "coco", "--format", "openimages",
+         "--engine", "box", "--output", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(x) for x in (out / "masks.jsonl").read_text().splitlines() if x]
+    box_ids = [m["box_id"] for m in lines]
+    assert len(box_ids) == 4 and len(set(box_ids)) == 4 and "7" in box_ids
+    assert len(list((out / "openimages" / "masks").rglob("*.png"))) == 4
+    from pycocotools.coco import COCO
+
+    result = COCO(str(out / "coco" / "instances.json"))
+    assert result.getImgIds() == [1] and len(set(result.getAnnIds())) == 4
+    assert sorted(a["box_id"] for a in result.loadAnns(result.getAnnIds())) == sorted(box_ids)
+    assert [c["id"] for c in result.loadCats(result.getCatIds())] == [1]

@@ -193,7 +193,7 @@ def test_merge_streams_results_without_holding_them(tmp_path):
         return tiny_results(n)
 
     assert_merge_streams(lambda: CocoWriter(tmp_path).merge(factory), lambda: tiny_results(n))
-    assert len(calls) == 2  # images pass, then annotations pass
+    assert len(calls) == 3  # ids and labels pass, images pass, annotations pass
     coco = load(tmp_path / "coco" / "instances.json")
     assert len(coco.getImgIds()) == n and len(coco.getAnnIds()) == n
     assert coco.annToMask(coco.loadAnns(n)[0]).sum() == 4

@@ -7,7 +7,10 @@ annotations in file order.
 
 Boxes: ``bbox`` ``[x, y, w, h]`` floats on pixel edges -> library convention (``from_xywh``:
 0-based inclusive pixels covering every pixel the box touches). ``label`` = ``str(category_id)``;
-the label list comes from ``categories`` in their order. ``box_id`` = ``str(annotation id)``.
+the label list comes from ``categories`` in their order. ``box_id`` = ``str(annotation id)``;
+an annotation without an integer or string ``id``, or whose id repeats one of the same image, gets
+``stable_box_id(image_id, position)`` instead (listed in ``ImageRecord.meta["assigned_box_ids"]``),
+so no two boxes of an image share an id (and an output file name).
 ``iscrowd: 1`` annotations are not boxes to segment: they are skipped and listed in
 ``ImageRecord.meta["skipped"]`` (not errors).
 """
@@ -23,7 +26,7 @@ from ..boxes import from_xywh
 from ..records import Box, ErrorRecord, ImageRecord
 from ..safepath import UnsafePathError, check_component, safe_relative
 from ._common import add_labels, parse_size, read_error
-from .base import Item, Reader
+from .base import Item, Reader, stable_box_id
 
 CROWD_SKIPPED = "iscrowd annotation skipped"
 
@@ -84,11 +87,20 @@ class COCOReader(Reader):
         items: list[Item] = []
         boxes: list[Box] = []
         skipped: list[dict[str, str]] = []
+        assigned: list[dict[str, Any]] = []
+        seen_ids: set[str] = set()
         for index, (ann_position, ann) in enumerate(anns):
+            source_id = ann.get("id")
+            box_id = str(source_id) if isinstance(source_id, int | str) else None
+            if box_id is None or box_id in seen_ids:
+                box_id = stable_box_id(image_id, index)
+                assigned.append({"box_id": box_id, "annotation": ann_position,
+                                 "source_id": source_id})
+            seen_ids.add(box_id)
             if ann.get("iscrowd"):
-                skipped.append({"box_id": str(ann.get("id")), "reason": CROWD_SKIPPED})
+                skipped.append({"box_id": box_id, "reason": CROWD_SKIPPED})
                 continue
-            box = _box(ann, index, image_id, f"{src}: annotations[{ann_position}]")
+            box = _box(ann, box_id, index, image_id, f"{src}: annotations[{ann_position}]")
             if isinstance(box, ErrorRecord):
                 items.append(box)
             else:
@@ -97,16 +109,18 @@ class COCOReader(Reader):
         meta: dict[str, Any] = {"coco_id": coco_id, "file_name": file_name}
         if skipped:
             meta["skipped"] = skipped
+        if assigned:
+            meta["assigned_box_ids"] = assigned
         if boxes or skipped or not items:  # every box broken: only the errors
             items.append(ImageRecord(image_id=image_id, image_path=file_name, boxes=boxes,
                                      width=width, height=height, source=source, meta=meta))
         return items
 
 
-def _box(ann: Any, index: int, image_id: str, source: str) -> Box | ErrorRecord:
+def _box(ann: Any, box_id: str, index: int, image_id: str, source: str) -> Box | ErrorRecord:
     """One (non-crowd) annotation -> ``Box``, or the error record saying why not."""
     try:
-        box_id = check_component(str(ann.get("id")), "annotation id")
+        box_id = check_component(box_id, "annotation id")
     except UnsafePathError as exc:
         return read_error(str(exc), image_id, source=source)
     bbox = ann.get("bbox")

@@ -153,6 +153,19 @@ def convert(settings: Settings, out_dir: str | Path, *, workers: int = 1, force:
             "exit_code": EXIT_PARTIAL if counts["errors"] else EXIT_OK}
 
 
+def split_clicks(clicks: list[Click]) -> tuple[Click | None, list[Click]]:
+    """``(inside click, refinement clicks)``: the first positive user or inside click is the
+    inside point, every other click refines the mask."""
+    inside: Click | None = None
+    extra: list[Click] = []
+    for c in clicks:
+        if c.positive and inside is None and c.kind in ("inside", "user"):
+            inside = c
+        else:
+            extra.append(c)
+    return inside, extra
+
+
 def segment_image(image_rgb: np.ndarray, box_xyxy: tuple[int, int, int, int], *,
                   engine: Engine, inside_point: str = "center",
                   inside_options: dict[str, Any] | None = None,
@@ -162,13 +175,9 @@ def segment_image(image_rgb: np.ndarray, box_xyxy: tuple[int, int, int, int], *,
     ``clicks``: an optional inside click (the first positive click is used as the inside point)
     and further refinement clicks, all in image pixels.
     """
-    inside = None
-    extra: list[Click] = []
-    for c in clicks or []:
-        if c.positive and inside is None and c.kind in ("inside", "user"):
-            inside = np.array([[c.x, c.y]], dtype=np.float64)
-        else:
-            extra.append(c)
+    inside_click, extra = split_clicks(clicks or [])
+    inside = (None if inside_click is None
+              else np.array([[inside_click.x, inside_click.y]], dtype=np.float64))
     request = SegmentRequest(image=image_rgb, boxes=np.array([box_xyxy]), inside=inside,
                              extra_clicks=[extra] if extra else None)
     policy = create_policy(inside_point, **(inside_options or {}))

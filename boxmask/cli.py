@@ -722,7 +722,8 @@ def _parse_click(value: str) -> Click:
 @click.option("--box", required=True, help="x0,y0,x1,y1: 0-based inclusive pixel indices.")
 @click.option("--click", "clicks", multiple=True, metavar="X,Y[,neg]",
               help="A click in image pixels; the first positive one is the inside point, the "
-                   "others refine the mask (IOG: needs the refinement checkpoint).")
+                   "others refine the mask (IOG: with the refinement checkpoint, "
+                   "IOG_PASCAL_SBD_REFINEMENT.pth unless --weights says otherwise).")
 @click.option("--engine", type=click.Choice(("auto",) + ENGINES), default="auto",
               show_default=True, help="Mask engine (auto: iog when its weights are cached).")
 @click.option("--weights", help="IOG checkpoint path or registry name.")
@@ -743,7 +744,7 @@ def segment(image: Path, box: str, clicks: tuple[str, ...], engine: str, weights
     import numpy as np
 
     from . import boxes as B
-    from .api import pick_engine_name, segment_image
+    from .api import pick_engine_name, segment_image, split_clicks
     from .atomic import atomic_write_bytes
     from .engines import create_engine
     from .imageio import ImageDecodeError, decode_image
@@ -756,12 +757,15 @@ def segment(image: Path, box: str, clicks: tuple[str, ...], engine: str, weights
     checked = B.validate(_parse_box(box), w, h)
     if checked.error:
         _fail(ValueError(checked.error))
+    parsed_clicks = [_parse_click(c) for c in clicks]
     name = pick_engine_name(engine)
     options: dict[str, Any] = {}
     if name == "iog":
-        from .weights import DEFAULT_WEIGHTS
+        from .weights import DEFAULT_REFINEMENT_WEIGHTS, DEFAULT_WEIGHTS
 
-        options = {"weights": weights or DEFAULT_WEIGHTS, "device": device}
+        refining = bool(split_clicks(parsed_clicks)[1])
+        options = {"weights": weights or (DEFAULT_REFINEMENT_WEIGHTS if refining
+                                          else DEFAULT_WEIGHTS), "device": device}
     elif weights:
         raise click.UsageError("--weights applies to --engine iog only")
     eng = create_engine(name, **options)
@@ -769,7 +773,7 @@ def segment(image: Path, box: str, clicks: tuple[str, ...], engine: str, weights
         pred = segment_image(decoded.rgb, checked.box, engine=eng, inside_point=inside_point,
                              inside_options=_inside_options(inside_point, inside_option,
                                                             stage1_weights),
-                             clicks=[_parse_click(c) for c in clicks])
+                             clicks=parsed_clicks)
     except ValueError as e:
         _fail(e)
     finally:

@@ -93,6 +93,8 @@ REGISTRY: dict[str, WeightsEntry] = {
 }
 
 DEFAULT_WEIGHTS = "IOG_PASCAL_SBD.pth"
+DEFAULT_REFINEMENT_WEIGHTS = "IOG_PASCAL_SBD_REFINEMENT.pth"
+"""The checkpoint ``segment`` uses with IOG when refinement clicks are given."""
 
 
 class WeightsError(RuntimeError):

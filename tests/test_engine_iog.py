@@ -10,7 +10,12 @@ fixed function of its input, so that they run in milliseconds and any mix-up cha
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +36,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from boxmask import guidance as G
+from boxmask.api import segment_image
 from boxmask.engines import SegmentRequest, create_engine, default_inside_points
 from boxmask.engines.iog import IOGEngine, cpu_supports, predict_proba
 from boxmask.models import build_iog
@@ -189,6 +195,47 @@ def test_refinement_engine_applies_the_extra_click_like_the_official_network(
     assert (user.kind, user.positive) == ("user", positive)
     np.testing.assert_allclose([user.x, user.y], click_xy, atol=1e-6)
     assert [c.kind for c in plain.clicks] == ["inside"] + ["corner"] * 4
+
+
+@pytest.mark.parametrize("name", REFINE_CASES)
+def test_segment_cli_with_refinement_clicks_uses_the_refinement_checkpoint(
+        name: str, tmp_path: Path) -> None:
+    """``boxmask segment --engine iog --click ...`` with an extra click and no ``--weights``
+    takes IOG_PASCAL_SBD_REFINEMENT.pth from the cache and applies the click."""
+    case = load_case(name)
+    source = re.search(r"\.\./(\w+)/input\.npz", case["input"]).group(1)
+    base = load_case(source)
+    image, _ = case_image_and_mask(base)
+    image_path = tmp_path / "image.png"
+    Image.fromarray(image).save(image_path)
+    home = tmp_path / "home"
+    (home / "weights").mkdir(parents=True)
+    torch.save(parity_weights("iog-refinement", case["weights"]["seed"]),
+               home / "weights" / "IOG_PASCAL_SBD_REFINEMENT.pth")
+    box = base["tight_box_xyxy_inclusive"]
+    inside = case_clicks_orig(base)[0]
+    extra = G.points_from_512(np.array([case["dmap1"]["extra_click_512_xy"]]),
+                              base["crop_box_xyxy_inclusive"])[0]
+    sign = "" if case["dmap1"]["polarity"].startswith("positive") else ",neg"
+    out = tmp_path / "mask.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "boxmask", "segment", str(image_path), "--engine", "iog",
+         "--device", "cpu", "--box", ",".join(map(str, box)),
+         "--click", f"{inside[0]},{inside[1]}", "--click", f"{extra[0]},{extra[1]}{sign}",
+         "--output", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "BOXMASK_HOME": str(home)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [c[3] for c in report["clicks"]] == ["inside"] + ["corner"] * 4 + ["user"]
+    engine = create_engine("iog", weights=str(home / "weights" / "IOG_PASCAL_SBD_REFINEMENT.pth"),
+                           device="cpu")
+    try:
+        expected = segment_image(image, tuple(box), engine=engine, clicks=[
+            Click(float(inside[0]), float(inside[1]), True, kind="user"),
+            Click(float(extra[0]), float(extra[1]), not sign, kind="user")])
+    finally:
+        engine.close()
+    np.testing.assert_array_equal(np.asarray(Image.open(out)) > 0, expected.mask)
 
 
 # --------------------------------------------------------------------------- bookkeeping

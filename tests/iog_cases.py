@@ -41,29 +41,39 @@ def load_case(name: str) -> dict:
     return json.loads((PARITY / name / "case.json").read_text())
 
 
-def repo_copy(case_relative: str) -> Path | None:
-    """The file of the repository's test data with the same name and parent folder name."""
+DATA_COPIES = {"coco_mval_subset": "coco_mval", "davis_ritm_subset": "davis",
+               "voc2012_sample": "voc2012"}
+"""Folder of the fixtures' data folder -> the folder of its copy under tests/data."""
+
+
+def repo_copy(case_relative: str) -> Path:
+    """The repository's copy of a file that a case.json names relative to its data folder.
+
+    First the same path under the copied folder (``coco_mval_subset/img/x.jpg`` ->
+    ``tests/data/coco_mval/img/x.jpg``), then any file of tests/data with the same name and
+    parent folder name. A case whose files have no copy is an error, not a skip: it would
+    otherwise pass without being tested.
+    """
     rel = Path(case_relative)
+    if rel.parts and rel.parts[0] in DATA_COPIES:
+        direct = DATA.joinpath(DATA_COPIES[rel.parts[0]], *rel.parts[1:])
+        if direct.is_file():
+            return direct
     for candidate in sorted(DATA.rglob(rel.name)):
         if candidate.parent.name == rel.parent.name:
             return candidate
-    return None
+    raise FileNotFoundError(f"{case_relative} (named by a parity case) has no copy under {DATA}; "
+                            "copy it there")
 
 
 def case_image_and_mask(case: dict) -> tuple[np.ndarray, np.ndarray]:
-    """RGB uint8 image and the boolean mask of the case's instance (skips if not in the repo).
+    """RGB uint8 image and the boolean mask of the case's instance.
 
     Mask PNGs hold instance values (VOC palette indices, or 255 for a COCO-MVal object); the VOC
     void value 255 counts as background unless it is the instance value itself.
     """
-    image_path, mask_path = repo_copy(case["image"]), repo_copy(case["mask"])
-    if image_path is None or mask_path is None:
-        import pytest  # here only: the benchmarks import this module without the test extra
-
-        pytest.skip(f"case {case.get('case')}: {case['image']} / {case['mask']} have no copy "
-                    "under tests/data")
-    image = np.asarray(Image.open(image_path).convert("RGB"))
-    values = np.asarray(Image.open(mask_path))
+    image = np.asarray(Image.open(repo_copy(case["image"])).convert("RGB"))
+    values = np.asarray(Image.open(repo_copy(case["mask"])))
     if values.ndim == 3:
         values = values[..., 0]
     instance = int(case["instance_id"])

@@ -105,13 +105,18 @@ def test_predict_proba_reproduces_the_official_probabilities(name: str) -> None:
     box = case["tight_box_xyxy_inclusive"]
     inside = case_clicks_orig(case)[0]
 
-    p = predict_proba(parity_net("iog", case["weights"]["seed"]), image, box, inside)
+    net = parity_net("iog", case["weights"]["seed"])
+    p = predict_proba(net, image, box, inside)
 
     assert p.shape == ref.shape and p.dtype == np.float32
     assert np.abs(p - ref).mean() <= 0.02
     assert iou(p > 0.5, ref > 0.5) >= 0.97
     if np.array_equal(G.guidance_for_box(box, inside).clicks_512(), case_clicks_512(case)):
         np.testing.assert_allclose(p, ref, rtol=0, atol=1e-4)  # same clicks: same numbers
+    # A network left in training mode is run in eval mode, and left as it was.
+    net.train()
+    np.testing.assert_array_equal(predict_proba(net, image, box, inside), p)
+    assert net.training
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -92,8 +92,6 @@ COMPILE_MIN_CROPS = {"cuda": 50_000, "cpu": 5_000}
 """``mode="auto"`` compiles from this many crops on: torch.compile costs 45-75 s the first time
 and gains about 10 % on this network on a CPU (``benchmarks/bench_iog.py --compile``), more on a
 GPU with large batches."""
-"""``mode="auto"`` compiles on CUDA from this many crops: at a few hundred crops/s, compiling
-(about a minute) pays off only when it is a small share of the job."""
 
 
 # --------------------------------------------------------------------------- single object
@@ -119,13 +117,24 @@ def predict_proba(net: nn.Module, image_rgb_uint8: np.ndarray, box_xyxy: Sequenc
     """The single-object IOG path: float32 ``H x W`` foreground probabilities.
 
     ``box_xyxy`` is a library box (0-based, inclusive pixels), ``inside_xy`` the inside point in
-    image pixels. Runs ``net`` (in eval mode, fp32) on the device of its parameters; probabilities
-    are 0 outside the crop box and may overshoot [0, 1] slightly (bicubic resize).
+    image pixels. Runs ``net`` in eval mode (BatchNorm with its running statistics; a network in
+    training mode is put back in it afterwards) on the device and in the dtype of its parameters,
+    with TF32 off on CUDA; probabilities are 0 outside the crop box and may overshoot [0, 1]
+    slightly (bicubic resize).
     """
     x, g = G.preprocess_box(np.asarray(image_rgb_uint8), box_xyxy, inside_xy)
-    device = next((p.device for p in net.parameters()), torch.device("cpu"))
-    with torch.inference_mode():
-        fine = fine_logits(net, torch.from_numpy(x)[None].to(device))
+    param = next(net.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.float32
+    if device.type == "cuda":
+        disable_tf32()
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+            fine = fine_logits(net, torch.from_numpy(x)[None].to(device=device, dtype=dtype))
+    finally:
+        net.train(was_training)
     return G.probability_full(fine[0, 0].float().cpu().numpy(), g.crop_box,
                               image_rgb_uint8.shape[:2])
 

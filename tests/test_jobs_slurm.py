@@ -325,10 +325,22 @@ def test_an_array_cancelled_mid_run_and_resubmitted_equals_a_single_process_run(
     subprocess.run([*boxmask, "plan", *options, "--output", str(out)], check=True,
                    capture_output=True)
     first = submit_array(out, 2)
+    (job,) = first
     done_dir = out / "state" / "done"
+
+    def done_by(worker: str) -> int:
+        markers = [json.loads(p.read_text()) for p in done_dir.glob("*.json")]
+        return sum(1 for m in markers if m["worker"] == worker)
+
     wait_for(lambda: done_dir.exists() and len(list(done_dir.glob("*.json"))) >= 2, 90,
              "two shards done")
-    slurm.run("scancel", *first)
+    # Part of the array first: task 0 stops, task 1 goes on with the shards.
+    slurm.run("scancel", f"{job}_0")
+    slurm.wait_finished([f"{job}_0"], timeout=60)
+    after_cancel = done_by(f"slurm-{job}_1")
+    wait_for(lambda: done_by(f"slurm-{job}_1") > after_cancel, 90,
+             "task 1 finishing a shard after task 0 was cancelled")
+    slurm.run("scancel", job)
     slurm.wait_finished(first, timeout=60)
     n_done = len(list(done_dir.glob("*.json")))
     assert n_done < 8, "the array finished before it could be cancelled"

@@ -362,7 +362,7 @@ def work(out_dir: Path, worker_id: str | None, device: str | None, batch_size: i
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--backend", type=click.Choice(["slurm", "ray"]), default="slurm", show_default=True,
               help="Where the workers run: a Slurm job array, or tasks on a Ray cluster.")
-@click.option("--workers", "-n", type=int, required=True,
+@click.option("--workers", "--array-size", "-n", "workers", type=int, required=True,
               help="Parallel workers (array tasks / Ray tasks); each claims shards until none "
                    "is left.")
 @click.option("--partition", help="Slurm partition.")

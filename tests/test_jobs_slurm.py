@@ -287,7 +287,10 @@ def test_slurm_workers_convert_a_planned_dataset_end_to_end(slurm: SlurmCluster,
     subprocess.run([*boxmask, "plan", "--source", "ilsvrc-loc", "--input", str(SAMPLE),
                     "--format", "pixel-imagenet", "--engine", "grabcut", "--shard-size", "4",
                     "--limit", "12", "--output", str(out)], check=True, capture_output=True)
-    job_ids = submit_array(out, 2)  # the real `boxmask work` of this environment
+    submitted = subprocess.run([*boxmask, "submit", str(out), "--array-size", "2"],
+                               capture_output=True, text=True, env=slurm.env())
+    assert submitted.returncode == 0, submitted.stderr
+    job_ids = submitted.stdout.split()  # tasks run the real `boxmask work` of this environment
     (job,) = job_ids
     assert slurm.wait_finished(job_ids, timeout=60) == {f"{job}_0": "COMPLETED",
                                                          f"{job}_1": "COMPLETED"}

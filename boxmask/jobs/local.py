@@ -112,7 +112,7 @@ def run_local_workers(out_dir: str | Path, n: int, *, progress: bool = True,
             time.sleep(poll_s)
             st = job_status(out_dir)
             bar.set_counts(st["items"]["done"], st["masks_in_done_shards"],
-                           st["errors_in_done_shards"])
+                           st["errors_in_done_shards"], st["boxes"]["done_in_done_shards"])
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

@@ -18,6 +18,8 @@ class Progress:
                  desc: str = "converting") -> None:
         self.started = time.time()
         self.boxes = self.masks = self.errors = 0
+        """Boxes done in this run (what boxes/s divides), masks and errors of the job."""
+        self._boxes_before: int | None = None
         self.bar = tqdm(total=total, initial=initial, unit="img", desc=desc, disable=not enabled,
                         dynamic_ncols=True, smoothing=0.05)
 
@@ -28,8 +30,13 @@ class Progress:
         self.bar.update(1)
         self._postfix()
 
-    def set_counts(self, done: int, masks: int | None = None, errors: int | None = None) -> None:
+    def set_counts(self, done: int, masks: int | None = None, errors: int | None = None,
+                   boxes: int | None = None) -> None:
         """Absolute update (used when the counts come from the status of other processes)."""
+        if boxes is not None:  # the job's total; boxes/s counts those of this run only
+            if self._boxes_before is None:
+                self._boxes_before = boxes
+            self.boxes = boxes - self._boxes_before
         if masks is not None:
             self.masks = masks
         if errors is not None:

@@ -117,7 +117,8 @@ def source_options(f: Any) -> Any:
         click.option("--min-box-side", type=int,
                      help="Boxes smaller than this many pixels on a side are errors (default 2)."),
         click.option("--shard-size", type=int, help="Images per shard (default 1000)."),
-        click.option("--limit", type=int, help="Convert only the first N images."),
+        click.option("--limit", type=int, help="Convert only the first N source records (images, "
+                     "and records that fail to read, each counted once)."),
         click.option("--output", "-o", "out_dir", required=True,
                      type=click.Path(file_okay=False, path_type=Path), help="Output directory."),
     ]

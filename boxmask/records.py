@@ -5,8 +5,9 @@ Box convention (the only one inside the library)
 ``(x0, y0, x1, y1)``: 0-based, **inclusive** integer pixel indices. The box covers columns
 ``x0..x1`` and rows ``y0..y1``, so its width is ``x1 - x0 + 1``. This is what
 ``torchvision.ops.masks_to_boxes`` returns for a mask and what the official IOG crop uses.
-Readers convert source coordinates into it (ILSVRC/VOC XML is 1-based inclusive, COCO is
-``[x, y, w, h]`` floats on pixel edges, Open Images is normalised edges); writers convert out of it.
+Readers convert source coordinates into it (ILSVRC-LOC XML counts inclusive pixels from 0, as the
+real files show, PASCAL-VOC-style XML from 1; COCO is ``[x, y, w, h]`` floats on pixel edges, Open
+Images is normalised edges); writers convert out of it.
 
 Point convention: ``(x, y)`` = (column, row) in image pixels, 0-based; integer values are pixel
 centres.

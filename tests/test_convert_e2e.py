@@ -119,12 +119,18 @@ def test_declared_size_mismatch_rescales_boxes_with_a_warning(ilsvrc_run: Path) 
 
 def test_rerunning_convert_resumes_and_changes_nothing(ilsvrc_run: Path) -> None:
     before = (ilsvrc_run / "coco" / "instances.json").read_bytes()
+    state = ilsvrc_run / "state"
+    recorded = {p.relative_to(state): (p.read_bytes(), p.stat().st_mtime_ns)
+                for d in ("done", "results") for p in (state / d).iterdir()}
     proc = boxmask("convert", "--source", "ilsvrc-loc", "--input", str(SAMPLE), "--engine",
                    "grabcut", "--format", "pixel-imagenet", "--format", "coco", "--format",
                    "openimages", "--shard-size", "20", "--output", str(ilsvrc_run),
                    "--no-progress")
     assert "done: 50 images" in proc.stderr
     assert (ilsvrc_run / "coco" / "instances.json").read_bytes() == before
+    # nothing was converted again: the same results and done markers, untouched
+    assert {p.relative_to(state): (p.read_bytes(), p.stat().st_mtime_ns)
+            for d in ("done", "results") for p in (state / d).iterdir()} == recorded
 
 
 def test_other_settings_on_an_existing_output_are_refused_unless_forced(tmp_path: Path) -> None:

@@ -426,6 +426,45 @@ def bf16_masks(net: nn.Module, requests: list[SegmentRequest]) -> list[np.ndarra
         engine.close()
 
 
+def parity_input_agreement(net_for_seed, device: str, precision: str) -> list[tuple[float, float]]:
+    """Per parity case: IoU of the reduced-precision mask with the fp32 one at the threshold 0.5,
+    and at the median fp32 probability inside the box.
+
+    The parity weights' probabilities stay below 0.5 (empty masks at 0.5, which agree
+    trivially), so the second threshold, where the fp32 mask covers half the box, is the one
+    that tells: random networks are indecisive, with many logits near any threshold."""
+    out = []
+    for name in CASES:
+        case = load_case(name)
+        image, _ = case_image_and_mask(case)
+        box, inside = case["tight_box_xyxy_inclusive"], case_clicks_orig(case)[0]
+        net = net_for_seed(case["weights"]["seed"])
+        p32 = predict_proba(net, image, box, inside)
+        x0, y0, x1, y1 = box
+        median = float(np.median(p32[y0:y1 + 1, x0:x1 + 1]))
+        request = [SegmentRequest(image, np.array([box]), inside=np.array([inside]))]
+        ious = []
+        for threshold in (0.5, median):
+            engine = IOGEngine.from_network(net, device=device, precision=precision,
+                                            mode="eager", batch_size=1, threshold=threshold)
+            try:
+                [[pred]] = engine.segment(request)
+            finally:
+                engine.close()
+            ious.append(iou(p32 > threshold, pred.mask))
+        out.append((ious[0], ious[1]))
+    return out
+
+
+@pytest.mark.skipif(not cpu_supports("bf16"), reason="this CPU has no native bf16")
+def test_bf16_masks_agree_with_fp32_on_the_parity_inputs() -> None:
+    """bf16 vs fp32 on every parity case's image, box, clicks and weights: mean IoU >= 0.995 at
+    0.5, >= 0.985 where the fp32 mask covers half the box (measured: 1.0 and 0.992)."""
+    agreement = parity_input_agreement(lambda seed: parity_net("iog", seed), "cpu", "bf16")
+    assert np.mean([a for a, _ in agreement]) >= 0.995, agreement
+    assert np.mean([b for _, b in agreement]) >= 0.985, agreement
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not cpu_supports("bf16"), reason="this CPU has no native bf16")
 def test_bf16_changes_only_pixels_that_fp32_finds_uncertain() -> None:

@@ -26,7 +26,9 @@ demo: $(VENV)/.installed
 	@echo "masks:  $(DEMO_OUT)/pixel-imagenet/<wnid>/<image>.png, $(DEMO_OUT)/coco/instances.json"
 	@echo "review: open $(DEMO_OUT)/review/index.html in a browser"
 
+# The system packages first (installed only when missing and when root; else their tests skip).
 test: $(VENV)/.installed-test
+	@scripts/install-system-deps.sh
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test

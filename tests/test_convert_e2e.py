@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
@@ -44,6 +45,9 @@ def ilsvrc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_ilsvrc_sample_converts_to_every_format_with_one_mask_per_box(ilsvrc_run: Path) -> None:
     manifest = json.loads((ilsvrc_run / "manifest.json").read_text())
     counts = manifest["counts"]
+    [software] = manifest["software"]  # one worker build made every shard
+    assert software["opencv"] == cv2.__version__
+    assert software["torch"] == torch.__version__.split("+")[0]
     assert counts["images"] == 50 and counts["boxes"] == 82
     assert counts["masks"] == 82 and counts["errors"] == 0
     sidecar = read_jsonl(ilsvrc_run / "masks.jsonl")

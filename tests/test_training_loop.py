@@ -106,6 +106,9 @@ def test_metrics_are_logged_per_epoch_and_the_final_checkpoint_rebuilds_the_netw
     assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
     info = json.loads((out / "model_final.json").read_text())
     assert info["checkpoint_format"] == "state_dict+config" and info["steps"] == summary["step"]
+    run_info = json.loads((out / "train_config.json").read_text())
+    assert run_info["software"]["torch"] == torch.__version__.split("+")[0]
+    assert run_info["software"]["opencv"] is not None
 
 
 def test_an_interrupted_run_resumes_at_the_same_step_and_ends_identically(tmp_path):

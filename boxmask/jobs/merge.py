@@ -254,12 +254,23 @@ def _merge(layout: JobLayout, allow_partial: bool, verify_files: bool,
         "engine": plan["contract"]["engine"],
         "inside_policy": plan["contract"].get("inside_policy"),
         "counts": counts,
+        "software": _distinct([m.get("software") for m in markers if m.get("software")]),
         "conversion_seconds": _busy_seconds(markers),
         "merge_seconds": round(time.time() - started, 3),
         "files": sorted(files),
     }
     atomic_write_text(layout.manifest, json.dumps(manifest, indent=1, ensure_ascii=False))
     return manifest
+
+
+def _distinct(values: list[Any]) -> list[Any]:
+    """The distinct values in first-seen order (the software versions of the shards' workers:
+    one entry unless workers ran different builds)."""
+    out: list[Any] = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
 
 
 def _busy_seconds(markers: list[dict[str, Any]]) -> float | None:

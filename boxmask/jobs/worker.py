@@ -51,6 +51,7 @@ from ..engines.base import Engine
 from ..labels import LabelMap
 from ..points import InsidePointPolicy, create_policy
 from ..records import ErrorRecord, ImageRecord, ImageResult
+from ..software import software_versions
 from ..writers import create_writer
 from . import steps
 from .layout import JobLayout
@@ -583,6 +584,7 @@ class Worker:
             "worker": self.worker_id,
             "started": lease.info.acquired,
             "finished": time.time(),
+            "software": software_versions(),
         }
         done = self.layout.done_file(sid)
         tmp = done.with_name(f".{done.name}.new-{lease.token}")

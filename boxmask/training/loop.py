@@ -4,7 +4,8 @@ Output folder
 -------------
 ::
 
-    train_config.json        the TrainConfig and run settings (written at the start)
+    train_config.json        the TrainConfig, run settings and software versions (written at the
+                             start)
     checkpoints/last.pt      full training state (atomic; every ``save_every`` steps and at the
                              end of every epoch): model, optimiser, scheduler, gradient scaler,
                              step, epoch, running epoch sums, RNG states, the configs
@@ -47,6 +48,7 @@ from torch.utils.data import DataLoader
 from ..atomic import atomic_open, atomic_write_text
 from ..boxes import mask_to_box
 from ..models import IOGConfig, export_checkpoint
+from ..software import software_versions
 from .config import TrainConfig
 from .losses import bce_loss, crop_iou, multi_output_loss
 from .optim import (
@@ -153,6 +155,7 @@ class Trainer:
             "data_fingerprint": refs_fingerprint(self.train_set),
             "init": self.init_report,
             "options": self.options_record,
+            "software": software_versions(),
         }
 
     def _start(self) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 from . import __version__
 
 _PACKAGES = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy",
-             "opencv": "opencv-python-headless", "pycocotools": "pycocotools",
-             "pillow": "pillow"}
+             "pycocotools": "pycocotools", "pillow": "pillow"}
+"""Version key -> distribution name (OpenCV is asked of its module: several wheels provide it)."""
 
 
 @functools.cache
@@ -33,7 +33,7 @@ def software_versions() -> dict[str, Any]:
 
         versions["opencv"] = cv2.__version__
     except ImportError:
-        pass
+        versions["opencv"] = None
     return versions
 
 

@@ -89,7 +89,6 @@ def test_autocast_masks_agree_with_fp32_on_the_parity_inputs(precision: str) -> 
     mask covers half the box (see ``parity_input_agreement``)."""
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
-    disable_tf32()
     agreement = parity_input_agreement(cuda_net, "cuda", precision)
     assert np.mean([a for a, _ in agreement]) >= 0.995, agreement
     assert np.mean([b for _, b in agreement]) >= 0.985, agreement
@@ -103,7 +102,6 @@ def test_autocast_flips_only_pixels_that_fp32_finds_uncertain(precision: str) ->
         pytest.skip("this GPU has no bf16")
     requests = bf16_requests()
     net = cuda_net(5)
-    disable_tf32()
     p32 = [predict_proba(net, r.image, r.boxes[0], r.inside[0]) for r in requests]
     reduced = engine_masks(5, precision, requests)
     for p, m in zip(p32, reduced, strict=True):

@@ -20,6 +20,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	touch $@
 
 demo: $(VENV)/.installed
+	$(BIN)/boxmask weights fetch u2net
 	$(BIN)/boxmask convert --pipeline pipelines/ilsvrc_loc_to_pixel_imagenet.toml \
 		--input data/samples/ilsvrc_loc --format pixel-imagenet --format coco --output $(DEMO_OUT)
 	$(BIN)/boxmask --quiet sample $(DEMO_OUT) --n 40 --output $(DEMO_OUT)/review
@@ -29,6 +30,7 @@ demo: $(VENV)/.installed
 # The system packages first (installed only when missing and when root; else their tests skip).
 test: $(VENV)/.installed-test
 	@scripts/install-system-deps.sh
+	$(BIN)/boxmask weights fetch u2netp
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test

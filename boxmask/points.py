@@ -315,7 +315,7 @@ class Stage1Policy(_ChosenOncePolicy):
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"stage-1 checkpoint not found: {path}")
-        from .engines.iog import resolve_device
+        from .device import resolve_device
         from .models import sha256_file
         from .training.stage1 import load_stage1
 

@@ -66,7 +66,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,12 +76,18 @@ import torch
 from torch import Tensor, nn
 
 from .. import guidance as G
+from ..device import (
+    autocast,
+    check_precision,
+    cpu_supports,
+    disable_tf32,
+    resolve_device,
+)
 from ..records import Click
 from .base import Engine, Prediction, SegmentRequest, default_inside_points
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 MODES = ("auto", "eager", "freeze", "compile")
 PREPROCESS = ("auto", "numpy", "torch")
 ARCHITECTURES = ("iog", "iog-refinement")
@@ -141,43 +147,7 @@ def predict_proba(net: nn.Module, image_rgb_uint8: np.ndarray, box_xyxy: Sequenc
 
 # --------------------------------------------------------------------------- runtime helpers
 
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None -> CUDA when available, else CPU; anything else as ``torch.device``."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-def cpu_supports(precision: str) -> bool:
-    """Whether this CPU runs ``precision`` natively (bf16: AVX512-BF16 or AMX; fp16: AMX-FP16)."""
-    if precision == "fp32":
-        return True
-    probes = {"bf16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"),
-              "fp16": ("_is_amx_fp16_supported",)}[precision]
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
-
-
-def _check_precision(precision: str, device: torch.device) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if device.type == "cpu" and not cpu_supports(precision):
-        raise ValueError(f"precision {precision!r} is not supported natively by this CPU "
-                         "(needs AVX512-BF16/AMX for bf16, AMX-FP16 for fp16); use fp32")
-    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ValueError("this GPU does not support bf16; use fp16 or fp32")
-
-
-def disable_tf32() -> None:
-    """Full fp32 convolutions and matmuls on CUDA (TF32 would change logits by ~1e-3 relative)."""
-    try:
-        torch.backends.fp32_precision = "ieee"
-    except (AttributeError, RuntimeError):  # torch < 2.9, or the legacy flags were set before
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+__all__ = ["IOGEngine", "cpu_supports", "disable_tf32", "predict_proba", "resolve_device"]
 
 
 class _FineIOG(nn.Module):
@@ -313,7 +283,7 @@ class IOGEngine(Engine):
         if not 0.0 < threshold < 1.0 or not 0.0 < stability_delta < 0.5:
             raise ValueError("need 0 < threshold < 1 and 0 < stability_delta < 0.5")
         self.device = resolve_device(device)
-        _check_precision(precision, self.device)
+        check_precision(precision, self.device)
         if num_threads:
             torch.set_num_threads(int(num_threads))
         if self.device.type == "cuda" and precision == "fp32":
@@ -369,12 +339,6 @@ class IOGEngine(Engine):
             return run
         return wrapper
 
-    def _autocast(self) -> AbstractContextManager:
-        if self.precision == "fp32":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
-
     def forward_batch(self, x: Tensor, guidance: Tensor | None = None) -> Tensor:
         """Fine logits ``[N, 1, 512, 512]`` (float32) of a prepared input batch ``x``
         ``[N, 5, 512, 512]`` on the engine's device, with its mode, precision and memory format.
@@ -394,7 +358,7 @@ class IOGEngine(Engine):
             x = x.contiguous(memory_format=torch.channels_last)
             if guidance is not None:
                 guidance = guidance.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.precision, self.device):
             out = self._run(x) if guidance is None else self._run(x, guidance)
         return out[:n].float()
 

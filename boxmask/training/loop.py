@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader
 
 from ..atomic import atomic_open, atomic_write_text
 from ..boxes import mask_to_box
+from ..device import resolve_device
 from ..models import IOGConfig, export_checkpoint
 from ..software import software_versions
 from .config import TrainConfig
@@ -79,12 +80,6 @@ def refs_fingerprint(dataset: CropDataset) -> str:
     for r in dataset.refs:
         h.update(f"{r.source}\t{r.image_id}\t{r.instance}\n".encode())
     return h.hexdigest()
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class Trainer:

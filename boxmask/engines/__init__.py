@@ -6,7 +6,7 @@ from typing import Any
 
 from .base import Engine, Prediction, SegmentRequest, default_inside_points
 
-ENGINES = ("grabcut", "iog", "box")
+ENGINES = ("fused", "u2net", "grabcut", "iog", "box")
 
 
 def create_engine(name: str, **options: Any) -> Engine:
@@ -19,6 +19,14 @@ def create_engine(name: str, **options: Any) -> Engine:
         from .iog import IOGEngine
 
         return IOGEngine(**options)
+    if name == "u2net":
+        from .u2net import U2NetEngine
+
+        return U2NetEngine(**options)
+    if name == "fused":
+        from .fused import FusedEngine
+
+        return FusedEngine(**options)
     if name == "box":
         from .box import BoxEngine
 

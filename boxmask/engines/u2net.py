@@ -1,0 +1,213 @@
+"""U²-Net engine: the salient object of a crop around each box, batched across images.
+
+Boxes are library boxes ``(x0, y0, x1, y1)`` (0-based, inclusive pixel indices); points are
+``(x, y)`` = (column, row) in image pixels. Defaults in brackets.
+
+What one box goes through
+-------------------------
+1. **Window**: the box grown by ``context`` [0.1] of its width (left and right) and height (top
+   and bottom), rounded outwards and clipped to the image (``context_window``).
+2. **Input**: the window resized to 320 x 320 (``cv2.INTER_AREA`` when shrinking, bilinear when
+   growing), divided by its maximum value, normalised with the ImageNet mean/std (the released
+   weights' preprocessing), channels first.
+3. **Network**: U²-Net's fused map (sigmoid probabilities, 320 x 320); ``batch_size`` crops per
+   forward, crops of different images stacked.
+4. **Back**: the map resized bilinearly to the window size (``Saliency.prob``); the mask is
+   ``prob > threshold`` [0.5] inside the box, as it is (keeping only the component under the
+   inside point, or filling holes, measured no better on the dev sets: ``benchmarks/``).
+
+Score: the mean of ``2 |p - 0.5|`` over the box (how decided the network is about every pixel,
+1 for a map of only 0s and 1s), times how well the mask fits the box
+(``box_fit``: the mask's tight box over the box, see ``boxmask.engines.fusion``); 0 for an
+empty mask. The inside point is not used (it is recorded in the clicks). ``extras``:
+``confidence`` (the first factor), ``fit``, ``fill`` (mask area / box area).
+
+Options: ``weights`` (registry name ``u2net`` / ``u2netp`` or a state-dict path), ``device``,
+``batch_size`` (default 4 on CPU, 32 on CUDA), ``precision`` (``fp32``, ``bf16``, ``fp16``:
+autocast, refused where not native), ``channels_last`` [True], ``num_threads``. Only ``weights``,
+``context``, ``threshold`` and ``precision`` change masks (``describe``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from ..device import autocast, check_precision, disable_tf32, resolve_device
+from ..models.u2net import INPUT_SIZE, MEAN, STD
+from .base import Engine, Prediction, SegmentRequest, default_inside_points, iog_clicks
+from .fusion import box_fit, confidence
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 32}
+DEFAULT_WEIGHTS = "u2net"
+
+
+def context_window(box: Sequence[int], width: int, height: int,
+                   context: float) -> tuple[int, int, int, int]:
+    """Library box of the window around library ``box``: ``context`` x box width added left and
+    right, ``context`` x box height above and below, rounded outwards, clipped to the image."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    mx = context * (x1 - x0 + 1)
+    my = context * (y1 - y0 + 1)
+    return (max(int(np.floor(x0 - mx)), 0), max(int(np.floor(y0 - my)), 0),
+            min(int(np.ceil(x1 + mx)), width - 1), min(int(np.ceil(y1 + my)), height - 1))
+
+
+def network_input(crop_rgb: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+    """Float32 ``[3, size, size]`` U²-Net input of an ``h x w x 3`` uint8 RGB crop: resized,
+    divided by its maximum (1 for an all-black crop), ImageNet mean/std normalised."""
+    h, w = crop_rgb.shape[:2]
+    interp = cv2.INTER_AREA if h * w > size * size else cv2.INTER_LINEAR
+    x = cv2.resize(crop_rgb, (size, size), interpolation=interp).astype(np.float32)
+    x /= max(float(x.max()), 1.0)
+    x = (x - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+@dataclass
+class Saliency:
+    """U²-Net's fused probability map over one box's window."""
+
+    window: tuple[int, int, int, int]
+    """The window as a library box in image pixels."""
+    prob: np.ndarray
+    """float32 ``(window h, window w)`` probabilities in [0, 1]."""
+
+    def box_prob(self, box: Sequence[int]) -> np.ndarray:
+        """The probabilities over library ``box`` (which lies inside the window)."""
+        wx0, wy0 = self.window[:2]
+        return self.prob[box[1] - wy0:box[3] - wy0 + 1, box[0] - wx0:box[2] - wx0 + 1]
+
+
+class U2NetEngine(Engine):
+    """Masks from U²-Net saliency inside each box; see the module docstring."""
+
+    name = "u2net"
+
+    def __init__(self, weights: str | Path | None = DEFAULT_WEIGHTS, *, device: str | None = "auto",
+                 batch_size: int | None = None, precision: str = "fp32",
+                 channels_last: bool = True, context: float = 0.1, threshold: float = 0.5,
+                 num_threads: int | None = None) -> None:
+        from ..models.checkpoint import sha256_file
+        from ..models.u2net import load_u2net
+        from ..weights import resolve_weights
+
+        weights = weights or DEFAULT_WEIGHTS
+        path = resolve_weights(weights)
+        net = load_u2net(str(path))
+        self._setup(net, weights=Path(str(weights)).name, sha256=sha256_file(path),
+                    device=device, batch_size=batch_size, precision=precision,
+                    channels_last=channels_last, context=context, threshold=threshold,
+                    num_threads=num_threads)
+
+    @classmethod
+    def from_network(cls, net: torch.nn.Module, **options: Any) -> U2NetEngine:
+        """An engine around an already built ``U2Net``; ``describe()`` then names no weights."""
+        self = cls.__new__(cls)
+        self._setup(net, weights=None, sha256=None, **options)
+        return self
+
+    def _setup(self, net: torch.nn.Module, *, weights: str | None, sha256: str | None,
+               device: str | None = "auto", batch_size: int | None = None,
+               precision: str = "fp32", channels_last: bool = True, context: float = 0.1,
+               threshold: float = 0.5, num_threads: int | None = None) -> None:
+        if not 0.0 <= context <= 2.0:
+            raise ValueError("context must be in [0, 2] (a fraction of the box side)")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError("threshold must be in (0, 1)")
+        self.device = resolve_device(device)
+        check_precision(precision, self.device)
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        if self.device.type == "cuda" and precision == "fp32":
+            disable_tf32()
+        self.weights, self.sha256 = weights, sha256
+        self.variant = getattr(net, "variant", "u2net")
+        self.precision, self.context, self.threshold = precision, float(context), float(threshold)
+        self.channels_last = bool(channels_last)
+        self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE.get(self.device.type, 4))
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        net = net.eval().to(self.device)
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+        logger.info("U²-Net engine: %s on %s, %s, %d crops per forward", self.variant,
+                    self.device, precision, self.batch_size)
+
+    @property
+    def batch_boxes(self) -> int:
+        """Boxes to hand to one ``segment`` call (a few forward batches)."""
+        return self.batch_size * 2
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "weights": self.weights, "weights_sha256": self.sha256,
+                "architecture": self.variant, "precision": self.precision,
+                "context": self.context, "threshold": self.threshold, "input_size": INPUT_SIZE}
+
+    # -- network -----------------------------------------------------------------------------
+    def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Fused probabilities ``[N, 1, 320, 320]`` (float32, CPU) of a prepared batch."""
+        x = x.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            logits = self.net.forward_fused(x)
+        return torch.sigmoid(logits.float()).cpu()
+
+    def saliency(self, requests: Sequence[SegmentRequest]) -> list[list[Saliency]]:
+        """U²-Net's map over the window of every box, per request, in box order."""
+        windows: list[tuple[int, int, tuple[int, int, int, int]]] = []
+        for r, req in enumerate(requests):
+            h, w = req.image.shape[:2]
+            for b, box in enumerate(req.boxes):
+                windows.append((r, b, context_window(box, w, h, self.context)))
+        out: list[list[Saliency | None]] = [[None] * len(req.boxes) for req in requests]
+        for start in range(0, len(windows), self.batch_size):
+            chunk = windows[start:start + self.batch_size]
+            x = torch.from_numpy(np.stack([
+                network_input(requests[r].image[wy0:wy1 + 1, wx0:wx1 + 1])
+                for r, _, (wx0, wy0, wx1, wy1) in chunk]))
+            probs = self.forward_batch(x)[:, 0].numpy()
+            for (r, b, win), p in zip(chunk, probs, strict=True):
+                size = (win[2] - win[0] + 1, win[3] - win[1] + 1)
+                back = cv2.resize(p, size, interpolation=cv2.INTER_LINEAR)
+                out[r][b] = Saliency(win, np.clip(back, 0.0, 1.0))
+        return out  # type: ignore[return-value]
+
+    def segment(self, requests: Sequence[SegmentRequest]) -> list[list[Prediction]]:
+        maps = self.saliency(requests)
+        results = []
+        for req, req_maps in zip(requests, maps, strict=True):
+            inside = req.inside if req.inside is not None else default_inside_points(req.boxes)
+            preds = []
+            for b, (box, sal) in enumerate(zip(req.boxes, req_maps, strict=True)):
+                box_t = tuple(int(v) for v in box)
+                point = (float(inside[b, 0]), float(inside[b, 1]))
+                preds.append(self.predict(req.image.shape[:2], box_t, point, sal))
+            results.append(preds)
+        return results
+
+    def predict(self, image_hw: Sequence[int], box: tuple[int, int, int, int],
+                inside: tuple[float, float], sal: Saliency) -> Prediction:
+        """The prediction of one box from its saliency map (see the module doc)."""
+        p = sal.box_prob(box)
+        crop = p > self.threshold
+        conf = confidence(p)
+        fit = box_fit(crop)
+        full = np.zeros(tuple(image_hw), bool)
+        full[box[1]:box[3] + 1, box[0]:box[2] + 1] = crop
+        fill = float(crop.mean()) if crop.size else 0.0
+        score = conf * fit if crop.any() else 0.0
+        return Prediction(full, float(score), iog_clicks(box, inside),
+                          {"confidence": round(conf, 6), "fit": round(fit, 6),
+                           "fill": round(fill, 6)})

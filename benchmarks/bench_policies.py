@@ -12,6 +12,7 @@ distance the click moved from the box centre, and the policies' own diagnostics
     python benchmarks/bench_policies.py                        # ~3 min on 2 CPU cores
     python benchmarks/bench_policies.py --engines box --policies iterate,grabcut
     python benchmarks/bench_policies.py --stage1-weights run/model_final.pth
+    python benchmarks/bench_policies.py --engines box --policies center,u2net:picker=u2net
 """
 
 from __future__ import annotations
@@ -75,14 +76,21 @@ def measure(policy_name: str, options: dict[str, Any], engine_name: str,
             "sources": dict(sources), "stops": dict(stops)}
 
 
+def parse_policy(spec: str) -> tuple[str, dict[str, Any]]:
+    """``name`` or ``name:key=value:key=value`` (e.g. ``u2net:picker=u2net``)."""
+    name, *pairs = spec.split(":")
+    return name, dict(pair.split("=", 1) for pair in pairs)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default=",".join(DATASETS))
     p.add_argument("--engines", default="box,grabcut")
-    p.add_argument("--policies", default="center,iterate,grabcut")
+    p.add_argument("--policies", default="center,iterate,grabcut,u2net,u2net:picker=u2net",
+                   help="comma-separated; options as name:key=value")
     p.add_argument("--stage1-weights", type=Path, help="adds the stage1 policy")
     args = p.parse_args(argv)
-    policies = [(name, {}) for name in args.policies.split(",") if name]
+    policies = [parse_policy(spec) for spec in args.policies.split(",") if spec]
     if args.stage1_weights:
         policies.append(("stage1", {"weights": str(args.stage1_weights)}))
     for ds in args.datasets.split(","):
@@ -94,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         for engine in args.engines.split(","):
             for name, options in policies:
                 r = measure(name, options, engine, instances)
+                if options:
+                    name = name + "(" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"
                 fmt = ", ".join(f"{k} {v}" for k, v in sorted(r["sources"].items()))
                 stops = ", ".join(f"{k} {v}" for k, v in sorted(r["stops"].items())) or "-"
                 print(f"| {engine} | {name} | {r['seconds_per_box']:.3f} "

@@ -36,14 +36,16 @@ EXIT_STOPPED = 4
 
 
 def pick_engine_name(name: str) -> str:
-    """``auto``: IOG when the default IOG checkpoint is in the weights cache, else GrabCut."""
+    """``auto``: ``iog`` when the default IOG checkpoint is in the weights cache, else ``fused``
+    when the U²-Net weights are, else ``grabcut`` (which needs none)."""
     if name != "auto":
         return name
     try:
         from .weights import DEFAULT_WEIGHTS, weights_path
 
-        if weights_path(DEFAULT_WEIGHTS).exists():
-            return "iog"
+        for engine, weights in (("iog", DEFAULT_WEIGHTS), ("fused", "u2net")):
+            if weights_path(weights).exists():
+                return engine
     except Exception:  # no registry or unreadable cache: fall back to the weight-free engine
         pass
     return "grabcut"

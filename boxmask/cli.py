@@ -19,7 +19,7 @@ from click.core import ParameterSource
 
 from . import __version__
 from .api import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, EXIT_STOPPED
-from .engines import ENGINES
+from .engines import ENGINES, NETWORK_ENGINES
 from .imageio import DEFAULT_MAX_PIXELS
 from .jobs.plan import Settings
 from .points import POLICIES
@@ -92,12 +92,12 @@ def source_options(f: Any) -> Any:
                      help="Output format; repeat for several (default pixel-imagenet)."),
         click.option("--engine", type=click.Choice(("auto",) + ENGINES),
                      help="Mask engine (default auto: iog when IOG weights are in the cache, else "
-                          "the weight-free grabcut)."),
-        click.option("--weights", help="IOG checkpoint: a path or a registry name "
-                                       "(see `boxmask weights list`)."),
+                          "fused when U²-Net's are, else the weight-free grabcut)."),
+        click.option("--weights", help="Network weights of iog, u2net or fused: a path or a "
+                                       "registry name (see `boxmask weights list`)."),
         click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]),
-                     help="IOG arithmetic (default fp32, the parity-exact mode)."),
-        click.option("--batch-size", type=int, help="IOG crops per forward pass."),
+                     help="Network arithmetic of iog, u2net or fused (default fp32)."),
+        click.option("--batch-size", type=int, help="Network crops per forward pass."),
         click.option("--engine-option", "engine_option", multiple=True, metavar="KEY=VALUE",
                      help="Any other engine setting (repeatable), e.g. iterations=5."),
         click.option("--inside-point", type=click.Choice(POLICIES),
@@ -175,8 +175,9 @@ def _settings(ctx: click.Context, params: dict[str, Any]) -> Settings:
     engine_options = _parse_kv(tuple(p.get("engine_option") or ()))
     for key in ("weights", "precision", "batch_size"):
         if p.get(key) is not None:
-            if engine != "iog":
-                raise click.UsageError(f"--{key.replace('_', '-')} applies to --engine iog only")
+            if engine not in NETWORK_ENGINES:
+                raise click.UsageError(f"--{key.replace('_', '-')} applies to the network "
+                                       f"engines ({', '.join(NETWORK_ENGINES)}) only")
             engine_options[key] = p[key]
     if engine == "iog" and "weights" not in engine_options:
         from .weights import DEFAULT_WEIGHTS
@@ -743,8 +744,9 @@ def _parse_click(value: str) -> Click:
                    "others refine the mask (IOG: with the refinement checkpoint, "
                    "IOG_PASCAL_SBD_REFINEMENT.pth unless --weights says otherwise).")
 @click.option("--engine", type=click.Choice(("auto",) + ENGINES), default="auto",
-              show_default=True, help="Mask engine (auto: iog when its weights are cached).")
-@click.option("--weights", help="IOG checkpoint path or registry name.")
+              show_default=True, help="Mask engine (auto: iog when its weights are cached, else "
+                                      "fused when U²-Net's are, else grabcut).")
+@click.option("--weights", help="Network weights (iog, u2net, fused): path or registry name.")
 @click.option("--device", default="auto", show_default=True,
               help="Engine device: auto, cpu, cuda, cuda:1.")
 @click.option("--inside-point", type=click.Choice(POLICIES), default="center", show_default=True,
@@ -784,8 +786,10 @@ def segment(image: Path, box: str, clicks: tuple[str, ...], engine: str, weights
         refining = bool(split_clicks(parsed_clicks)[1])
         options = {"weights": weights or (DEFAULT_REFINEMENT_WEIGHTS if refining
                                           else DEFAULT_WEIGHTS), "device": device}
+    elif name in NETWORK_ENGINES:
+        options = {"device": device, **({"weights": weights} if weights else {})}
     elif weights:
-        raise click.UsageError("--weights applies to --engine iog only")
+        raise click.UsageError(f"--weights applies to {', '.join(NETWORK_ENGINES)} only")
     eng = create_engine(name, **options)
     try:
         pred = segment_image(decoded.rgb, checked.box, engine=eng, inside_point=inside_point,

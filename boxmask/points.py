@@ -69,7 +69,7 @@ import numpy as np
 
 from .engines.base import Engine, Prediction, SegmentRequest, default_inside_points
 
-POLICIES = ("center", "iterate", "grabcut", "stage1")
+POLICIES = ("center", "iterate", "grabcut", "u2net", "stage1")
 RUNTIME_OPTIONS = frozenset({"device", "batch_size"})
 """Policy options that change speed, not masks (like the engines' runtime options)."""
 TIE_MARGIN = 0.5
@@ -269,7 +269,27 @@ class IteratePolicy(InsidePointPolicy):
         return None
 
 
-class GrabCutPolicy(_ChosenOncePolicy):
+class _PickerPolicy(_ChosenOncePolicy):
+    """The point is the interior point of the mask a picking engine (``self.picker``) makes with
+    the box centre; the centre stays where that mask is empty or a fallback."""
+
+    picker: Engine
+
+    def choose(self, request: SegmentRequest) -> tuple[np.ndarray, list[str]]:
+        centres = default_inside_points(request.boxes)
+        first = SegmentRequest(image=request.image, boxes=request.boxes, inside=centres)
+        points, sources = centres.copy(), []
+        for b, pred in enumerate(self.picker.segment([first])[0]):
+            mask = _mask_evidence(pred)
+            p = interior_point(mask, request.boxes[b], near=centres[b]) \
+                if mask is not None else None
+            if p is not None:
+                points[b] = p
+            sources.append("center" if p is None else "mask")
+        return points, sources
+
+
+class GrabCutPolicy(_PickerPolicy):
     """A GrabCut pass with the box centre picks the point; the engine runs once with it."""
 
     name = "grabcut"
@@ -284,18 +304,29 @@ class GrabCutPolicy(_ChosenOncePolicy):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "grabcut": self.picker.describe(), "tie_margin": TIE_MARGIN}
 
-    def choose(self, request: SegmentRequest) -> tuple[np.ndarray, list[str]]:
-        centres = default_inside_points(request.boxes)
-        first = SegmentRequest(image=request.image, boxes=request.boxes, inside=centres)
-        points, sources = centres.copy(), []
-        for b, pred in enumerate(self.picker.segment([first])[0]):
-            mask = _mask_evidence(pred)
-            p = interior_point(mask, request.boxes[b], near=centres[b]) \
-                if mask is not None else None
-            if p is not None:
-                points[b] = p
-            sources.append("center" if p is None else "mask")
-        return points, sources
+
+class U2NetPolicy(_PickerPolicy):
+    """The deepest pixel of a learned mask inside the box (U²-Net, a real pretrained network);
+    the box centre where that mask is empty. The engine then runs once with the point."""
+
+    name = "u2net"
+
+    def __init__(self, weights: str | Path | None = "u2net", picker: str = "fused",
+                 device: str | None = "auto", batch_size: int | None = None) -> None:
+        """``weights``: U²-Net registry name or state-dict path; ``picker``: ``"fused"`` (the
+        fused engine's mask: U²-Net, or GrabCut where U²-Net missed the boxed object) or
+        ``"u2net"`` (U²-Net's mask alone); ``device``, ``batch_size``: as for the engines."""
+        from .engines.fused import FusedEngine
+        from .engines.u2net import U2NetEngine
+
+        if picker not in ("fused", "u2net"):
+            raise ValueError(f"picker must be 'fused' or 'u2net', not {picker!r}")
+        u2net = U2NetEngine(weights, device=device, batch_size=batch_size,
+                            context=FusedEngine.DEFAULT_CONTEXT)
+        self.picker: Engine = FusedEngine(u2net=u2net) if picker == "fused" else u2net
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "picker": self.picker.describe(), "tie_margin": TIE_MARGIN}
 
 
 class Stage1Policy(_ChosenOncePolicy):
@@ -340,7 +371,7 @@ def create_policy(name: str, **options: Any) -> InsidePointPolicy:
     """Build the inside-point policy ``name`` with its options (see each policy's constructor)."""
     classes: dict[str, type[InsidePointPolicy]] = {
         "center": CenterPolicy, "iterate": IteratePolicy, "grabcut": GrabCutPolicy,
-        "stage1": Stage1Policy}
+        "u2net": U2NetPolicy, "stage1": Stage1Policy}
     if name not in classes:
         raise ValueError(f"unknown inside-point policy {name!r}; choose from {', '.join(POLICIES)}")
     try:

@@ -7,6 +7,8 @@ from typing import Any
 from .base import Engine, Prediction, SegmentRequest, default_inside_points
 
 ENGINES = ("fused", "u2net", "grabcut", "iog", "box")
+NETWORK_ENGINES = ("iog", "u2net", "fused")
+"""Engines that run a network: they take ``weights``, ``precision`` and ``batch_size``."""
 
 
 def create_engine(name: str, **options: Any) -> Engine:
@@ -34,5 +36,5 @@ def create_engine(name: str, **options: Any) -> Engine:
     raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
 
 
-__all__ = ["ENGINES", "Engine", "Prediction", "SegmentRequest", "create_engine",
+__all__ = ["ENGINES", "NETWORK_ENGINES", "Engine", "Prediction", "SegmentRequest", "create_engine",
            "default_inside_points"]

@@ -46,6 +46,7 @@ class FusedEngine(Engine):
     """U²-Net, or GrabCut where U²-Net missed the boxed object; see the module docstring."""
 
     name = "fused"
+    DEFAULT_CONTEXT = DEFAULT_CONTEXT
 
     def __init__(self, weights: str | Path | None = DEFAULT_WEIGHTS, *,
                  context: float = DEFAULT_CONTEXT, threshold: float = 0.5,

@@ -8,8 +8,10 @@ itself, so it always goes for what fills the box, but leaks into look-alike back
 
 The choice per box uses the one thing a box annotation promises: the object spans the box. The
 **box fit** of a mask is the area of the mask's tight box over the box area (1 when the mask
-touches all four sides; ``boxmask.engines.fusion.box_fit``). U²-Net's mask is kept unless it is
-empty or its fit is below ``fit_ratio`` [0.5] times the fit of GrabCut's mask of the same box:
+touches all four sides; ``boxmask.engines.fusion.box_fit``); for U²-Net it is measured on the
+mask's largest component (``main_fit``), so that specks near the sides do not count. U²-Net's
+mask (all of it) is kept unless it is empty or its fit is below ``fit_ratio`` [0.5] times the fit
+of GrabCut's mask of the same box:
 U²-Net then found something much smaller than what fills the box. Comparing the two fits rather
 than using U²-Net's fit alone keeps the rule working for loose boxes, where every mask fits less.
 Because a fit never exceeds 1, GrabCut only runs for boxes whose U²-Net fit is below
@@ -35,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .base import Engine, Prediction, SegmentRequest, default_inside_points, iog_clicks
-from .fusion import box_fit, confidence
+from .fusion import box_fit, confidence, main_fit
 from .grabcut import GrabCutEngine
 from .u2net import DEFAULT_WEIGHTS, Saliency, U2NetEngine
 
@@ -97,7 +99,7 @@ class FusedEngine(Engine):
         x0, y0, x1, y1 = box
         prob = sal.box_prob(box)
         mask_u = prob > self.u2net.threshold
-        fit_u = box_fit(mask_u)
+        fit_u = main_fit(mask_u)
         conf_u = confidence(prob)
         extras: dict[str, Any] = {"fit_u2net": round(fit_u, 6)}
         if not extra and mask_u.any() and fit_u >= self.fit_ratio:

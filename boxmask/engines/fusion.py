@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .grabcut import keep_components
+
 
 def box_fit(mask: np.ndarray) -> float:
     """Area of the mask's tight box over the area of the array (the box): 1 when the mask touches
@@ -23,3 +25,11 @@ def confidence(prob: np.ndarray) -> float:
     if prob.size == 0:
         return 0.0
     return float(np.mean(np.abs(prob.astype(np.float32) - 0.5)) * 2.0)
+
+
+def main_fit(mask: np.ndarray) -> float:
+    """``box_fit`` of the mask's largest 8-connected component: how far the main thing found
+    spans the box, not lifted by specks near the sides."""
+    if not mask.any():
+        return 0.0
+    return box_fit(keep_components(mask, [], "largest"))

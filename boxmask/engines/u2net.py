@@ -18,7 +18,8 @@ What one box goes through
 
 Score: the mean of ``2 |p - 0.5|`` over the box (how decided the network is about every pixel,
 1 for a map of only 0s and 1s), times how well the mask fits the box
-(``box_fit``: the mask's tight box over the box, see ``boxmask.engines.fusion``); 0 for an
+(``main_fit``: the tight box of the mask's largest component over the box, see
+``boxmask.engines.fusion``); 0 for an
 empty mask. The inside point is not used (it is recorded in the clicks). ``extras``:
 ``confidence`` (the first factor), ``fit``, ``fill`` (mask area / box area).
 
@@ -43,7 +44,7 @@ import torch
 from ..device import autocast, check_precision, disable_tf32, resolve_device
 from ..models.u2net import INPUT_SIZE, MEAN, STD
 from .base import Engine, Prediction, SegmentRequest, default_inside_points, iog_clicks
-from .fusion import box_fit, confidence
+from .fusion import confidence, main_fit
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ class U2NetEngine(Engine):
         p = sal.box_prob(box)
         crop = p > self.threshold
         conf = confidence(p)
-        fit = box_fit(crop)
+        fit = main_fit(crop)
         full = np.zeros(tuple(image_hw), bool)
         full[box[1]:box[3] + 1, box[0]:box[2] + 1] = crop
         fill = float(crop.mean()) if crop.size else 0.0

@@ -62,6 +62,20 @@ def autocast(precision: str, device: torch.device) -> AbstractContextManager:
     return torch.autocast(device.type, dtype=dtype)
 
 
+def runtime(device: str | torch.device | None, precision: str,
+            num_threads: int | None = None) -> torch.device:
+    """Set up this process for a network engine: the resolved device (``resolve_device``),
+    ``precision`` checked (``check_precision``), torch limited to ``num_threads`` CPU threads
+    when given, and TF32 off on CUDA in fp32 (results equal to the CPU's within fp32 rounding)."""
+    dev = resolve_device(device)
+    check_precision(precision, dev)
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    if dev.type == "cuda" and precision == "fp32":
+        disable_tf32()
+    return dev
+
+
 def set_threads(n: int) -> None:
     """Limit torch and OpenCV to ``n`` threads in this process."""
     import cv2

@@ -39,6 +39,15 @@ def _intact(path: Path) -> bool:
     return path.is_file() and recorded_sha256(path) == sha256_file(path)
 
 
+@pytest.fixture
+def weights_home(tmp_path, monkeypatch) -> Path:
+    """An empty weights cache for one test (``BOXMASK_HOME``; no download mirror)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("BOXMASK_HOME", str(home))
+    monkeypatch.delenv("BOXMASK_WEIGHTS_MIRROR", raising=False)
+    return home
+
+
 @pytest.fixture(scope="session")
 def u2netp_weights(tmp_path_factory) -> Path:
     """Path of a converted u2netp state dict (``torch.load(weights_only=True)``); read-only:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import DATA, onnx_of
 from PIL import Image
 
 from boxmask.engines.u2net import context_window, network_input
 from boxmask.models.onnx_import import OnnxImportError, execution_order, state_dict_from_onnx
 from boxmask.models.u2net import U2Net, load_u2net, variant_of_state_dict
 from boxmask.weights import weights_path
-
-from conftest import DATA, onnx_of
 
 CROPS = [("coco_mval/img/bear00_000000243075.jpg", (1, 84, 551, 567)),
          ("coco_mval/img/kite00_000000532481.jpg", None),

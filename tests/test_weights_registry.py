@@ -32,11 +32,8 @@ DRIVE_IDS = {  # from the official README (reference section 2.3)
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("BOXMASK_HOME", str(home))
-    monkeypatch.delenv("BOXMASK_WEIGHTS_MIRROR", raising=False)
-    return home
+def cache(weights_home) -> Path:
+    return weights_home
 
 
 @pytest.fixture(scope="module")

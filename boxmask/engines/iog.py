@@ -78,10 +78,10 @@ from torch import Tensor, nn
 from .. import guidance as G
 from ..device import (
     autocast,
-    check_precision,
     cpu_supports,
     disable_tf32,
     resolve_device,
+    runtime,
 )
 from ..records import Click
 from .base import Engine, Prediction, SegmentRequest, default_inside_points
@@ -282,12 +282,7 @@ class IOGEngine(Engine):
             raise ValueError(f"preprocess must be one of {', '.join(PREPROCESS)}")
         if not 0.0 < threshold < 1.0 or not 0.0 < stability_delta < 0.5:
             raise ValueError("need 0 < threshold < 1 and 0 < stability_delta < 0.5")
-        self.device = resolve_device(device)
-        check_precision(precision, self.device)
-        if num_threads:
-            torch.set_num_threads(int(num_threads))
-        if self.device.type == "cuda" and precision == "fp32":
-            disable_tf32()
+        self.device = runtime(device, precision, num_threads)
         self.weights, self.sha256, self.architecture = weights, sha256, architecture
         self.precision, self.threshold = precision, float(threshold)
         self.stability_delta = float(stability_delta)

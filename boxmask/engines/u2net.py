@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..device import autocast, check_precision, disable_tf32, resolve_device
+from ..device import autocast, runtime
 from ..models.u2net import INPUT_SIZE, MEAN, STD
 from .base import Engine, Prediction, SegmentRequest, default_inside_points, iog_clicks
 from .fusion import confidence, main_fit
@@ -125,12 +125,7 @@ class U2NetEngine(Engine):
             raise ValueError("context must be in [0, 2] (a fraction of the box side)")
         if not 0.0 < threshold < 1.0:
             raise ValueError("threshold must be in (0, 1)")
-        self.device = resolve_device(device)
-        check_precision(precision, self.device)
-        if num_threads:
-            torch.set_num_threads(int(num_threads))
-        if self.device.type == "cuda" and precision == "fp32":
-            disable_tf32()
+        self.device = runtime(device, precision, num_threads)
         self.weights, self.sha256 = weights, sha256
         self.variant = getattr(net, "variant", "u2net")
         self.precision, self.context, self.threshold = precision, float(context), float(threshold)

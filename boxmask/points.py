@@ -321,8 +321,7 @@ class U2NetPolicy(_PickerPolicy):
 
         if picker not in ("fused", "u2net"):
             raise ValueError(f"picker must be 'fused' or 'u2net', not {picker!r}")
-        u2net = U2NetEngine(weights, device=device, batch_size=batch_size,
-                            context=FusedEngine.DEFAULT_CONTEXT)
+        u2net = U2NetEngine(weights, device=device, batch_size=batch_size)
         self.picker: Engine = FusedEngine(u2net=u2net) if picker == "fused" else u2net
 
     def describe(self) -> dict[str, Any]:

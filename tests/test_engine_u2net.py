@@ -264,3 +264,30 @@ def test_auto_engine_follows_the_weights_cache(tmp_path, monkeypatch):
     (weights / "IOG_PASCAL_SBD.pth").write_bytes(b"x")
     assert pick_engine_name("auto") == "iog"
     assert pick_engine_name("grabcut") == "grabcut"
+
+
+# --------------------------------------------------------------------------- first stage
+
+
+@pytest.mark.parametrize("picker", ["fused", "u2net"])
+def test_u2net_inside_point_lands_on_the_object(u2netp_weights, real, picker):
+    from boxmask.points import create_policy
+
+    policy = create_policy("u2net", weights=str(u2netp_weights), picker=picker, device="cpu")
+    assert policy.describe()["picker"]["name"] == picker
+    engine = create_engine("box")
+    requests = [SegmentRequest(img, np.array([box])) for img, box, _ in real]
+    preds = policy.segment(engine, requests)
+    hits = []
+    for (pred,), (_, _, gt) in zip(preds, real, strict=True):
+        (click,) = [c for c in pred.clicks if c.kind == "inside"]
+        hits.append(bool(gt[int(round(click.y)), int(round(click.x))]))
+        assert pred.extras["inside_source"] in ("mask", "center")
+    assert sum(hits) >= len(real) - (1 if picker == "u2net" else 0), hits
+
+
+def test_u2net_policy_options_are_checked(u2netp_weights):
+    from boxmask.points import create_policy
+
+    with pytest.raises(ValueError, match="picker"):
+        create_policy("u2net", weights=str(u2netp_weights), picker="grabcut")

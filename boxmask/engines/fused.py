@@ -39,16 +39,13 @@ import numpy as np
 from .base import Engine, Prediction, SegmentRequest, default_inside_points, iog_clicks
 from .fusion import box_fit, confidence, main_fit
 from .grabcut import GrabCutEngine
-from .u2net import DEFAULT_WEIGHTS, Saliency, U2NetEngine
-
-DEFAULT_CONTEXT = 0.25
+from .u2net import DEFAULT_CONTEXT, DEFAULT_WEIGHTS, Saliency, U2NetEngine
 
 
 class FusedEngine(Engine):
     """U²-Net, or GrabCut where U²-Net missed the boxed object; see the module docstring."""
 
     name = "fused"
-    DEFAULT_CONTEXT = DEFAULT_CONTEXT
 
     def __init__(self, weights: str | Path | None = DEFAULT_WEIGHTS, *,
                  context: float = DEFAULT_CONTEXT, threshold: float = 0.5,

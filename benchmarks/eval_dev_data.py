@@ -14,14 +14,16 @@ with ``boxmask.quality.evaluate.evaluate_run``. Datasets:
   (``tests/data/eval/voc2012_boxes.json``; the chair is truncated and its box is not tight); GT the
   VOC folder, void pixels (255) left out of every measure.
 
-Engines: ``box`` (the filled box: the trivial baseline), ``grabcut``, and ``iog`` only with released
-weights (``--iog-weights PATH``, or the default checkpoint when it is in the weights cache):
-a randomly initialised IOG network would make meaningless rows. Policies: ``center``, ``iterate``,
-``grabcut`` and ``stage1``. ``stage1`` needs a stage-1 checkpoint: ``--stage1-weights PATH``, or
-``--train-stage1 STEPS`` (default 300) trains a **reduced-width demo model** first (the ``tiny``
-IOG preset at a 128 px input, modern recipe, on the 40 COCO-MVal instances, about a minute on
-a CPU): an illustration of the two-stage method, not a product model. Its COCO-MVal row is left
-out (those are its training images); DAVIS and VOC are unseen domains for it.
+Engines: ``box`` (the filled box: the trivial baseline), ``grabcut``, ``u2net`` and ``fused``
+(U²-Net weights: ``boxmask weights fetch u2net``; ``--u2net-weights``), and ``iog`` only with
+released weights (``--iog-weights PATH``, or the default checkpoint when it is in the weights
+cache): a randomly initialised IOG network would make meaningless rows. Policies: ``center``,
+``iterate``, ``grabcut``, ``u2net`` and ``stage1``. ``stage1`` needs a stage-1 checkpoint:
+``--stage1-weights PATH``, or ``--train-stage1 STEPS`` (default 300) trains a **reduced-width demo
+model** first (the ``tiny`` IOG preset at a 128 px input, modern recipe, on the 40 COCO-MVal
+instances, about a minute on a CPU): an illustration of the two-stage method, not a product model.
+Its COCO-MVal row is left out (those are its training images); DAVIS and VOC are unseen domains for
+it.
 
 Columns: ``n`` matched instances, mean IoU, mean Boundary IoU, the fractions with IoU >= 0.5 /
 0.75 / 0.9, ``inside`` = how often the final inside click (the sidecar's ``inside`` click) lies on
@@ -58,8 +60,8 @@ from boxmask.quality.evaluate import evaluate_run, iter_jsonl  # noqa: E402
 from boxmask.quality.groundtruth import GroundTruth, open_gt  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
-ENGINES = ("box", "grabcut", "iog")
-POLICIES = ("center", "iterate", "grabcut", "stage1")
+ENGINES = ("box", "grabcut", "u2net", "fused", "iog")
+POLICIES = ("center", "iterate", "grabcut", "u2net", "stage1")
 MVAL_TRAINING = f"folder:{DATA}/coco_mval,images_dir=img,masks_dir=gt"
 
 
@@ -219,7 +221,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--policies", default=",".join(POLICIES))
     p.add_argument("--iog-weights", help="IOG checkpoint (path or registry name); default: the "
                                          "default checkpoint if it is in the weights cache")
-    p.add_argument("--device", default="auto", help="IOG engine and stage-1 network device")
+    p.add_argument("--device", default="auto", help="network engines' and policies' device")
+    p.add_argument("--u2net-weights", default="u2net",
+                   help="U²-Net weights of the u2net/fused engines and the u2net policy")
     p.add_argument("--stage1-weights", type=Path, help="a stage-1 checkpoint")
     p.add_argument("--train-stage1", type=int, default=300, metavar="STEPS",
                    help="without --stage1-weights: train the demo stage-1 model for this many "
@@ -250,7 +254,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             notes.append("IOG rows are absent: no released IOG weights (--iog-weights, or "
                          "`boxmask weights fetch` into the cache); a randomly initialised "
                          "network would make meaningless rows.")
-    policy_options: dict[str, dict[str, Any]] = {"center": {}, "iterate": {}, "grabcut": {}}
+    for name in ("u2net", "fused"):
+        if name in engines:
+            engine_options[name] = {"weights": args.u2net_weights, "device": args.device}
+    policy_options: dict[str, dict[str, Any]] = {
+        "center": {}, "iterate": {}, "grabcut": {},
+        "u2net": {"weights": args.u2net_weights, "device": args.device}}
     demo = False
     if "stage1" in policies:
         weights = args.stage1_weights

@@ -68,6 +68,13 @@ def test_network_input_is_normalised_by_the_crop_maximum():
     assert np.isfinite(network_input(np.zeros((5, 5, 3), np.uint8))).all()  # black crop
 
 
+def test_fit_score_saturates():
+    from boxmask.engines.fusion import fit_score
+
+    assert fit_score(0.0) == 0.0 and fit_score(0.3) == pytest.approx(0.5)
+    assert fit_score(0.6) == fit_score(1.0) == 1.0
+
+
 def test_box_fit_and_confidence():
     m = np.zeros((10, 20), bool)
     assert box_fit(m) == 0.0
@@ -214,8 +221,7 @@ def test_saliency_spanning_the_box_is_kept_without_running_grabcut():
     (pred,), = fused_with(ellipse).segment([SegmentRequest(img, np.array([box]))])
     assert pred.extras["chosen"] == "u2net" and "fit_grabcut" not in pred.extras
     assert pred.extras["fit_u2net"] > 0.9
-    assert pred.score == pytest.approx(pred.extras["confidence"] * pred.extras["fit_u2net"],
-                                       abs=1e-5)
+    assert pred.score == pytest.approx(pred.extras["confidence"], abs=1e-5)  # fit saturated
 
 
 @pytest.mark.parametrize("salient", [True, False])

@@ -17,8 +17,10 @@ than using U²-Net's fit alone keeps the rule working for loose boxes, where eve
 Because a fit never exceeds 1, GrabCut only runs for boxes whose U²-Net fit is below
 ``fit_ratio``: most boxes cost one U²-Net forward only.
 
-Score: ``confidence x fit`` of the chosen mask, where confidence is U²-Net's decisiveness over the
-box (mean ``2 |p - 0.5|``) or GrabCut's colour-model agreement (``boxmask.engines.grabcut``).
+Score: ``confidence x fit_score(fit)`` of the chosen mask, where confidence is U²-Net's
+decisiveness over the box (mean ``2 |p - 0.5|``) or GrabCut's colour-model agreement
+(``boxmask.engines.grabcut``), and ``fit_score`` saturates the fit at 0.6 so that loose boxes do
+not drag correct masks down (``boxmask.engines.fusion.fit_score``).
 ``extras``: ``chosen`` (``"u2net"`` or ``"grabcut"``), ``fit_u2net``, ``fit_grabcut`` (when
 GrabCut ran), ``confidence``, ``fill``.
 
@@ -37,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from .base import Engine, Prediction, SegmentRequest, default_inside_points, iog_clicks
-from .fusion import box_fit, confidence, main_fit
+from .fusion import box_fit, confidence, fit_score, main_fit
 from .grabcut import GrabCutEngine
 from .u2net import DEFAULT_CONTEXT, DEFAULT_WEIGHTS, Saliency, U2NetEngine
 
@@ -110,7 +112,7 @@ class FusedEngine(Engine):
         extras.update({k: v for k, v in cut.extras.items() if k not in extras})
         extras.update(chosen="grabcut", confidence=round(cut.score, 6),
                       fill=round(float(mask_g.mean()), 6))
-        return Prediction(cut.mask, float(cut.score * fit_g), cut.clicks, extras)
+        return Prediction(cut.mask, float(cut.score * fit_score(fit_g)), cut.clicks, extras)
 
     @staticmethod
     def _u2net(image_hw: Sequence[int], box: tuple[int, int, int, int],
@@ -120,7 +122,7 @@ class FusedEngine(Engine):
         full[box[1]:box[3] + 1, box[0]:box[2] + 1] = mask_u
         extras.update(chosen="u2net", confidence=round(conf, 6),
                       fill=round(float(mask_u.mean()), 6))
-        return Prediction(full, float(conf * fit), iog_clicks(box, inside), extras)
+        return Prediction(full, float(conf * fit_score(fit)), iog_clicks(box, inside), extras)
 
     def close(self) -> None:
         self.u2net.close()

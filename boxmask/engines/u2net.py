@@ -16,12 +16,12 @@ What one box goes through
    ``prob > threshold`` [0.5] inside the box, as it is (keeping only the component under the
    inside point, or filling holes, measured no better on the dev sets: ``benchmarks/``).
 
-Score: the mean of ``2 |p - 0.5|`` over the box (how decided the network is about every pixel,
-1 for a map of only 0s and 1s), times how well the mask fits the box
-(``main_fit``: the tight box of the mask's largest component over the box, see
-``boxmask.engines.fusion``); 0 for an
-empty mask. The inside point is not used (it is recorded in the clicks). ``extras``:
-``confidence`` (the first factor), ``fit``, ``fill`` (mask area / box area).
+Score: the mean of ``2 |p - 0.5|`` over the box (how decided the network is about every pixel, 1
+for a map of only 0s and 1s), times how well the mask fits the box (``fit_score`` of ``main_fit``:
+the tight box of the mask's largest component over the box, saturated at 0.6; see
+``boxmask.engines.fusion``); 0 for an empty mask. The inside point is not used (it is recorded in
+the clicks). ``extras``: ``confidence`` (the first factor), ``fit``, ``fill`` (mask area / box
+area).
 
 Options: ``weights`` (registry name ``u2net`` / ``u2netp`` or a state-dict path), ``device``,
 ``batch_size`` (default 4 on CPU, 32 on CUDA), ``precision`` (``fp32``, ``bf16``, ``fp16``:
@@ -44,7 +44,7 @@ import torch
 from ..device import autocast, runtime
 from ..models.u2net import INPUT_SIZE, MEAN, STD
 from .base import Engine, Prediction, SegmentRequest, default_inside_points, iog_clicks
-from .fusion import confidence, main_fit
+from .fusion import confidence, fit_score, main_fit
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class U2NetEngine(Engine):
         full = np.zeros(tuple(image_hw), bool)
         full[box[1]:box[3] + 1, box[0]:box[2] + 1] = crop
         fill = float(crop.mean()) if crop.size else 0.0
-        score = conf * fit if crop.any() else 0.0
+        score = conf * fit_score(fit) if crop.any() else 0.0
         return Prediction(full, float(score), iog_clicks(box, inside),
                           {"confidence": round(conf, 6), "fit": round(fit, 6),
                            "fill": round(fill, 6)})

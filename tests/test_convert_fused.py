@@ -80,3 +80,29 @@ def test_killed_fused_convert_resumes_to_identical_outputs(uninterrupted, u2netp
     keys = [(m["image_id"], m["box_id"]) for m in sidecar]
     assert len(keys) == len(set(keys))
     assert not [p for p in out.rglob("*") if is_temp(p)]
+
+
+@pytest.mark.parametrize("engine", ["fused", "u2net"])
+def test_segment_with_a_learned_engine(engine, u2netp_weights, tmp_path):
+    import csv
+
+    import cv2
+
+    coco = SAMPLE.parents[2] / "tests" / "data" / "coco_mval"
+    with open(coco / "boxes_from_masks.csv", newline="") as f:
+        r = next(row for row in csv.DictReader(f) if row["image"].startswith("dog"))
+    out = tmp_path / "m.png"
+    box = ",".join(r[k] for k in ("x_min", "y_min", "x_max", "y_max"))
+    proc = run_boxmask("segment", str(coco / "img" / r["image"]), "--box", box, "--engine",
+                       engine, "--weights", str(u2netp_weights), "--device", "cpu", "--output",
+                       str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pred = cv2.imread(str(out), cv2.IMREAD_GRAYSCALE) > 0
+    gt = cv2.imread(str(coco / r["mask"]), cv2.IMREAD_GRAYSCALE) > 127
+    assert (gt & pred).sum() / (gt | pred).sum() > 0.8
+
+
+def test_network_options_are_refused_for_grabcut(tmp_path):
+    proc = run_boxmask("convert", "--source", "ilsvrc-loc", "--input", str(SAMPLE), "--engine",
+                       "grabcut", "--precision", "bf16", "--output", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "network engines" in proc.stderr

@@ -143,6 +143,17 @@ def test_bf16_masks_agree_with_fp32(variant, floor, u2netp_weights, real):
     assert fp32.describe() != bf16.describe()  # precision is part of the plan contract
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_masks_agree_with_the_cpu(u2netp_weights, real):
+    requests = [SegmentRequest(img, np.array([box])) for img, box, _ in real]
+    cpu = U2NetEngine(str(u2netp_weights), device="cpu").segment(requests)
+    for precision, floor in (("fp32", 0.999), ("fp16", 0.98), ("bf16", 0.98)):
+        gpu = U2NetEngine(str(u2netp_weights), device="cuda", precision=precision,
+                          batch_size=8).segment(requests)
+        agree = [iou(a.mask, b.mask) for (a,), (b,) in zip(cpu, gpu, strict=True)]
+        assert np.mean(agree) >= floor, (precision, agree)
+
+
 # --------------------------------------------------------------------------- fusion decisions
 
 

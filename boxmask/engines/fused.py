@@ -24,6 +24,12 @@ not drag correct masks down (``boxmask.engines.fusion.fit_score``).
 ``extras``: ``chosen`` (``"u2net"`` or ``"grabcut"``), ``fit_u2net``, ``fit_grabcut`` (when
 GrabCut ran), ``confidence``, ``fill``.
 
+Tried on the dev sets and not kept (``benchmarks/bench_engines.py`` figures, mean IoU):
+U²-Net's probabilities as GrabCut's initial labels (COCO-MVal 0.61, DAVIS 0.78: the colour models
+undo U²-Net's edges), keeping only U²-Net's component under the inside point or filling its
+holes (within 0.01 either way), and a second U²-Net pass on the box alone where the first missed
+(+0.001).
+
 Boxes with user clicks (``request.extra_clicks``) go to GrabCut with those clicks, since U²-Net
 takes none. Options: ``weights``, ``context`` [0.25], ``threshold``, ``device``, ``batch_size``,
 ``precision``, ``channels_last``, ``num_threads`` go to the U²-Net engine; ``fit_ratio``; every

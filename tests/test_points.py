@@ -288,7 +288,7 @@ def test_describe_names_the_settings_and_unknown_policies_or_options_are_refused
     assert (d["name"], d["max_rounds"], d["tolerance"]) == ("iterate", 4, 1.5)
     d = create_policy("grabcut", grabcut_options={"iterations": 3}).describe()
     assert d["name"] == "grabcut" and d["grabcut"]["iterations"] == 3
-    assert set(POLICIES) == {"center", "iterate", "grabcut", "stage1"}
+    assert set(POLICIES) == {"center", "iterate", "grabcut", "u2net", "stage1"}
     with pytest.raises(ValueError, match="unknown inside-point policy"):
         create_policy("corner")
     with pytest.raises(ValueError, match="iterate"):

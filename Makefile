@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test lint bench system-deps clean
+.PHONY: demo test lint system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

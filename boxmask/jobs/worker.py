@@ -48,6 +48,7 @@ from typing import Any
 from ..atomic import atomic_open, atomic_write_text
 from ..engines import create_engine
 from ..engines.base import Engine
+from ..hashing import sha256_file
 from ..labels import LabelMap
 from ..points import InsidePointPolicy, create_policy
 from ..records import ErrorRecord, ImageRecord, ImageResult
@@ -149,23 +150,6 @@ def valid_prefix(path: Path, expected_ids: list[str] | None = None,
             n += 1
             nbytes += len(raw)
     return n, nbytes
-
-
-def read_valid_lines(path: Path) -> list[str]:
-    """Complete JSON lines of a results file; a torn last line (killed mid-write) is dropped."""
-    n, nbytes = valid_prefix(path)
-    if not n:
-        return []
-    with open(path, "rb") as f:
-        return f.read(nbytes).decode("utf-8").splitlines()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def scan_done_results(path: Path, root: Path) -> dict[str, Any]:

@@ -7,7 +7,6 @@ always read with ``torch.load(..., map_location="cpu", weights_only=True)``: no 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..hashing import sha256_file as sha256_file  # re-exported for checkpoint users
 from .config import IOGConfig
 from .iog import IOGNetwork
 from .refinement import IOGRefinementNetwork
@@ -33,15 +33,6 @@ StateOrPath = str | os.PathLike | Mapping[str, Any]
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit the network."""
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path_or_state: StateOrPath) -> dict[str, Tensor]:

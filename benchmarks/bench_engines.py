@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from boxmask.device import cpu_supports, resolve_device  # noqa: E402
 from boxmask.engines import SegmentRequest, create_engine  # noqa: E402
-from boxmask.engines.grabcut import mask_iou  # noqa: E402
+from boxmask.maskmath import mask_iou  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 SIZES = (("small", 0, 32 ** 2), ("medium", 32 ** 2, 96 ** 2), ("large", 96 ** 2, np.inf))

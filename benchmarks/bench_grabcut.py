@@ -35,6 +35,7 @@ from scipy.stats import spearmanr
 
 from boxmask.engines import SegmentRequest, create_engine
 from boxmask.imageio import decode_image
+from boxmask.maskmath import mask_iou as iou
 from boxmask.records import Click
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +53,6 @@ def load_instances(folder: Path) -> list[dict]:
                         "box": box, "gt": gt})
     return out
 
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def rect_grabcut(image_rgb: np.ndarray, box: tuple[int, int, int, int],

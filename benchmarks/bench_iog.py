@@ -47,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from boxmask import guidance as G
 from boxmask.engines import SegmentRequest, default_inside_points
 from boxmask.engines.iog import IOGEngine, cpu_supports, disable_tf32, resolve_device
+from boxmask.maskmath import mask_iou as iou
 from boxmask.models import build_iog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,10 +93,6 @@ def timed(fn: Callable[[], object], device: torch.device, reps: int, warmup: int
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 1.0
 
 
 def table(title: str, header: list[str], rows: list[list[object]]) -> None:

@@ -46,8 +46,8 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import distance_transform_edt
 
+from .maskmath import deepest_pixel, stability
 from .records import BoxXYXY
 
 RELAX = 30
@@ -201,8 +201,7 @@ def clicks_from_mask(mask_512: np.ndarray, pad: int = CORNER_PAD
     if not m.any():
         return None
     h, w = m.shape
-    dist = distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
-    row, col = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    row, col = deepest_pixel(m)
     rows = np.flatnonzero(m.any(axis=1))
     cols = np.flatnonzero(m.any(axis=0))
     x0, x1, y0, y1 = int(cols[0]), int(cols[-1]), int(rows[0]), int(rows[-1])
@@ -421,10 +420,7 @@ def stability_score(fine_logits: np.ndarray, delta: float = STABILITY_DELTA) -> 
     The stricter mask is a subset of the looser one, so the IoU is a ratio of pixel counts. A mask
     that is empty at the looser threshold scores 0 (nothing was found).
     """
-    lo, hi = _logit(0.5 - delta), _logit(0.5 + delta)
-    x = np.asarray(fine_logits)
-    union = int(np.count_nonzero(x > lo))
-    return float(np.count_nonzero(x > hi)) / union if union else 0.0
+    return stability(fine_logits, _logit(0.5 - delta), _logit(0.5 + delta))
 
 
 def stability_score_torch(fine_logits: torch.Tensor,

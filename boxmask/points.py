@@ -104,14 +104,14 @@ def interior_point(mask: np.ndarray, box: Sequence[int],
     ``TIE_MARGIN`` of the maximum depth, the one nearest to ``near`` (image pixels) is returned;
     without ``near``, the first in row-major order.
     """
-    from scipy.ndimage import distance_transform_edt
+    from .maskmath import depth as mask_depth
 
     x0, y0, x1, y1 = (int(v) for v in box)
     region = np.asarray(mask[y0:y1 + 1, x0:x1 + 1], dtype=bool)
     if not region.any():
         return None
     sx, sy = network_scale(box)
-    depth = distance_transform_edt(np.pad(region, 1), sampling=(sy, sx))[1:-1, 1:-1]
+    depth = mask_depth(region, sampling=(sy, sx))
     rows, cols = np.nonzero(depth >= depth.max() - TIE_MARGIN)
     i = 0
     if near is not None and len(rows) > 1:

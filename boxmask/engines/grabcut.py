@@ -74,6 +74,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .. import maskmath
 from ..records import Click
 from .base import Engine, Prediction, SegmentRequest, default_inside_points
 
@@ -229,20 +230,6 @@ def fg_posterior(pixels: np.ndarray, bgd_model: np.ndarray, fgd_model: np.ndarra
     both = np.isneginf(lf) & np.isneginf(lb)
     diff = np.where(both, 0.0, np.clip(np.nan_to_num(lb - lf, posinf=500, neginf=-500), -500, 500))
     return 1.0 / (1.0 + np.exp(diff))
-
-
-def stability_score(prob: np.ndarray, delta: float) -> float:
-    """IoU of ``prob > 0.5 + delta`` and ``prob > 0.5 - delta`` (1.0 when both are empty)."""
-    hi = prob > 0.5 + delta
-    lo = prob > 0.5 - delta
-    union = int(lo.sum())
-    return float(hi.sum()) / union if union else 1.0
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two bool masks of equal shape (1.0 when both are empty)."""
-    union = int(np.logical_or(a, b).sum())
-    return float(np.logical_and(a, b).sum()) / union if union else 1.0
 
 
 # --------------------------------------------------------------------------- engine
@@ -429,8 +416,9 @@ class GrabCutEngine(Engine):
 
         bx0, by0, bx1, by1 = _scaled_box(local_box, sx, sy)
         prob = fg_posterior(work[by0:by1, bx0:bx1].reshape(-1, 3), bgd, fgd)
-        stability = stability_score(prob, self.stability_delta)
-        agreement = mask_iou(fg_work[by0:by1, bx0:bx1].ravel(), prob > 0.5)
+        stability = maskmath.stability(prob, 0.5 - self.stability_delta,
+                                       0.5 + self.stability_delta)
+        agreement = maskmath.mask_iou(fg_work[by0:by1, bx0:bx1].ravel(), prob > 0.5)
         return _Cut(window, mask, scale, stability, agreement)
 
 

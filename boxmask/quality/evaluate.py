@@ -64,6 +64,7 @@ from pycocotools import mask as mask_utils
 from ..atomic import atomic_write_text
 from ..boxes import area as box_area
 from ..boxes import iou as box_iou
+from ..maskmath import mask_iou
 from ..records import BoxXYXY
 from .groundtruth import (
     GT_FORMATS,
@@ -109,20 +110,6 @@ def _union_crop(a: np.ndarray, b: np.ndarray) -> tuple[slice, slice] | None:
         return None
     cols = np.flatnonzero((a[rows[0]:rows[-1] + 1] | b[rows[0]:rows[-1] + 1]).any(axis=0))
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
-
-
-def mask_iou(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:
-    """IoU of two H x W bool masks in pixels; ``void`` pixels count in neither term.
-
-    Two masks that are both empty (outside the void) have IoU 0.0.
-    """
-    inter = pred & gt
-    union = pred | gt
-    if void is not None:
-        inter &= ~void
-        union &= ~void
-    u = int(np.count_nonzero(union))
-    return int(np.count_nonzero(inter)) / u if u else 0.0
 
 
 def boundary_dilation(height: int, width: int,

@@ -30,10 +30,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy.ndimage import distance_transform_edt
 from torch import Tensor, nn
 
 from .. import guidance as G
+from ..maskmath import deepest_pixel
 from .losses import crop_iou, multi_output_loss
 
 POLARITIES = ("correct", "official")
@@ -48,10 +48,10 @@ def corrective_click(pred_logits: np.ndarray, gt: np.ndarray,
     pred = np.asarray(pred_logits) > 0
     ref = np.asarray(gt) > 0.5
     err = pred ^ ref
-    if not err.any():
+    deepest = deepest_pixel(err, border_is_background=False)  # the official rule: no padding
+    if deepest is None:
         return None
-    dist = distance_transform_edt(err)
-    row, col = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    row, col = deepest
     if polarity == "official":  # gt read at [column, row]; square maps only, as officially
         positive = bool(ref[col, row]) if col < ref.shape[0] and row < ref.shape[1] else False
     else:

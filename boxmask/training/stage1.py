@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.ndimage import distance_transform_edt
 from torch import nn
 
 from .. import guidance as G
+from ..maskmath import deepest_pixel
 from .transforms import CropSettings, box_input
 
 
@@ -62,11 +62,11 @@ def inside_point_512(fine_logits: np.ndarray, box_512: Sequence[int]) -> tuple[i
     box ``box_512`` (inclusive pixels); None when that mask is empty."""
     x0, y0, x1, y1 = (int(v) for v in box_512)
     region = np.asarray(fine_logits)[y0:y1 + 1, x0:x1 + 1] > 0
-    if not region.any():
+    deepest = deepest_pixel(region)
+    if deepest is None:
         return None
-    dist = distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-    row, col = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return x0 + int(col), y0 + int(row)
+    row, col = deepest
+    return x0 + col, y0 + row
 
 
 @torch.no_grad()

@@ -1,0 +1,65 @@
+"""Pure measures on masks and score maps, one version of each: IoU, stability, depth.
+
+Masks are bool (or 0/1) numpy arrays of equal shape; rows are ``y``, columns ``x``.
+
+**The empty-mask rule, everywhere:** a measure with nothing to measure is 0.0. The IoU of two
+masks whose union is empty is 0.0, and the stability of a map with no pixel above the lower cut is
+0.0: an empty prediction is neither a match nor a stable result, so it never ranks above a real
+one. ``deepest_pixel`` of an empty mask is None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.ndimage import distance_transform_edt
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray, void: np.ndarray | None = None) -> float:
+    """IoU of two masks in pixels; ``void`` pixels count in neither term; 0.0 when the union
+    (outside the void) is empty."""
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    inter = a & b
+    union = a | b
+    if void is not None:
+        inter &= ~void
+        union &= ~void
+    u = int(np.count_nonzero(union))
+    return int(np.count_nonzero(inter)) / u if u else 0.0
+
+
+def stability(values: np.ndarray, lower: float, upper: float) -> float:
+    """``count(values > upper) / count(values > lower)`` for ``lower <= upper``: the IoU of the
+    masks cut at the two levels (the stricter one lies inside the looser one); 0.0 when nothing
+    exceeds ``lower``."""
+    x = np.asarray(values)
+    union = int(np.count_nonzero(x > lower))
+    return float(np.count_nonzero(x > upper)) / union if union else 0.0
+
+
+def depth(mask: np.ndarray, sampling: Sequence[float] | None = None,
+          border_is_background: bool = True) -> np.ndarray:
+    """Euclidean distance of every mask pixel to the nearest background pixel (0 off the mask).
+
+    ``sampling``: the pixel pitch ``(row, column)`` (distances in those units; default 1, 1).
+    ``border_is_background``: the array's outside counts as background (a mask touching the
+    border is shallow there), as for an object cut at a crop's edge.
+    """
+    m = np.asarray(mask, dtype=bool)
+    if not border_is_background:
+        return distance_transform_edt(m, sampling=sampling)
+    return distance_transform_edt(np.pad(m, 1), sampling=sampling)[1:-1, 1:-1]
+
+
+def deepest_pixel(mask: np.ndarray, sampling: Sequence[float] | None = None,
+                  border_is_background: bool = True) -> tuple[int, int] | None:
+    """``(row, col)`` of the first (row-major) maximum of ``depth``; None for an empty mask.
+    This is the official IOG/DEXTR rule for the inside click and the corrective click."""
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return None
+    d = depth(m, sampling, border_is_background)
+    row, col = np.unravel_index(int(np.argmax(d)), d.shape)
+    return int(row), int(col)

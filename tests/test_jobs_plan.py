@@ -163,3 +163,19 @@ def test_a_worker_of_a_discarded_conversion_stops_instead_of_writing_into_the_ne
     assert "changed while this worker ran" in old.stderr.read()
     assert not list(layout.done_dir.iterdir())
     assert load_plan(out)["plan_id"] == new_plan["plan_id"]
+
+
+def test_engines_declare_what_workers_may_choose_and_the_size_hint(tmp_path):
+    from boxmask.engines import engine_class
+
+    assert engine_class("iog").SIZE_HINT == "expected_crops"
+    assert engine_class("grabcut").SIZE_HINT is None
+    assert engine_class("grabcut").RUNTIME_OPTIONS == frozenset()
+    assert {"device", "batch_size"} <= engine_class("fused").RUNTIME_OPTIONS
+    with pytest.raises(ValueError, match="unknown engine"):
+        engine_class("sam")
+    out = tmp_path / "out"
+    plan_into(out, settings(engine="grabcut"))
+    worker = Worker(out, engine_overrides={"device": "cuda", "batch_size": 8})
+    assert worker.engine_overrides == {}  # GrabCut has no device: a worker's --device is moot
+    assert worker.engine.name == "grabcut" and worker._batch_boxes() == 1

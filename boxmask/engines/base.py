@@ -55,9 +55,19 @@ class Prediction:
 
 
 class Engine(ABC):
-    """A box -> mask strategy. Subclasses set ``name`` and implement ``segment``."""
+    """A box -> mask strategy. Subclasses set ``name`` and implement ``segment``.
+
+    What the job machinery needs to know of an engine is declared here, so that workers and the
+    planner never name one: ``RUNTIME_OPTIONS`` (constructor options that change speed, not
+    masks: a worker may choose them and they stay out of the plan contract), ``SIZE_HINT`` (the
+    constructor option that receives the job's number of boxes, or None) and ``batch_boxes`` (how
+    many boxes to hand to one ``segment`` call).
+    """
 
     name: str = "engine"
+    RUNTIME_OPTIONS: frozenset[str] = frozenset()
+    SIZE_HINT: str | None = None
+    batch_boxes: int = 1
 
     def describe(self) -> dict[str, Any]:
         """Settings that determine the output (recorded in the plan and the manifest).

@@ -54,6 +54,7 @@ class FusedEngine(Engine):
     """U²-Net, or GrabCut where U²-Net missed the boxed object; see the module docstring."""
 
     name = "fused"
+    RUNTIME_OPTIONS = U2NetEngine.RUNTIME_OPTIONS
 
     def __init__(self, weights: str | Path | None = DEFAULT_WEIGHTS, *,
                  context: float = DEFAULT_CONTEXT, threshold: float = 0.5,

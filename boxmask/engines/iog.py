@@ -232,6 +232,9 @@ class IOGEngine(Engine):
     """IOG masks for boxes, batched across images. See the module docstring for the options."""
 
     name = "iog"
+    RUNTIME_OPTIONS = frozenset({"device", "batch_size", "workers", "num_threads", "mode",
+                                 "preprocess", "expected_crops", "channels_last"})
+    SIZE_HINT = "expected_crops"
 
     def __init__(self, weights: str | Path | None = None, *, device: str | None = "auto",
                  batch_size: int | None = None, precision: str = "fp32", mode: str = "auto",

@@ -90,9 +90,12 @@ class Settings:
         return s
 
 
-RUNTIME_ENGINE_OPTIONS = frozenset({"device", "batch_size", "workers", "num_threads", "mode",
-                                    "preprocess", "expected_crops", "channels_last"})
-"""Engine options that change speed, not masks: a worker may choose them freely."""
+def runtime_engine_options(engine: str) -> frozenset[str]:
+    """Options of ``engine`` that change speed, not masks (``Engine.RUNTIME_OPTIONS``): a worker
+    may choose them freely and the plan contract leaves them out."""
+    from ..engines import engine_class
+
+    return engine_class(engine).RUNTIME_OPTIONS
 
 
 def policy_description(settings: Settings) -> dict[str, Any]:
@@ -107,8 +110,8 @@ def contract(settings: Settings, engine_description: dict[str, Any]) -> dict[str
     from ..points import RUNTIME_OPTIONS
 
     s = settings.normalized().to_json()
-    s["engine_options"] = {k: v for k, v in s["engine_options"].items()
-                           if k not in RUNTIME_ENGINE_OPTIONS}
+    runtime = runtime_engine_options(settings.engine)
+    s["engine_options"] = {k: v for k, v in s["engine_options"].items() if k not in runtime}
     s["inside_options"] = {k: v for k, v in s["inside_options"].items()
                            if k not in RUNTIME_OPTIONS}
     return {"settings": s, "engine": engine_description,

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_open, atomic_write_text
-from ..engines import create_engine
+from ..engines import create_engine, engine_class
 from ..engines.base import Engine
 from ..hashing import sha256_file
 from ..labels import LabelMap
@@ -66,12 +66,12 @@ from .lease import (
     try_acquire,
 )
 from .plan import (
-    RUNTIME_ENGINE_OPTIONS,
     PlanMismatchError,
     check_version,
     describe_differences,
     load_plan,
     plan_settings,
+    runtime_engine_options,
 )
 
 log = logging.getLogger(__name__)
@@ -319,7 +319,8 @@ class Worker:
         self.settings = plan_settings(plan)
         self.worker_id = worker_id or default_worker_id()
         self.engine_overrides = {k: v for k, v in (engine_overrides or {}).items()
-                                 if k in RUNTIME_ENGINE_OPTIONS and v is not None}
+                                 if k in runtime_engine_options(self.settings.engine)
+                                 and v is not None}
         self.lease_timeout_s = lease_timeout_s
         self.heartbeat_s = heartbeat_s or max(min(lease_timeout_s / 4, 30.0), 0.2)
         self.prefetch = max(prefetch, 1)
@@ -343,8 +344,9 @@ class Worker:
     def engine(self) -> Engine:
         if self._engine is None:
             options = {**self.settings.engine_options, **self.engine_overrides}
-            if self.settings.engine == "iog":  # lets the engine pick its mode by job size
-                options.setdefault("expected_crops", self.plan["totals"]["boxes"])
+            size_hint = engine_class(self.settings.engine).SIZE_HINT
+            if size_hint:  # e.g. lets the IOG engine pick its mode by job size
+                options.setdefault(size_hint, self.plan["totals"]["boxes"])
             engine = create_engine(self.settings.engine, **options)
             try:
                 check_engine(self.plan, engine)
@@ -605,14 +607,12 @@ class Worker:
 
     # -- conversion ---------------------------------------------------------------------------
     def _batch_boxes(self) -> int:
-        engine = self.engine
-        value = getattr(engine, "batch_boxes", None) or getattr(engine, "batch_size", None) or 1
-        return max(int(value), 1)
+        return max(int(self.engine.batch_boxes), 1)
 
     def _results(self, items: list[ImageRecord | ErrorRecord]) -> Iterator[ImageResult]:
         """Results of ``items`` in order: decode ahead in threads, segment in batches.
 
-        A batch stops at the engine's ``batch_boxes`` boxes (else its ``batch_size``) or at
+        A batch stops at the engine's ``batch_boxes`` boxes or at
         ``batch_pixels`` decoded pixels, whichever comes first. Decoding runs ahead by
         ``prefetch + batch_boxes`` items, so that the next batch is decoded while the engine
         works on this one. Memory is bounded by these numbers, never by the shard or dataset.

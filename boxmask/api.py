@@ -16,6 +16,14 @@ import numpy as np
 from .device import set_threads
 from .engines import create_engine
 from .engines.base import Engine, Prediction, SegmentRequest
+from .exitcodes import (  # noqa: F401 - re-exported for API users
+    EXIT_FATAL,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_STOPPED,
+    EXIT_USAGE,
+    job_exit,
+)
 from .jobs.merge import merge
 from .jobs.plan import Settings, open_plan, resolve_settings
 from .jobs.progress import Progress
@@ -26,13 +34,6 @@ from .records import Click
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FATAL = 1
-EXIT_USAGE = 2
-EXIT_PARTIAL = 3
-"""Some items failed (see errors.jsonl) but the rest was converted."""
-EXIT_STOPPED = 4
-"""Stopped by a signal before the work was finished; run the same command again to resume."""
 
 
 def pick_engine_name(name: str) -> str:
@@ -138,11 +139,11 @@ def convert(settings: Settings, out_dir: str | Path, *, workers: int = 1, force:
     status = job_status(out_dir)
     if not status["complete"]:
         return {"complete": False, "status": status,
-                "exit_code": EXIT_STOPPED if stopped else EXIT_FATAL}
+                "exit_code": job_exit(complete=False, stopped=stopped, errors=0)}
     manifest = merge(out_dir)
     counts = manifest["counts"]
     return {"complete": True, **counts, "seconds": manifest["conversion_seconds"],
-            "exit_code": EXIT_PARTIAL if counts["errors"] else EXIT_OK}
+            "exit_code": job_exit(complete=True, stopped=False, errors=counts["errors"])}
 
 
 def split_clicks(clicks: list[Click]) -> tuple[Click | None, list[Click]]:

@@ -18,8 +18,8 @@ import click
 from click.core import ParameterSource
 
 from . import __version__
-from .api import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, EXIT_STOPPED
 from .engines import ENGINES, NETWORK_ENGINES
+from .exitcodes import EXIT_FATAL, EXIT_OK, job_exit, worker_exit, workers_exit
 from .imageio import DEFAULT_MAX_PIXELS
 from .jobs.plan import Settings
 from .points import POLICIES
@@ -355,9 +355,7 @@ def work(out_dir: Path, worker_id: str | None, device: str | None, batch_size: i
         log.exception("worker failed")
         _fail(e)
     click.echo(json.dumps(report.to_json()), err=True)
-    if report.stopped:
-        sys.exit(EXIT_STOPPED)
-    sys.exit(EXIT_PARTIAL if report.errors else EXIT_OK)
+    sys.exit(worker_exit(stopped=report.stopped, errors=report.errors))
 
 
 @cli.command()
@@ -406,9 +404,7 @@ def submit(out_dir: Path, backend: str, workers: int, partition: str | None, gpu
         click.echo(json.dumps({"worker_exit_codes": codes}))
         click.echo(f"follow with `boxmask status {out_dir}`, then `boxmask merge {out_dir}`",
                    err=True)
-        if any(c == EXIT_STOPPED for c in codes):
-            sys.exit(EXIT_STOPPED)
-        sys.exit(EXIT_OK if all(c in (EXIT_OK, EXIT_PARTIAL) for c in codes) else EXIT_FATAL)
+        sys.exit(workers_exit(codes))
     from .jobs.slurm import SlurmError, submit_array
 
     try:
@@ -442,7 +438,7 @@ def merge(out_dir: Path, partial: bool, verify: bool, lease_timeout: float) -> N
     if partial and manifest["shards"].get("failed"):
         click.echo(f"failed shards (not merged): {manifest['shards']['failed']}", err=True)
     click.echo(json.dumps(manifest["counts"]), err=False)
-    sys.exit(EXIT_PARTIAL if manifest["counts"]["errors"] else EXIT_OK)
+    sys.exit(job_exit(complete=True, stopped=False, errors=manifest["counts"]["errors"]))
 
 
 @cli.command()

@@ -26,13 +26,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..exitcodes import worker_exit
 from .lease import DEFAULT_TIMEOUT_S
 from .status import job_status
 from .worker import StopRequested, run_worker
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FATAL, EXIT_PARTIAL, EXIT_STOPPED = 0, 1, 3, 4
 """The exit codes of ``boxmask work`` (``boxmask.api``), reported per Ray worker."""
 
 
@@ -81,11 +81,8 @@ class RayWorker:
 def exit_code(report: dict[str, Any]) -> int:
     """The exit code ``boxmask work`` would have ended with for this report: 0 done, 3 done with
     item errors, 4 stopped, 1 failed (the actor raised or died)."""
-    if report.get("error"):
-        return EXIT_FATAL
-    if report.get("stopped"):
-        return EXIT_STOPPED
-    return EXIT_PARTIAL if report.get("errors") else EXIT_OK
+    return worker_exit(stopped=bool(report.get("stopped")), errors=int(report.get("errors") or 0),
+                       failed=bool(report.get("error")))
 
 
 def run_ray_workers(out_dir: str | Path, workers: int, *, address: str | None = None,

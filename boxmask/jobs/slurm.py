@@ -28,15 +28,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..exitcodes import EXIT_STOPPED
 from .layout import JobLayout
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_S = 120
 """Seconds before the time limit at which the worker is told to stop (SIGUSR1)."""
-
-EXIT_STOPPED = 4
-"""``boxmask work``'s status when a signal stopped it before every shard was done."""
 
 _UNSAFE_PATH_CHARS = ('"', "\\", "\n", "\r")
 

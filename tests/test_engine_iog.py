@@ -257,6 +257,10 @@ class EchoNet(nn.Module):
         self.inputs.append(x.clone())
         return (x[:, 3:4] - x[:, 4:5]) / 32 + (x[:, 0:1] - x[:, 1:2]) / 16 - 1.0
 
+    def fine_logits(self, x: Tensor, guidance: Tensor | None = None) -> Tensor:
+        assert guidance is None  # the IOG architecture gets no click maps
+        return self.forward_fine(x)
+
 
 class EchoRefinementNet(nn.Module):
     """Stand-in refinement network: fine logits from the click map the engine passes."""
@@ -272,6 +276,10 @@ class EchoRefinementNet(nn.Module):
         self.guides.append(guidance.clone())
         fine = (guidance[:, 0:1] - guidance[:, 1:2]) / 32 + features[0][:, 0:1] / 255 - 1.0
         return [fine] * 5
+
+    def fine_logits(self, x: Tensor, guidance: Tensor | None = None) -> Tensor:
+        return self.decode(self.backbone_features(x), x[:, 3:5] if guidance is None
+                           else guidance)[4]
 
 
 def reference_mask(request: SegmentRequest, b: int, threshold: float = 0.5) -> np.ndarray:

@@ -105,8 +105,8 @@ class BrightPixels(torch.nn.Module):
         self.config = IOGConfig(input_size=size)
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
-    def forward_fine(self, x: torch.Tensor) -> torch.Tensor:
-        assert not x[:, 3].any() and x[:, 4].amax() == 255
+    def fine_logits(self, x: torch.Tensor, guidance: torch.Tensor | None = None) -> torch.Tensor:
+        assert guidance is None and not x[:, 3].any() and x[:, 4].amax() == 255
         return torch.where(x[:, :1] > 128, 10.0, -10.0)
 
 

@@ -107,15 +107,7 @@ def fine_logits(net: nn.Module, x: Tensor, guidance: Tensor | None = None) -> Te
     """Fine logits ``[N, 1, 512, 512]`` of an IOG or IOG-refinement network for input ``x``
     ``[N, 5, 512, 512]``. The refinement network reads ``guidance`` ``[N, 2, 512, 512]``
     (default: the input's own heatmaps ``x[:, 3:5]``, i.e. no extra click)."""
-    if hasattr(net, "decode"):
-        guide = x[:, 3:5] if guidance is None else guidance
-        features = net.backbone_features(x)
-        if hasattr(net, "decode_fine"):
-            return net.decode_fine(features, guide)
-        return net.decode(features, guide)[4]
-    if hasattr(net, "forward_fine"):
-        return net.forward_fine(x)
-    return net(x)[4]
+    return net.fine_logits(x, guidance)
 
 
 def predict_proba(net: nn.Module, image_rgb_uint8: np.ndarray, box_xyxy: Sequence[int],
@@ -251,7 +243,7 @@ class IOGEngine(Engine):
 
         path = resolve_weights(weights)
         net = build_from_checkpoint(path)  # official or reduced-width, IOG or refinement
-        architecture = "iog-refinement" if hasattr(net, "iog_points") else "iog"
+        architecture = net.config.architecture
         size = getattr(getattr(net, "config", None), "input_size", G.INPUT_SIZE)
         if size != G.INPUT_SIZE:
             raise ValueError(f"{path.name} was trained at input size {size}; the IOG engine runs "

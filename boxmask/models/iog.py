@@ -88,6 +88,13 @@ class IOGNetwork(IOGNetworkBase):
         l4, l3, l2, l1 = self.backbone(x)
         return self._decode_all(l4, l3, l2, l1)
 
+    def fine_logits(self, x: Tensor, guidance: Tensor | None = None) -> Tensor:
+        """The forward contract of every IOG network family: fine logits ``[N, 1, S, S]`` of the
+        input ``x``. This network has no click branch: ``guidance`` must be None."""
+        if guidance is not None:
+            raise ValueError("the IOG network takes no click maps; use IOGRefinementNetwork")
+        return self.forward_fine(x)
+
     @torch.jit.export
     def forward_fine(self, x: Tensor) -> Tensor:
         """``forward(x)[4]`` (fine logits ``[N, 1, 512, 512]``) without computing the coarse

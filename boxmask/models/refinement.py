@@ -76,6 +76,12 @@ class IOGRefinementNetwork(IOGNetworkBase):
         l4, l3, l2, l1 = features
         return self._decode_fine(self._deep(l4, guidance), l3, l2, l1)
 
+    def fine_logits(self, x: Tensor, guidance: Tensor | None = None) -> Tensor:
+        """The forward contract of every IOG network family: fine logits ``[N, 1, S, S]`` of the
+        input ``x`` with the click maps ``guidance`` (default: the input's own heatmaps
+        ``x[:, 3:5]``, i.e. no extra click)."""
+        return self.decode_fine(self.backbone(x), x[:, 3:5] if guidance is None else guidance)
+
     def forward(self, x: Tensor, guidance: Tensor) -> list[Tensor]:
         """``decode(backbone_features(x), guidance)``."""
         return self.decode(self.backbone(x), guidance)

@@ -132,7 +132,7 @@ def init_from_checkpoint(model: nn.Module, path_or_state: Any,
     report = InitReport(f"checkpoint:{label}")
     target = model.state_dict()
     updates = {k: v for k, v in src.items() if k in target and v.shape == target[k].shape}
-    if expand_psp and hasattr(model, "iog_points") and not any(
+    if expand_psp and model.config.refinement and not any(
             k.startswith("iog_points.") for k in src):
         psp = _expand_psp(src, target)
         if psp:

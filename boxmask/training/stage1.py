@@ -107,8 +107,4 @@ def stage1_inside_points(model: nn.Module, image_rgb: np.ndarray,
 
 
 def _fine(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if hasattr(model, "forward_fine"):
-        return model.forward_fine(x)
-    if hasattr(model, "decode_fine"):  # a refinement network used as stage 1: no extra click
-        return model.decode_fine(model.backbone_features(x), x[:, 3:5])
-    return model(x)[4]
+    return model.fine_logits(x)  # a refinement network used as stage 1: no extra click

@@ -23,7 +23,6 @@ speed ratio) when the CPU has native bf16 (or on CUDA).
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from collections import Counter
@@ -37,6 +36,10 @@ from scipy.stats import spearmanr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_grabcut import load_instances  # noqa: E402
+
 from boxmask.device import cpu_supports, resolve_device  # noqa: E402
 from boxmask.engines import SegmentRequest, create_engine  # noqa: E402
 from boxmask.maskmath import mask_iou  # noqa: E402
@@ -46,15 +49,9 @@ SIZES = (("small", 0, 32 ** 2), ("medium", 32 ** 2, 96 ** 2), ("large", 96 ** 2,
 
 
 def from_csv(folder: Path) -> list[dict[str, Any]]:
-    out = []
-    with open(folder / "boxes_from_masks.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            out.append({"name": row["image"],
-                        "image": np.asarray(Image.open(folder / "img" / row["image"])
-                                            .convert("RGB")),
-                        "gt": np.asarray(Image.open(folder / row["mask"])) > 0,
-                        "box": tuple(int(row[k]) for k in ("x_min", "y_min", "x_max", "y_max"))})
-    return out
+    """``bench_grabcut.load_instances`` with the images decoded (H x W x 3 uint8 RGB)."""
+    return [{**inst, "image": np.asarray(Image.open(inst["image"]).convert("RGB"))}
+            for inst in load_instances(folder)]
 
 
 def voc() -> list[dict[str, Any]]:

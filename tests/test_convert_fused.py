@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import DATA
 from jobs_support import FORMATS, SAMPLE, output_files, run_boxmask, start_boxmask
 
 from boxmask.atomic import is_temp
@@ -88,7 +89,7 @@ def test_segment_with_a_learned_engine(engine, u2netp_weights, tmp_path):
 
     import cv2
 
-    coco = SAMPLE.parents[2] / "tests" / "data" / "coco_mval"
+    coco = DATA / "coco_mval"
     with open(coco / "boxes_from_masks.csv", newline="") as f:
         r = next(row for row in csv.DictReader(f) if row["image"].startswith("dog"))
     out = tmp_path / "m.png"

@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import Engine, Prediction, SegmentRequest, default_inside_points, iog_clicks
-from .fusion import box_fit, confidence, fit_score, main_fit
+from .base import Engine, Prediction, SegmentRequest, default_inside_points
+from .fusion import box_fit, fit_score
 from .grabcut import GrabCutEngine
 from .u2net import DEFAULT_CONTEXT, DEFAULT_WEIGHTS, Saliency, U2NetEngine
 
@@ -103,10 +103,7 @@ class FusedEngine(Engine):
                     extra: Sequence[Any] = ()) -> Prediction:
         """The fused prediction of one library ``box`` given its U²-Net map ``sal``."""
         x0, y0, x1, y1 = box
-        prob = sal.box_prob(box)
-        mask_u = prob > self.u2net.threshold
-        fit_u = main_fit(mask_u)
-        conf_u = confidence(prob)
+        mask_u, conf_u, fit_u = self.u2net.measure(box, sal)
         extras: dict[str, Any] = {"fit_u2net": round(fit_u, 6)}
         if not extra and mask_u.any() and fit_u >= self.fit_ratio:
             return self._u2net(image.shape[:2], box, inside, mask_u, conf_u, fit_u, extras)
@@ -121,15 +118,14 @@ class FusedEngine(Engine):
                       fill=round(float(mask_g.mean()), 6))
         return Prediction(cut.mask, float(cut.score * fit_score(fit_g)), cut.clicks, extras)
 
-    @staticmethod
-    def _u2net(image_hw: Sequence[int], box: tuple[int, int, int, int],
+    def _u2net(self, image_hw: Sequence[int], box: tuple[int, int, int, int],
                inside: tuple[float, float], mask_u: np.ndarray, conf: float, fit: float,
                extras: dict[str, Any]) -> Prediction:
-        full = np.zeros(tuple(image_hw), bool)
-        full[box[1]:box[3] + 1, box[0]:box[2] + 1] = mask_u
-        extras.update(chosen="u2net", confidence=round(conf, 6),
-                      fill=round(float(mask_u.mean()), 6))
-        return Prediction(full, float(conf * fit_score(fit)), iog_clicks(box, inside), extras)
+        pred = self.u2net.prediction(image_hw, box, inside, mask_u, conf, fit)
+        own = pred.extras  # confidence, fit (already in extras as fit_u2net), fill
+        pred.extras = {**extras, "chosen": "u2net", "confidence": own["confidence"],
+                       "fill": own["fill"]}
+        return pred
 
     def close(self) -> None:
         self.u2net.close()

@@ -198,17 +198,28 @@ class U2NetEngine(Engine):
             results.append(preds)
         return results
 
+    def measure(self, box: Sequence[int], sal: Saliency) -> tuple[np.ndarray, float, float]:
+        """``(mask, confidence, fit)`` of one library ``box`` from its saliency map: the
+        box-local bool mask, U²-Net's decisiveness over the box and the mask's ``main_fit``."""
+        p = sal.box_prob(box)
+        mask = p > self.threshold
+        return mask, confidence(p), main_fit(mask)
+
     def predict(self, image_hw: Sequence[int], box: tuple[int, int, int, int],
                 inside: tuple[float, float], sal: Saliency) -> Prediction:
         """The prediction of one box from its saliency map (see the module doc)."""
-        p = sal.box_prob(box)
-        crop = p > self.threshold
-        conf = confidence(p)
-        fit = main_fit(crop)
+        return self.prediction(image_hw, box, inside, *self.measure(box, sal))
+
+    @staticmethod
+    def prediction(image_hw: Sequence[int], box: tuple[int, int, int, int],
+                   inside: tuple[float, float], mask: np.ndarray, conf: float,
+                   fit: float) -> Prediction:
+        """The ``Prediction`` of a ``measure``d box: the mask pasted into the image, score
+        ``conf x fit_score(fit)`` (0 for an empty mask)."""
         full = np.zeros(tuple(image_hw), bool)
-        full[box[1]:box[3] + 1, box[0]:box[2] + 1] = crop
-        fill = float(crop.mean()) if crop.size else 0.0
-        score = conf * fit_score(fit) if crop.any() else 0.0
+        full[box[1]:box[3] + 1, box[0]:box[2] + 1] = mask
+        fill = float(mask.mean()) if mask.size else 0.0
+        score = conf * fit_score(fit) if mask.any() else 0.0
         return Prediction(full, float(score), iog_clicks(box, inside),
                           {"confidence": round(conf, 6), "fit": round(fit, 6),
                            "fill": round(fill, 6)})

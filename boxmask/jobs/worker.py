@@ -318,9 +318,9 @@ class Worker:
         self._plan_stat = _stat_key(self.layout.plan)
         self.settings = plan_settings(plan)
         self.worker_id = worker_id or default_worker_id()
+        runtime = runtime_engine_options(self.settings.engine)
         self.engine_overrides = {k: v for k, v in (engine_overrides or {}).items()
-                                 if k in runtime_engine_options(self.settings.engine)
-                                 and v is not None}
+                                 if k in runtime and v is not None}
         self.lease_timeout_s = lease_timeout_s
         self.heartbeat_s = heartbeat_s or max(min(lease_timeout_s / 4, 30.0), 0.2)
         self.prefetch = max(prefetch, 1)

@@ -80,8 +80,11 @@ def _listing(items: list[str]) -> str:
     return ", ".join(items[:_SHOW]) + more
 
 
-def check_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
-    """Raise ``CheckpointError`` naming missing/unexpected keys and shape mismatches.
+def check_state_dict(model: nn.Module, state: Mapping[str, Tensor],
+                     hint: str = "(is it an IOG checkpoint of this architecture? see "
+                                 "detect_architecture)") -> None:
+    """Raise ``CheckpointError`` naming missing/unexpected keys and shape mismatches (with
+    ``hint`` when names differ).
 
     A missing ``num_batches_tracked`` is accepted (checkpoints written by torch 0.4.0).
     """
@@ -103,7 +106,7 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     if mismatched:
         parts.append(f"{len(mismatched)} shape mismatches: {_listing(mismatched)}")
     if missing or unexpected:
-        parts.append("(is it an IOG checkpoint of this architecture? see detect_architecture)")
+        parts.append(hint)
     raise CheckpointError("\n  ".join(parts))
 
 

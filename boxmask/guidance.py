@@ -437,3 +437,43 @@ def _logit(p: float) -> float:
     if not 0.0 < p < 1.0:
         raise ValueError(f"stability thresholds must lie in (0, 1), got {p}")
     return math.log(p / (1.0 - p))
+
+@dataclass(frozen=True)
+class CropSettings:
+    """Crop and guidance settings; the defaults are the official ones."""
+
+    size: int = INPUT_SIZE
+    relax: int = RELAX
+    inside: bool = True
+    """False for stage 1: the inside channel is left empty (zeros)."""
+
+    @property
+    def corner_pad(self) -> int:
+        """Corner-click offset in ``size``-space pixels (10 at 512)."""
+        return int(round(CORNER_PAD * self.size / INPUT_SIZE))
+
+    @property
+    def sigma(self) -> float:
+        """Gaussian FWHM in ``size``-space pixels (10 at 512)."""
+        return SIGMA * self.size / INPUT_SIZE
+
+
+def box_input(image: np.ndarray, box: tuple[int, int, int, int],
+              settings: CropSettings = CropSettings(),
+              inside_xy: tuple[float, float] | None = None) -> tuple[np.ndarray, Guidance]:
+    """Network input for a library box (inference; stage 1 when ``inside_xy`` is None or
+    ``settings.inside`` is False): crop box, corners of the box in S-space +- the corner offset,
+    inside click at ``inside_xy`` (image pixels) or an empty inside channel."""
+    size = settings.size
+    crop_box = crop_box_for(box, settings.relax)
+    corners = corner_clicks(box_to_512(box, crop_box, size), size, settings.corner_pad)
+    if inside_xy is None:
+        inside = (corners[0][0], corners[0][1])
+    else:
+        p = round_to_pixel(points_to_512(np.asarray(inside_xy), crop_box, size), size)[0]
+        inside = (int(p[0]), int(p[1]))
+    maps = guidance_maps(inside, corners, size, settings.sigma)
+    if inside_xy is None or not settings.inside:
+        maps[0] = 0.0
+    x = network_input(crop_resized(image, crop_box, size), maps)
+    return x, Guidance(crop_box, inside, corners)

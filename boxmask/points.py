@@ -23,7 +23,7 @@ Policies (``create_policy(name, **options)``)
   once with it.
 * ``stage1`` (options ``weights`` (required), ``device`` ["auto"], ``batch_size`` [8]): a
   stage-1 network (``boxmask train --task stage1``) predicts a box-only mask and the point is its
-  interior point (``boxmask.training.stage1.stage1_inside_points``); then the engine runs once.
+  interior point (``boxmask.stage1.stage1_inside_points``); then the engine runs once.
 
 The interior point
 ------------------
@@ -67,7 +67,10 @@ from typing import Any
 
 import numpy as np
 
+from .device import resolve_device
 from .engines.base import Engine, Prediction, SegmentRequest, default_inside_points
+from .hashing import sha256_file
+from .stage1 import load_stage1, stage1_inside_points
 
 POLICIES = ("center", "iterate", "grabcut", "u2net", "stage1")
 RUNTIME_OPTIONS = frozenset({"device", "batch_size"})
@@ -345,10 +348,6 @@ class Stage1Policy(_ChosenOncePolicy):
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"stage-1 checkpoint not found: {path}")
-        from .device import resolve_device
-        from .hashing import sha256_file
-        from .training.stage1 import load_stage1
-
         self.path = path
         self.sha256 = sha256_file(path)
         self.batch_size = max(int(batch_size), 1)
@@ -360,8 +359,6 @@ class Stage1Policy(_ChosenOncePolicy):
                 "input_size": int(getattr(cfg, "input_size", 512))}
 
     def choose(self, request: SegmentRequest) -> tuple[np.ndarray, list[str]]:
-        from .training.stage1 import stage1_inside_points
-
         points = stage1_inside_points(self.net, request.image, request.boxes, self.batch_size)
         return points, ["stage1"] * len(points)
 

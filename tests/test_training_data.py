@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from boxmask.guidance import CropSettings
 from boxmask.training.datasets import (
     CombinedSource,
     DataSpec,
@@ -20,7 +21,6 @@ from boxmask.training.datasets import (
 from boxmask.training.samples import CropDataset, epoch_batches
 from boxmask.training.transforms import (
     AugmentSettings,
-    CropSettings,
     augment,
     crop_sample,
     hflip,

@@ -30,10 +30,10 @@ from boxmask.models import (
     load_checkpoint,
     read_checkpoint,
 )
+from boxmask.stage1 import load_stage1, stage1_inside_points
 from boxmask.training import ResumeError, TrainOptions, make_trainer
 from boxmask.training.losses import multi_output_loss
 from boxmask.training.samples import CropDataset
-from boxmask.training.stage1 import load_stage1, stage1_inside_points
 
 DATA = Path(__file__).parent / "data"
 MVAL = f"folder:{DATA}/coco_mval,images_dir=img,masks_dir=gt"

@@ -7,7 +7,7 @@
 * ``init``: official random init, ImageNet ResNet-101, IOG checkpoints.
 * ``optim``, ``config``: optimisers, schedules, precision; the ``official`` and ``modern`` recipes.
 * ``loop``: the trainer (checkpoints, resume, logs); ``refine``: corrective-click simulation;
-  ``stage1``: inside points from boxes; ``run``: ``boxmask train`` in one call.
+  ``run``: ``boxmask train`` in one call.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from .config import RECIPES, TASKS, TrainConfig, recipe
 from .datasets import DataSpec, open_source
 from .loop import ResumeError, Trainer
 from .run import TrainOptions, make_trainer, run_training
-from .stage1 import stage1_inside_points
 
 __all__ = [
     "RECIPES",
@@ -30,5 +29,4 @@ __all__ = [
     "open_source",
     "recipe",
     "run_training",
-    "stage1_inside_points",
 ]

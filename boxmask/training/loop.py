@@ -50,6 +50,7 @@ from ..boxes import mask_to_box
 from ..device import resolve_device
 from ..models import IOGConfig, export_checkpoint
 from ..software import software_versions
+from ..stage1 import inside_point_512
 from .config import TrainConfig
 from .losses import bce_loss, crop_iou, multi_output_loss
 from .optim import (
@@ -61,7 +62,6 @@ from .optim import (
 )
 from .refine import refinement_eval, refinement_step
 from .samples import CropDataset, epoch_batches
-from .stage1 import inside_point_512
 
 log = logging.getLogger(__name__)
 

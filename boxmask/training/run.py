@@ -5,7 +5,7 @@ and runs the ``Trainer`` (see ``boxmask.training.loop`` for the output folder). 
 
 * ``iog``: the IOG network (inside + corner clicks).
 * ``stage1``: the same network with the inside channel empty (boxes only); its masks give inside
-  points (``boxmask.training.stage1.stage1_inside_points``).
+  points (``boxmask.stage1.stage1_inside_points``).
 * ``refine``: the refinement network with simulated corrective clicks.
 
 Initialisation: the official random init, then optionally an ImageNet ResNet-101 file
@@ -29,13 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..guidance import CropSettings
 from ..models import IOGConfig, build_model
 from .config import TrainConfig, recipe
 from .datasets import CombinedSource, InstanceRef, InstanceSource, holdout_split, open_source
 from .init import init_from_checkpoint, init_from_imagenet, official_init
 from .loop import CHECKPOINT, RESUMABLE_CHANGES, ResumeError, Trainer
 from .samples import CropDataset
-from .transforms import AugmentSettings, CropSettings
+from .transforms import AugmentSettings
 
 log = logging.getLogger(__name__)
 

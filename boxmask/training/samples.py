@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..guidance import CropSettings
 from .datasets import InstanceRef, InstanceSource
-from .transforms import AugmentSettings, CropSettings, augment, crop_sample
+from .transforms import AugmentSettings, augment, crop_sample
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import guidance as G
 from ..boxes import mask_to_box
+from ..guidance import CropSettings
 
 
 @dataclass(frozen=True)
@@ -51,24 +52,6 @@ class AugmentSettings:
     """Draws of new parameters when the object leaves the image; then no augmentation."""
 
 
-@dataclass(frozen=True)
-class CropSettings:
-    """Crop and guidance settings; the defaults are the official ones."""
-
-    size: int = G.INPUT_SIZE
-    relax: int = G.RELAX
-    inside: bool = True
-    """False for stage 1: the inside channel is left empty (zeros)."""
-
-    @property
-    def corner_pad(self) -> int:
-        """Corner-click offset in ``size``-space pixels (10 at 512)."""
-        return int(round(G.CORNER_PAD * self.size / G.INPUT_SIZE))
-
-    @property
-    def sigma(self) -> float:
-        """Gaussian FWHM in ``size``-space pixels (10 at 512)."""
-        return G.SIGMA * self.size / G.INPUT_SIZE
 
 
 @dataclass
@@ -155,23 +138,3 @@ def crop_sample(image: np.ndarray, mask: np.ndarray, void: np.ndarray,
     vd = G.crop_resized(void.astype(np.float32), crop_box, size)
     return CropSample(x, gt, vd, np.array([inside, *corners], dtype=np.int64), crop_box)
 
-
-def box_input(image: np.ndarray, box: tuple[int, int, int, int],
-              settings: CropSettings = CropSettings(),
-              inside_xy: tuple[float, float] | None = None) -> tuple[np.ndarray, G.Guidance]:
-    """Network input for a library box (inference; stage 1 when ``inside_xy`` is None or
-    ``settings.inside`` is False): crop box, corners of the box in S-space +- the corner offset,
-    inside click at ``inside_xy`` (image pixels) or an empty inside channel."""
-    size = settings.size
-    crop_box = G.crop_box_for(box, settings.relax)
-    corners = G.corner_clicks(G.box_to_512(box, crop_box, size), size, settings.corner_pad)
-    if inside_xy is None:
-        inside = (corners[0][0], corners[0][1])
-    else:
-        p = G.round_to_pixel(G.points_to_512(np.asarray(inside_xy), crop_box, size), size)[0]
-        inside = (int(p[0]), int(p[1]))
-    maps = G.guidance_maps(inside, corners, size, settings.sigma)
-    if inside_xy is None or not settings.inside:
-        maps[0] = 0.0
-    x = G.network_input(G.crop_resized(image, crop_box, size), maps)
-    return x, G.Guidance(crop_box, inside, corners)

@@ -1,8 +1,9 @@
-"""First stage of the two-stage box -> mask method: inside points from boxes alone.
+"""The first-stage network at inference: inside points from boxes alone (the two-stage method).
 
 The stage-1 network is the IOG network trained with the **inside channel empty**: it sees the
 crop of the box (+- 30 px) and the four corner clicks, and learns the object mask
-(``boxmask.training.transforms.CropSettings(inside=False)``). Because the architecture is IOG's,
+(``boxmask.guidance.CropSettings(inside=False)``; trained by ``boxmask train --task
+stage1``). Because the architecture is IOG's,
 it can start from an IOG checkpoint and be fine-tuned.
 
 At inference (``stage1_inside_points``) the inside point of a box is the distance-transform
@@ -24,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import guidance as G
-from ..maskmath import deepest_pixel
-from .transforms import CropSettings, box_input
+from . import guidance as G
+from .guidance import CropSettings, box_input
+from .maskmath import deepest_pixel
 
 
 def load_stage1(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
@@ -39,7 +40,7 @@ def load_stage1(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     Raises ``ValueError`` for a checkpoint of another task (an IOG network expects an inside
     click and gives poor box-only masks).
     """
-    from ..models import build_from_checkpoint, read_checkpoint
+    from .models import build_from_checkpoint, read_checkpoint
 
     _, config = read_checkpoint(path)
     task = (config or {}).get("task")

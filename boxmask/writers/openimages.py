@@ -54,11 +54,13 @@ used as ``x y label`` separated by ``;``, normalised pixel centres (``(x + 0.5) 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from .. import masks as masklib
 from ..atomic import (
@@ -68,7 +70,7 @@ from ..atomic import (
     atomic_write_bytes,
     atomic_write_text,
 )
-from ..boxes import normalized_edge_text
+from ..boxes import decimal_text, normalized_edges
 from ..imageio import sniff_format
 from ..labels import LabelMap
 from ..records import Click, ImageResult, MaskResult
@@ -126,6 +128,38 @@ def place_file(source: Path, dest: Path, copy: bool, fsync: bool = True) -> bool
     return True
 
 
+class _RowWriter:
+    """Writes CSV rows in small batches, so that the box edges of a batch are converted by one
+    vectorised ``normalized_edges`` call (a call per row would cost more than the row)."""
+
+    BATCH = 256
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.rows: list[list[str]] = []
+        self.edges: list[tuple[int, int, int, int]] = []
+        self.sizes: list[tuple[int, int, int, int]] = []
+
+    def add(self, name: str, ids: dict[str, str], mask: MaskResult, width: int,
+            height: int) -> None:
+        x0, y0, x1, y1 = (int(v) for v in mask.box_xyxy)
+        self.rows.append([name, ids["ImageID"], ids["LabelName"], ids["BoxID"],
+                          _num(mask.score, 5), format_clicks(mask.clicks, width, height)])
+        self.edges.append((x0, x1 + 1, y0, y1 + 1))  # the CSV's XMin, XMax, YMin, YMax
+        self.sizes.append((width, width, height, height))
+        if len(self.rows) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        numerators, decimals = (a.tolist() for a in normalized_edges(self.edges, self.sizes))
+        for row, nums, decs in zip(self.rows, numerators, decimals, strict=True):
+            coords = [decimal_text(n, d) for n, d in zip(nums, decs, strict=True)]
+            self.out.writerow(row[:4] + coords + row[4:])
+        self.rows, self.edges, self.sizes = [], [], []
+
+
 class OpenImagesWriter(Writer):
     name = "openimages"
 
@@ -178,16 +212,17 @@ class OpenImagesWriter(Writer):
         rows_per_label: Counter[str] = Counter()
         renamed: Counter[str] = Counter()
         images: Counter[str] = Counter()
+        labels = functools.lru_cache(maxsize=65536)(lambda label: written_id(label, "LabelName"))
         with atomic_open(self.root / CSV_NAME, "w", fsync=self.fsync) as f:
-            out = csv.writer(f, lineterminator="\n")
-            out.writerow(HEADER)
+            rows = _RowWriter(csv.writer(f, lineterminator="\n"))
+            rows.out.writerow(HEADER)
             for result in results():
                 if result.width is None:
                     continue
-                w, h = result.width, result.height
                 image_id = written_id(result.record.image_id, "ImageID")
                 try:
-                    ids = [self.written_ids(result, m) for m in result.masks]
+                    ids = [{"ImageID": image_id, "LabelName": labels(m.label),
+                            "BoxID": written_id(m.box_id, "BoxID")} for m in result.masks]
                     names = [self.mask_name(i) for i in ids]
                     check_component(image_id, "image id")
                 except UnsafePathError as e:  # write_image wrote none of them; it was recorded
@@ -199,12 +234,8 @@ class OpenImagesWriter(Writer):
                 images[self._place_image(result, image_id)] += 1
                 for name, i, mask in zip(names, ids, result.masks, strict=True):
                     rows_per_label[mask.label] += 1
-                    x0, y0, x1, y1 = (int(v) for v in mask.box_xyxy)
-                    out.writerow([
-                        name, i["ImageID"], i["LabelName"], i["BoxID"],
-                        normalized_edge_text(x0, w), normalized_edge_text(x1 + 1, w),
-                        normalized_edge_text(y0, h), normalized_edge_text(y1 + 1, h),
-                        _num(mask.score, 5), format_clicks(mask.clicks, w, h)])
+                    rows.add(name, i, mask, result.width, result.height)
+            rows.flush()
         official = self.root / OFFICIAL_CSV_NAME
         if self.copy_images:
             atomic_copy(self.root / CSV_NAME, official, fsync=self.fsync)

@@ -141,8 +141,8 @@ def normalized_edges(edges: np.ndarray | Sequence[int] | int,
     gets the edge back whichever way it rounds ``v * size`` after parsing ``v`` as a float64:
 
     * ``int(v * size) == edge`` and ``floor``: ``v * size`` exceeds ``edge`` by at least
-      ``1e-7`` px, more than a million times float64's error on it, and by at most
-      ``5e-7 * size`` < 0.5 px (``size <= EDGE_MAX_SIZE``);
+      ``1e-7`` px (some 600 times float64's rounding error on it, parse and product, at
+      ``size = EDGE_MAX_SIZE``; 7000 times at 65,535) and by at most ``5e-7 * size`` < 0.5 px;
     * ``round(v * size) == edge``: the offset is below half a pixel;
     * ``ceil(v * size) - 1`` (a right edge): ``boxmask.boxes.from_normalized`` snaps anything
       within ``1e-6 * size`` px of a pixel edge onto it, twice the offset.

@@ -390,3 +390,22 @@ def test_copy_images_from_the_command_line_and_merging_again_with_links(tmp_path
     data = sorted((out / "openimages" / "data").iterdir())
     assert len(data) == 2 and all(p.is_symlink() for p in data)
     assert all(Path(os.readlink(p)).parent == COCO_MVAL / "img" for p in data)
+
+
+def test_without_symbolic_links_the_images_and_the_official_csv_are_copied(tmp_path,
+                                                                           monkeypatch):
+    import boxmask.writers.openimages as oi
+
+    def no_links(*args, **kwargs):
+        raise OSError("symbolic links are not supported here")
+
+    monkeypatch.setattr(oi, "atomic_symlink", no_links)
+    root, results = images_run(tmp_path)
+    writer = OpenImagesWriter(tmp_path / "out", images_root=root)
+    writer.merge(lambda: iter(results))
+    out = tmp_path / "out" / "openimages"
+    data = sorted((out / "data").iterdir())
+    assert len(data) == 3 and not any(p.is_symlink() for p in data)
+    assert (out / "data" / "img-7.jpg").read_bytes() == (root / "b.JPEG").read_bytes()
+    assert (out / OFFICIAL_CSV_NAME).read_bytes() == (out / CSV_NAME).read_bytes()
+    assert not (out / OFFICIAL_CSV_NAME).is_symlink()

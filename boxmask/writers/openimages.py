@@ -115,16 +115,21 @@ def image_extension(path: Path) -> str:
 
 def place_file(source: Path, dest: Path, copy: bool, fsync: bool = True) -> bool:
     """Make ``dest`` a link to (or, with ``copy``, a copy of) ``source``; nothing is done when
-    it already is one (a copy: a regular file of the same size). Returns whether it wrote."""
-    if copy:
-        if not dest.is_symlink() and dest.is_file() and \
-                dest.stat().st_size == source.stat().st_size:
-            return False
-        atomic_copy(source, dest, fsync=fsync)
-    else:
+    it already is one (a copy: a regular file of the same size). A relative ``source`` is
+    relative to ``dest``'s folder. Where the filesystem has no symbolic links, ``dest`` is a
+    copy. Returns whether it wrote."""
+    if not copy:
         if dest.is_symlink() and os.readlink(dest) == str(source):
             return False
-        atomic_symlink(source, dest, fsync=fsync)
+        try:
+            atomic_symlink(source, dest, fsync=fsync)
+            return True
+        except OSError as e:  # e.g. no symlinks on this filesystem: a copy serves as well
+            log.warning("cannot link %s (%s); copying it", dest, e)
+    if not dest.is_symlink() and dest.is_file() and \
+            dest.stat().st_size == (dest.parent / source).stat().st_size:
+        return False
+    atomic_copy(dest.parent / source, dest, fsync=fsync)
     return True
 
 
@@ -237,7 +242,7 @@ class OpenImagesWriter(Writer):
                     rows.add(name, i, mask, result.width, result.height)
             rows.flush()
         official = self.root / OFFICIAL_CSV_NAME
-        if self.copy_images:
+        if self.copy_images:  # a copy, even if one of the same size is there
             atomic_copy(self.root / CSV_NAME, official, fsync=self.fsync)
         else:
             place_file(Path(Path(CSV_NAME).name), official, copy=False, fsync=self.fsync)

@@ -104,8 +104,11 @@ def work(out_dir: str | Path, *, engine: Engine | None = None, progress: bool = 
 
 def convert(settings: Settings, out_dir: str | Path, *, workers: int = 1, force: bool = False,
             progress: bool = True, lease_timeout_s: float | None = None,
-            device: str | None = None, retry_failed: bool = False) -> dict[str, Any]:
+            device: str | None = None, retry_failed: bool = False,
+            copy_images: bool = False) -> dict[str, Any]:
     """Plan (or resume), convert with ``workers`` local workers, merge; return the summary.
+
+    ``copy_images``: the Open Images output's ``data/`` gets copies of the images, not links.
 
     The summary is the manifest's counts plus ``exit_code`` (``EXIT_OK``, ``EXIT_PARTIAL`` when
     some items failed, ``EXIT_STOPPED`` when interrupted before the end, ``EXIT_FATAL`` when
@@ -140,7 +143,7 @@ def convert(settings: Settings, out_dir: str | Path, *, workers: int = 1, force:
     if not status["complete"]:
         return {"complete": False, "status": status,
                 "exit_code": job_exit(complete=False, stopped=stopped, errors=0)}
-    manifest = merge(out_dir)
+    manifest = merge(out_dir, copy_images=copy_images)
     counts = manifest["counts"]
     return {"complete": True, **counts, "seconds": manifest["conversion_seconds"],
             "exit_code": job_exit(complete=True, stopped=False, errors=counts["errors"])}

@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -85,6 +86,30 @@ def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = True) ->
     """Write ``text`` as UTF-8 to ``path`` atomically (see ``atomic_open``)."""
     with atomic_open(path, "w", fsync=fsync) as f:
         f.write(text)
+
+
+def atomic_symlink(target: str | os.PathLike, path: str | os.PathLike,
+                   fsync: bool = True) -> None:
+    """Make ``path`` a symbolic link to ``target``, replacing whatever ``path`` was atomically
+    (a reader sees the old entry or the new link, never neither)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    if fsync:
+        fsync_dir(path.parent)
+
+
+def atomic_copy(source: str | os.PathLike, path: str | os.PathLike, fsync: bool = True) -> None:
+    """Copy the file ``source`` (following links) to ``path`` atomically (see ``atomic_open``)."""
+    with open(source, "rb") as src, atomic_open(path, "wb", fsync=fsync) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def is_temp(path: str | os.PathLike) -> bool:

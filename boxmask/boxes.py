@@ -110,9 +110,91 @@ def from_normalized(x0: float, y0: float, x1: float, y1: float, width: int, heig
 
 
 def to_normalized(box: BoxXYXY, width: int, height: int) -> tuple[float, float, float, float]:
-    """Library box -> normalised edges ``(x0, y0, x1, y1)`` in [0, 1] (right/bottom exclusive)."""
+    """Library box -> normalised edges ``(x0, y0, x1, y1)`` in [0, 1] (right/bottom exclusive).
+
+    Exact ratios, for computing; text outputs write ``normalized_edge_text`` instead.
+    """
     x0, y0, x1, y1 = box
     return (x0 / width, y0 / height, (x1 + 1) / width, (y1 + 1) / height)
+
+
+EDGE_MAX_DIGITS = 7
+"""Most decimals ``normalized_edges`` writes."""
+
+EDGE_MAX_SIZE = 999_999
+"""Largest image side (pixels) ``normalized_edges`` accepts: its offset stays below half a
+pixel."""
+
+
+def normalized_edges(edges: np.ndarray | Sequence[int] | int,
+                     sizes: np.ndarray | Sequence[int] | int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel edges -> the decimals to write for them as normalised coordinates, exactly readable.
+
+    ``edges`` (integers, ``0 <= edge <= size``) are pixel edges: the left/top edge of a library
+    box is ``x0``, its right/bottom edge ``x1 + 1``. ``sizes`` is the image side in pixels
+    (``width`` for x, ``height`` for y), broadcast against ``edges``. Returns ``(numerator,
+    decimals)``, int64 arrays of the broadcast shape: the value to write is
+    ``numerator / 10**decimals`` (``normalized_edge_text`` spells it).
+
+    The value ``v`` is the shortest decimal, with at most ``EDGE_MAX_DIGITS`` decimals, in
+    ``(edge / size, edge / size + 5e-7]`` (0 and 1 for edges on the image border). So a reader
+    gets the edge back whichever way it rounds ``v * size`` after parsing ``v`` as a float64:
+
+    * ``int(v * size) == edge`` and ``floor``: ``v * size`` exceeds ``edge`` by at least
+      ``1e-7`` px (some 600 times float64's rounding error on it, parse and product, at
+      ``size = EDGE_MAX_SIZE``; 7000 times at 65,535) and by at most ``5e-7 * size`` < 0.5 px;
+    * ``round(v * size) == edge``: the offset is below half a pixel;
+    * ``ceil(v * size) - 1`` (a right edge): ``boxmask.boxes.from_normalized`` snaps anything
+      within ``1e-6 * size`` px of a pixel edge onto it, twice the offset.
+
+    Writing ``edge / size`` with six decimals instead misses ``int(v * size) == edge`` for about
+    half of all pairs (``0.29 * 100 = 28.999999999999996``).
+    Raises ``ValueError`` for an edge outside ``[0, size]`` or a size outside
+    ``[1, EDGE_MAX_SIZE]``.
+    """
+    e, n = np.broadcast_arrays(np.asarray(edges, dtype=np.int64),
+                               np.asarray(sizes, dtype=np.int64))
+    if e.size and (n.min() < 1 or n.max() > EDGE_MAX_SIZE):
+        raise ValueError(f"image sizes must lie in [1, {EDGE_MAX_SIZE}] pixels")
+    if e.size and ((e < 0).any() or (e > n).any()):
+        raise ValueError("pixel edges must lie in [0, size]")
+    inner = (e > 0) & (e < n)
+    scale = 10 ** EDGE_MAX_DIGITS
+    # EDGE_MAX_DIGITS decimals always fit: the smallest such value above edge / size exceeds it
+    # by at most 1e-7 * size px. A shorter one fits too when it lies in the window; if d
+    # decimals fit, so do d + 1, so look for fewer only among those that fit.
+    numerator = np.where(inner, (e * scale) // n + 1, e // n)
+    decimals = np.where(inner, EDGE_MAX_DIGITS, 0).astype(np.int64)
+    num_flat, dec_flat = numerator.reshape(-1), decimals.reshape(-1)
+    todo = np.flatnonzero(inner)
+    e, n = e.reshape(-1)[todo], n.reshape(-1)[todo]
+    for d in range(EDGE_MAX_DIGITS - 1, 0, -1):
+        scale = 10 ** d
+        candidate = (e * scale) // n + 1  # the smallest d-decimal value above edge / size
+        excess = candidate * n - e * scale  # (v * size - edge) * 10**d, in (0, size]
+        ok = excess * 10 ** (EDGE_MAX_DIGITS - d) <= 5 * n  # offset <= 5e-7 * size px
+        todo, e, n = todo[ok], e[ok], n[ok]
+        if not todo.size:
+            break
+        num_flat[todo] = candidate[ok]
+        dec_flat[todo] = d
+    return numerator, decimals
+
+
+def normalized_edge_text(edge: int, size: int) -> str:
+    """The text of one normalised edge (see ``normalized_edges``): ``"0"``, ``"1"`` or
+    decimals such as ``"0.2900001"``. For many edges, call ``normalized_edges`` once and spell
+    each with ``decimal_text``."""
+    numerator, decimals = normalized_edges(edge, size)
+    return decimal_text(int(numerator), int(decimals))
+
+
+def decimal_text(numerator: int, decimals: int) -> str:
+    """``numerator / 10**decimals`` (a value in [0, 1]) spelt out: ``(2900001, 7)`` ->
+    ``"0.2900001"``, ``(1, 0)`` -> ``"1"``."""
+    if decimals == 0:
+        return str(numerator)
+    return f"0.{numerator:0{decimals}d}"
 
 
 def rescale(box: BoxXYXY, from_wh: tuple[int, int], to_wh: tuple[int, int]) -> BoxXYXY:

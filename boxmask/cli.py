@@ -250,6 +250,9 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
         click.echo(f"errors listed in {(out_dir / 'errors.jsonl').resolve()}", err=True)
 
 
+COPY_IMAGES_HELP = ("--format openimages: copy the images into openimages/data/ (default: "
+                    "symbolic links to them).")
+
 # -- commands ---------------------------------------------------------------------------------
 
 @cli.command()
@@ -266,10 +269,11 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
               help="Re-open shards an earlier run marked failed (their workers kept dying).")
 @click.option("--progress/--no-progress", default=None,
               help="Show the progress bar (default: when stderr is a terminal).")
+@click.option("--copy-images", is_flag=True, help=COPY_IMAGES_HELP)
 @click.pass_context
 def convert(ctx: click.Context, workers: int, device: str | None, force: bool,
             lease_timeout: float | None, retry_failed: bool, progress: bool | None,
-            **params: Any) -> None:
+            copy_images: bool, **params: Any) -> None:
     """Convert a box dataset into masks: plan, run workers, merge.
 
     Running the same command again on the same --output resumes where it stopped (after a crash,
@@ -288,7 +292,7 @@ def convert(ctx: click.Context, workers: int, device: str | None, force: bool,
     try:
         summary = run_convert(settings, out_dir, workers=workers, force=force, progress=progress,
                               lease_timeout_s=lease_timeout, device=device,
-                              retry_failed=retry_failed)
+                              retry_failed=retry_failed, copy_images=copy_images)
     except PlanMismatchError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_FATAL)
@@ -425,14 +429,16 @@ def submit(out_dir: Path, backend: str, workers: int, partition: str | None, gpu
               help="Re-read every per-image output file and check it against its shard's checksum.")
 @click.option("--lease-timeout", type=float, default=300.0, show_default=True,
               help="Leases older than this many seconds count as dead.")
-def merge(out_dir: Path, partial: bool, verify: bool, lease_timeout: float) -> None:
+@click.option("--copy-images", is_flag=True, help=COPY_IMAGES_HELP)
+def merge(out_dir: Path, partial: bool, verify: bool, lease_timeout: float,
+          copy_images: bool) -> None:
     """Write the final COCO JSON / Open Images CSV / class index / sidecar from the shards."""
     from .jobs.merge import IncompleteJobError
     from .jobs.merge import merge as run_merge
 
     try:
         manifest = run_merge(out_dir, allow_partial=partial, verify_files=verify,
-                             lease_timeout_s=lease_timeout)
+                             lease_timeout_s=lease_timeout, copy_images=copy_images)
     except IncompleteJobError as e:
         _fail(e)
     if partial and manifest["shards"].get("failed"):

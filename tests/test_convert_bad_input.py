@@ -212,7 +212,7 @@ def test_coco_ids_that_are_missing_repeated_or_strings_lose_no_mask(tmp_path: Pa
     lines = [json.loads(x) for x in (out / "masks.jsonl").read_text().splitlines() if x]
     box_ids = [m["box_id"] for m in lines]
     assert len(box_ids) == 4 and len(set(box_ids)) == 4 and "7" in box_ids
-    assert len(list((out / "openimages" / "masks").rglob("*.png"))) == 4
+    assert len(list((out / "openimages" / "labels" / "masks").rglob("*.png"))) == 4
     from pycocotools.coco import COCO
 
     result = COCO(str(out / "coco" / "instances.json"))

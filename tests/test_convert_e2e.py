@@ -16,6 +16,8 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from boxmask.writers.textids import source_id
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "samples" / "ilsvrc_loc"
 COCO_MVAL = REPO / "tests" / "data" / "coco_mval"
@@ -92,20 +94,30 @@ def test_coco_output_loads_in_pycocotools_and_matches_the_sidecar(ilsvrc_run: Pa
 
 def test_openimages_csv_rows_point_at_binary_masks(ilsvrc_run: Path) -> None:
     root = ilsvrc_run / "openimages"
-    with open(root / "annotations-object-segmentation.csv", newline="") as f:
+    with open(root / "labels" / "segmentations.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 82
+    assert (root / "labels" / "annotations-object-segmentation.csv").read_text() == \
+        (root / "labels" / "segmentations.csv").read_text()
     sidecar = {(m["image_id"], m["box_id"]): m for m in read_jsonl(ilsvrc_run / "masks.jsonl")}
+    renamed = 0
     for row in rows:
-        m = sidecar[(row["ImageID"], row["BoxID"])]
-        png = cv2.imread(str(root / "masks" / row["ImageID"][0].upper() / row["MaskPath"]),
-                         cv2.IMREAD_GRAYSCALE)
+        m = sidecar[(source_id(row["ImageID"], "ImageID"), source_id(row["BoxID"], "BoxID"))]
+        assert m["written_ids"]["openimages"]["BoxID"] == row["BoxID"]
+        renamed += row["BoxID"] != m["box_id"]  # all-digit hex box ids get a prefix
+        png = cv2.imread(str(root / "labels" / "masks" / row["ImageID"][0].upper()
+                             / row["MaskPath"]), cv2.IMREAD_GRAYSCALE)
         assert np.array_equal(png > 0, mask_utils.decode(m["rle"]).astype(bool))
         x0, y0, x1, y1 = m["box_xyxy"]
-        assert float(row["BoxXMin"]) == pytest.approx(x0 / 224, abs=1e-5)
-        assert float(row["BoxXMax"]) == pytest.approx((x1 + 1) / 224, abs=1e-5)
+        assert int(float(row["BoxXMin"]) * 224) == x0
+        assert int(float(row["BoxXMax"]) * 224) == x1 + 1
+        assert int(float(row["BoxYMin"]) * 224) == y0
+        assert int(float(row["BoxYMax"]) * 224) == y1 + 1
+        assert (root / "data" / f"{row['ImageID']}.jpg").is_file()
         clicks = [c.split() for c in row["Clicks"].split(";")]
         assert [c[2] for c in clicks] == ["1", "0", "0", "0", "0"]
+    assert renamed == json.loads((ilsvrc_run / "manifest.json").read_text())["outputs"][
+        "openimages"]["renamed_ids"]["BoxID"]
 
 
 def test_declared_size_mismatch_rescales_boxes_with_a_warning(ilsvrc_run: Path) -> None:
@@ -196,7 +208,7 @@ def test_openimages_source_with_real_images_converts(tmp_path: Path) -> None:
         gt = cv2.imread(str(COCO_MVAL / r["mask"]), cv2.IMREAD_GRAYSCALE) > 127
         pred = mask_utils.decode(m["rle"]).astype(bool)
         assert (gt & pred).sum() / (gt | pred).sum() > 0.3
-    with open(out / "openimages" / "annotations-object-segmentation.csv", newline="") as f:
+    with open(out / "openimages" / "labels" / "segmentations.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 6
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -19,7 +20,8 @@ from boxmask.writers import FORMATS, SidecarWriter, create_writer
 DATA = Path(__file__).parent / "data"
 VOC = DATA / "voc2012"
 KEYS = ["image_id", "image_path", "width", "height", "box_id", "index", "label", "label_name",
-        "box_xyxy", "engine", "inside_policy", "clicks", "score", "metrics", "rle", "files"]
+        "box_xyxy", "engine", "inside_policy", "clicks", "score", "metrics", "rle", "files",
+        "written_ids"]
 LABELS = LabelMap(["dog", "chair", "person"], {"dog": "Dog", "chair": "Chair", "person": "Person"})
 
 
@@ -106,6 +108,22 @@ def test_files_point_at_the_pixels_of_each_mask_in_every_format(tmp_path):
         np.testing.assert_array_equal(instance == row["index"] + 1, gt)
         binary = masks.decode_png((tmp_path / row["files"]["openimages"]).read_bytes())
         np.testing.assert_array_equal(binary > 0, gt)
+
+
+def test_written_ids_map_each_mask_to_its_open_images_row(tmp_path):
+    run, _ = results()
+    run[0].record.image_id = "63"  # numeric, as from a COCO source: written with a prefix
+    write_all(tmp_path, run)
+    create_writer("openimages", tmp_path, LABELS).merge(lambda: iter(run))
+    with open(tmp_path / "openimages" / "labels" / "segmentations.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for line, row in zip(lines(tmp_path / "masks.jsonl"), rows, strict=True):
+        ids = line["written_ids"]["openimages"]
+        assert ids == {"ImageID": row["ImageID"], "LabelName": row["LabelName"],
+                       "BoxID": row["BoxID"]}
+        assert ids["ImageID"] == "img-63" and ids["LabelName"] == line["label"]
+        assert row["MaskPath"] in line["files"]["openimages"]
+    assert set(lines(tmp_path / "masks.jsonl")[0]["written_ids"]) == {"openimages"}
 
 
 def test_files_list_only_what_the_worker_recorded_as_written(tmp_path):

@@ -181,14 +181,15 @@ def failed_shards(layout: JobLayout, plan: dict[str, Any]) -> list[dict[str, Any
 
 
 def merge(out_dir: str | Path, *, allow_partial: bool = False, verify_files: bool = False,
-          lease_timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+          lease_timeout_s: float = DEFAULT_TIMEOUT_S, copy_images: bool = False) -> dict[str, Any]:
     """Write the final files of every format, the sidecar and the manifest; return the manifest.
 
     With ``allow_partial`` the files cover only the shards done so far (a preview while workers
     still run, or the result of a job with failed shards); otherwise an unfinished job raises
     ``IncompleteJobError``. ``verify_files`` re-reads every per-image file and checks it against
     the done markers' checksums (slower; damaged shards are re-opened). ``lease_timeout_s``:
-    after how long a silent merge lock or worker lease counts as abandoned.
+    after how long a silent merge lock or worker lease counts as abandoned. ``copy_images``:
+    the Open Images output's ``data/`` holds copies of the images instead of links.
     """
     layout = JobLayout(out_dir)
     if load_plan(out_dir) is None:
@@ -196,11 +197,11 @@ def merge(out_dir: str | Path, *, allow_partial: bool = False, verify_files: boo
     layout.state_dir.mkdir(parents=True, exist_ok=True)
     with holding(layout.merge_lock, f"merge-{socket.gethostname()}-{os.getpid()}",
                  lease_timeout_s):
-        return _merge(layout, allow_partial, verify_files, lease_timeout_s)
+        return _merge(layout, allow_partial, verify_files, lease_timeout_s, copy_images)
 
 
 def _merge(layout: JobLayout, allow_partial: bool, verify_files: bool,
-           lease_timeout_s: float) -> dict[str, Any]:
+           lease_timeout_s: float, copy_images: bool = False) -> dict[str, Any]:
     plan = load_plan(layout.root)
     if plan is None:
         raise NoPlanError(f"{layout.root} has no plan.json")
@@ -231,8 +232,12 @@ def _merge(layout: JobLayout, allow_partial: bool, verify_files: bool,
     started = time.time()
     labels = LabelMap.load(layout.labels) if layout.labels.exists() else LabelMap()
     files: list[str] = []
+    outputs: dict[str, Any] = {}
     for name in settings.formats:
-        files += create_writer(name, layout.root, labels).merge(results)
+        writer = create_writer(name, layout.root, labels, copy_images=copy_images,
+                               images_root=settings.images_root or ".")
+        files += writer.merge(results)
+        outputs[name] = writer.summary
     engine_name = plan["contract"]["engine"].get("name", settings.engine)
     sidecar = SidecarWriter(layout.root, labels, engine=engine_name,
                             inside_policy=settings.inside_point, formats=settings.formats)
@@ -259,6 +264,7 @@ def _merge(layout: JobLayout, allow_partial: bool, verify_files: bool,
         "conversion_seconds": _busy_seconds(markers),
         "merge_seconds": round(time.time() - started, 3),
         "files": sorted(files),
+        "outputs": outputs,
     }
     atomic_write_text(layout.manifest, json.dumps(manifest, indent=1, ensure_ascii=False))
     return manifest

@@ -2,8 +2,8 @@
 
 * ``pixel-imagenet``: one instance PNG per image + ``label-v1.json`` (``pixel_imagenet.py``)
 * ``coco``: ``instances.json`` with RLE masks (``coco.py``)
-* ``openimages``: one binary PNG per mask + ``annotations-object-segmentation.csv``
-  (``openimages.py``)
+* ``openimages``: the FiftyOne / Open Images V7 folder: ``data/`` (the images),
+  ``labels/segmentations.csv``, one binary PNG per mask, ``metadata/`` (``openimages.py``)
 
 The sidecar (``masks.jsonl`` / ``errors.jsonl``, ``sidecar.py``) is always written and is not
 one of the selectable formats.
@@ -12,6 +12,7 @@ one of the selectable formats.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..labels import LabelMap
 from .base import ResultsFactory, Writer
@@ -29,13 +30,22 @@ _WRITERS: dict[str, type[Writer]] = {
 }
 
 
-def create_writer(name: str, output_dir: str | Path, labels: LabelMap | None = None) -> Writer:
-    """The writer of format ``name`` (one of ``FORMATS``) writing under ``output_dir/name``."""
+def create_writer(name: str, output_dir: str | Path, labels: LabelMap | None = None,
+                  **options: Any) -> Writer:
+    """The writer of format ``name`` (one of ``FORMATS``) writing under ``output_dir/name``.
+
+    ``options`` go to the writers that take them and are ignored by the others:
+    ``images_root`` (the folder image paths are relative to) and ``copy_images`` (bool) for
+    ``openimages``, whose ``data/`` links to (or copies) the images.
+    """
     try:
         cls = _WRITERS[name]
     except KeyError:
         raise ValueError(f"unknown output format {name!r}; choose from {', '.join(FORMATS)}") \
             from None
+    if cls is OpenImagesWriter:
+        return cls(output_dir, labels, images_root=options.get("images_root"),
+                   copy_images=bool(options.get("copy_images", False)))
     return cls(output_dir, labels)
 
 

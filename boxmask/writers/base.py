@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..labels import LabelMap
-from ..records import ImageResult
+from ..records import ImageResult, MaskResult
 
 ResultsFactory = Callable[[], Iterator[ImageResult]]
 """Returns a fresh iterator over every image result of the run, in plan order."""
@@ -32,10 +32,17 @@ class Writer(ABC):
         self.output_dir = Path(output_dir)
         self.root = self.output_dir / self.name
         self.labels = labels if labels is not None else LabelMap()
+        self.summary: dict = {}
+        """What the manifest records about this output, filled by ``merge`` (``outputs``)."""
 
     def write_image(self, result: ImageResult) -> list[str]:
         """Write this image's per-image files; return their paths relative to ``output_dir``."""
         return []
+
+    def written_ids(self, result: ImageResult, mask: MaskResult) -> dict[str, str] | None:
+        """The IDs this format writes for ``mask`` (column name -> written ID) when they can
+        differ from the source IDs; None when it writes the source IDs as they are."""
+        return None
 
     @abstractmethod
     def merge(self, results: ResultsFactory) -> list[str]:

@@ -7,9 +7,12 @@ Always written, whatever the output formats:
   box_xyxy`` (the resolved input box, library convention: 0-based inclusive pixels),
   ``engine, inside_policy`` (run settings), ``clicks`` (``[x, y, positive 0/1, kind]`` in image
   pixels), ``score``, ``metrics`` (``MaskResult.metrics`` as is, flags included), ``rle`` (COCO
-  RLE of the full-image mask) and ``files`` (``{format: path}`` of the per-image / per-mask file
+  RLE of the full-image mask), ``files`` (``{format: path}`` of the per-image / per-mask file
   holding this mask in each format, relative to the output directory; only files the worker
-  recorded as written in ``ImageResult.files``).
+  recorded as written in ``ImageResult.files``) and ``written_ids`` (``{format: {column:
+  id}}``: the IDs written for this mask by each format whose IDs can differ from the source
+  IDs above; the Open Images output prefixes IDs that a CSV reader would turn into numbers
+  (``{"openimages": {"ImageID": "img-139", "LabelName": "class-18", "BoxID": "box-1768"}}``)).
 * ``<output>/errors.jsonl``: one line per error record, keys ``image_id, box_id, stage, reason,
   source`` (null where unknown).
 
@@ -43,6 +46,8 @@ class MaskFileLocator(Protocol):
 
     def mask_file(self, result: ImageResult, mask: MaskResult) -> str | None: ...
 
+    def written_ids(self, result: ImageResult, mask: MaskResult) -> dict[str, str] | None: ...
+
 
 def _line(value: dict[str, Any]) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n"
@@ -60,7 +65,7 @@ class SidecarWriter(Writer):
                  engine: str | None = None, inside_policy: str | None = None,
                  formats: Sequence[str | MaskFileLocator] = ()) -> None:
         """``formats``: the run's output formats, as names (``"coco"``, ...) or writer objects,
-        used to fill each line's ``files``."""
+        used to fill each line's ``files`` and ``written_ids``."""
         super().__init__(output_dir, labels)
         self.root = self.output_dir
         self.engine = engine
@@ -89,6 +94,7 @@ class SidecarWriter(Writer):
             "metrics": mask.metrics,
             "rle": {"size": list(mask.rle["size"]), "counts": mask.rle["counts"]},
             "files": self._files(result, mask),
+            "written_ids": self._written_ids(result, mask),
         }
 
     def _files(self, result: ImageResult, mask: MaskResult) -> dict[str, str]:
@@ -102,6 +108,14 @@ class SidecarWriter(Writer):
             if path is not None and path in written:
                 files[fmt.name] = path
         return files
+
+    def _written_ids(self, result: ImageResult, mask: MaskResult) -> dict[str, dict[str, str]]:
+        out = {}
+        for fmt in self.formats:
+            ids = fmt.written_ids(result, mask)
+            if ids is not None:
+                out[fmt.name] = ids
+        return out
 
     def merge(self, results: ResultsFactory,
               errors: Iterable[ErrorRecord] = ()) -> list[str]:

@@ -129,8 +129,9 @@ def remove_stale_temps(folder: str | os.PathLike, min_age_s: float = 0.0,
                        is_alive: Callable[[int], bool] | None = None) -> int:
     """Delete temporary files left by killed writers anywhere below ``folder``; return the count.
 
-    Only regular files whose name matches ``is_temp`` and whose last modification is at least
-    ``min_age_s`` seconds old are removed; symbolic links are neither removed nor followed. With
+    Only regular files and symbolic links (the temporary links of ``atomic_symlink``) whose name
+    matches ``is_temp`` and whose last modification is at least ``min_age_s`` seconds old are
+    removed; a link is removed itself, never its target, and linked folders are not entered. With
     ``is_alive`` (a pid check), files whose writing process is still alive are kept. Without it,
     call this only when no writer is active in ``folder``, or pass a ``min_age_s`` longer than any
     write takes: a live writer's temporary file would be deleted and its write would fail.
@@ -148,7 +149,8 @@ def remove_stale_temps(folder: str | os.PathLike, min_age_s: float = 0.0,
             p = Path(dirpath, name)
             with contextlib.suppress(FileNotFoundError):
                 st = p.lstat()
-                if stat.S_ISREG(st.st_mode) and now - st.st_mtime >= min_age_s:
+                if (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)) \
+                        and now - st.st_mtime >= min_age_s:
                     p.unlink()
                     n += 1
     return n

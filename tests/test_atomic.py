@@ -193,12 +193,13 @@ def test_remove_stale_temps_removes_only_temp_files(tmp_path):
     (tmp_path / "link").symlink_to(outside, target_is_directory=True)
     (tmp_path / ".f.tmp-8-0123abcd").symlink_to(outside / ".e.tmp-7-0123abcd")
 
-    assert remove_stale_temps(tmp_path) == len(stale)
+    assert remove_stale_temps(tmp_path) == len(stale) + 1  # + the temporary link
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in keep)
     assert (tmp_path / ".dir.tmp-1-0123abcd").is_dir()
-    assert (outside / ".e.tmp-7-0123abcd").read_bytes() == b"not ours"
-    assert (tmp_path / ".f.tmp-8-0123abcd").is_symlink()
+    assert (outside / ".e.tmp-7-0123abcd").read_bytes() == b"not ours"  # link target kept
+    assert not (tmp_path / ".f.tmp-8-0123abcd").is_symlink()
+    assert (tmp_path / "link").is_symlink()
 
 
 def test_remove_stale_temps_spares_recent_files_when_asked(tmp_path):

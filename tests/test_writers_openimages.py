@@ -409,3 +409,4 @@ def test_without_symbolic_links_the_images_and_the_official_csv_are_copied(tmp_p
     assert (out / "data" / "img-7.jpg").read_bytes() == (root / "b.JPEG").read_bytes()
     assert (out / OFFICIAL_CSV_NAME).read_bytes() == (out / CSV_NAME).read_bytes()
     assert not (out / OFFICIAL_CSV_NAME).is_symlink()
+    assert writer.summary["images"] == "copies"  # what data/ holds, not what was asked

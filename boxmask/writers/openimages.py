@@ -217,6 +217,7 @@ class OpenImagesWriter(Writer):
         rows_per_label: Counter[str] = Counter()
         renamed: Counter[str] = Counter()
         images: Counter[str] = Counter()
+        self._entry_kinds: Counter[str] = Counter()
         labels = functools.lru_cache(maxsize=65536)(lambda label: written_id(label, "LabelName"))
         with atomic_open(self.root / CSV_NAME, "w", fsync=self.fsync) as f:
             rows = _RowWriter(csv.writer(f, lineterminator="\n"))
@@ -251,8 +252,7 @@ class OpenImagesWriter(Writer):
         label_ids = {written_id(label, "LabelName"): label for label in label_map.ids}
         self.summary = {
             "layout": "FiftyOne OpenImagesV7Dataset: data/, labels/, metadata/",
-            "images": ("none" if self.images_root is None
-                       else "copies" if self.copy_images else "symlinks"),
+            "images": self._images_kind(),
             "images_placed": images["placed"] + images["kept"],
             "images_missing": images["missing"],
             "id_prefixes": dict(PREFIXES),
@@ -263,6 +263,16 @@ class OpenImagesWriter(Writer):
         return [f"{self.name}/{rel}" for rel in (CSV_NAME, OFFICIAL_CSV_NAME, CLASSES_NAME,
                                                  SEGMENTATION_CLASSES_NAME, HIERARCHY_NAME)]
 
+    def _images_kind(self) -> str:
+        """What ``data/`` holds: ``"none"`` (no images root), ``"symlinks"``, ``"copies"`` (asked
+        for, or links failed for all), or ``"symlinks and copies"`` (links failed for some)."""
+        if self.images_root is None:
+            return "none"
+        kinds = [k for k in ("symlinks", "copies") if self._entry_kinds[k]]
+        if not kinds:
+            return "copies" if self.copy_images else "symlinks"
+        return " and ".join(kinds)
+
     def _place_image(self, result: ImageResult, image_id: str) -> str:
         """Put the image into ``data/``: ``"placed"``, ``"kept"`` (already there),
         ``"missing"`` (its file is gone or unsafe) or ``"skipped"`` (no images root)."""
@@ -271,7 +281,9 @@ class OpenImagesWriter(Writer):
         try:
             source = join_inside(self.images_root, result.record.image_path, "image path")
             dest = self.root / DATA_DIR / f"{image_id}{image_extension(source)}"
-            return "placed" if place_file(source, dest, self.copy_images, self.fsync) else "kept"
+            wrote = place_file(source, dest, self.copy_images, self.fsync)
+            self._entry_kinds["symlinks" if dest.is_symlink() else "copies"] += 1
+            return "placed" if wrote else "kept"
         except (OSError, UnsafePathError) as e:
             log.warning("no data/ entry for %r: %s", result.record.image_id, e)
             return "missing"

@@ -410,3 +410,20 @@ def test_without_symbolic_links_the_images_and_the_official_csv_are_copied(tmp_p
     assert (out / OFFICIAL_CSV_NAME).read_bytes() == (out / CSV_NAME).read_bytes()
     assert not (out / OFFICIAL_CSV_NAME).is_symlink()
     assert writer.summary["images"] == "copies"  # what data/ holds, not what was asked
+
+
+def test_display_names_shared_by_several_labels_are_told_apart_in_metadata(tmp_path):
+    from boxmask.labels import LabelMap
+
+    labels = LabelMap(["n02012849", "n03126707", "n01440764"],
+                      {"n02012849": "crane", "n03126707": "crane", "n01440764": "tench"})
+    root, results = images_run(tmp_path)
+    writer = OpenImagesWriter(tmp_path / "out", labels=labels, images_root=root)
+    writer.merge(lambda: iter(results))
+    out = tmp_path / "out" / "openimages"
+    rows = dict(csv.reader((out / CLASSES_NAME).open()))
+    assert rows["n02012849"] == "crane (n02012849)" and rows["n03126707"] == "crane (n03126707)"
+    assert rows["n01440764"] == "tench"
+    hierarchy = json.loads((out / HIERARCHY_NAME).read_text())
+    assert [c["LabelName"] for c in hierarchy["Subcategory"]][:3] == [
+        "crane (n02012849)", "crane (n03126707)", "tench"]

@@ -113,6 +113,15 @@ def image_extension(path: Path) -> str:
     return IMAGE_EXTENSIONS.get(fmt or "", path.suffix.lower())
 
 
+def display_names(label_map: LabelMap) -> dict[str, str]:
+    """Each label's display name for ``metadata/``, unique: a name that several labels share
+    (ILSVRC has two "crane" synsets, a bird and a machine) becomes ``"<name> (<label id>)"`` for
+    each of them, since FiftyOne labels its objects by display name and would merge them."""
+    counts = Counter(label_map.name(label) for label in label_map.ids)
+    return {label: (name if counts[name] == 1 else f"{name} ({label})")
+            for label in label_map.ids for name in [label_map.name(label)]}
+
+
 def place_file(source: Path, dest: Path, copy: bool, fsync: bool = True) -> bool:
     """Make ``dest`` a link to (or, with ``copy``, a copy of) ``source``; nothing is done when
     it already is one (a copy: a regular file of the same size). A relative ``source`` is
@@ -301,17 +310,17 @@ class OpenImagesWriter(Writer):
         return label_map
 
     def _write_metadata(self, label_map: LabelMap, rows_per_label: Counter[str]) -> None:
+        names = display_names(label_map)
         with atomic_open(self.root / CLASSES_NAME, "w", fsync=self.fsync) as f:
             out = csv.writer(f, lineterminator="\n")
             for label in label_map.ids:
-                out.writerow([written_id(label, "LabelName"), label_map.name(label)])
+                out.writerow([written_id(label, "LabelName"), names[label]])
         segmented = [written_id(label, "LabelName") for label in label_map.ids
                      if rows_per_label[label]]
         atomic_write_text(self.root / SEGMENTATION_CLASSES_NAME,
                           "".join(f"{label}\n" for label in segmented), fsync=self.fsync)
         hierarchy = {"LabelName": "Entity",
-                     "Subcategory": [{"LabelName": label_map.name(label)}
-                                     for label in label_map.ids]}
+                     "Subcategory": [{"LabelName": names[label]} for label in label_map.ids]}
         atomic_write_text(self.root / HIERARCHY_NAME,
                           json.dumps(hierarchy, ensure_ascii=False, indent=1) + "\n",
                           fsync=self.fsync)

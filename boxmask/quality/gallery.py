@@ -53,7 +53,6 @@ from .sampling import (
     FILL_OUTLIER_Z,
     SAMPLE_FLAGS,
     STRATIFY_DIMS,
-    UNIFORM_SHARE,
     sample_items,
     scan_run,
     select,
@@ -347,14 +346,14 @@ def design_note(design: dict[str, Any], items: list[dict[str, Any]]) -> str:
     if items and all("all" in (i.get("why") or []) for i in items):
         return f"All {pop['masks']} {what} are shown: there are no more than n = " \
                f"{design['n_requested']}."
-    return (f"{design['n_sampled']} of {pop['masks']} {what} sampled (n = "
-            f"{design['n_requested']}, seed {design['seed']}): uniform "
+    return (f"{design['n_sampled']} distinct {what} of {pop['masks']} sampled (n = "
+            f"{design['n_requested']}, seed {design['seed']}) without replacement in "
+            f"{len(design.get('strata', []))} strata (flagged masks by flag, the others by "
+            f"{' x '.join(design['stratify']) or 'nothing'}); drawn for the uniform share "
             f"{draws['uniform']['picked']}, flagged {draws['flagged']['picked']}, stratum "
-            f"{draws['stratum']['picked']} (by {' x '.join(design['stratify']) or 'nothing'}, "
-            f"{design['stratum_cells']} cells); a mask picked by several draws is shown once. "
-            f"The uniform slice ({UNIFORM_SHARE:.0%} of n) is a simple random sample: its error "
-            "rate is unbiased as it is. For all cards, weight each verdict by 1/π (sample.jsonl: "
-            "weight): error rate ≈ Σ bad/π ÷ Σ 1/π.")
+            f"{draws['stratum']['picked']}. Every mask is in the uniform slice with the same "
+            "probability: its error rate needs no weights. For all cards, weight each verdict "
+            "by 1/π (sample.jsonl: weight): error rate ≈ Σ bad/π ÷ Σ 1/π.")
 
 
 def sample_section(design: dict[str, Any], items: list[dict[str, Any]]) -> str:

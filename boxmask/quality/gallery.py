@@ -32,7 +32,6 @@ The same run, arguments and seed give the same files.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import logging
@@ -57,6 +56,7 @@ from .metrics import (
     TINY_FILL,
 )
 from .render import BOX_RGB, FILL_RGB, NEGATIVE_RGB, POSITIVE_RGB, render_thumbnails
+from .review import read_sample, sample_id
 from .sampling import (
     FILL_OUTLIER_Z,
     SAMPLE_FLAGS,
@@ -155,6 +155,23 @@ def sample_run(run_dir: str | Path, output: str | Path, *, n: int = 200,
     index = out / "index.html"
     atomic_write_text(index, page, fsync=False)
     log.info("review report of %d masks written to %s", len(items), index)
+    return index
+
+
+def refresh_page(report_dir: str | Path, run_dir: str | Path) -> Path:
+    """Write ``index.html`` of an existing report again from its ``sample.jsonl`` and
+    ``sample_design.json`` (no new sample, no thumbnails), with the run's current ``eval.json``
+    and ``review.json``. Returns the path of ``index.html``."""
+    folder = Path(report_dir)
+    items, design, summary = read_sample(folder)
+    root_dir = JobLayout(Path(run_dir)).root
+    review = _read_json(root_dir / REVIEW_FILE)
+    if review and review.get("sample_id") != design.get("sample_id"):
+        review = None
+    page = render_page(summary, design, items, _read_json(root_dir / "eval.json"),
+                       run_name=Path(run_dir).name, review=review)
+    index = folder / "index.html"
+    atomic_write_text(index, page, fsync=False)
     return index
 
 
@@ -445,16 +462,6 @@ def sample_section(design: dict[str, Any], items: list[dict[str, Any]]) -> str:
             f'<p class="note legend">{legend}</p><p class="note keys">{_e(keys)}</p>'
             f'<div id="controls">{controls}</div>'
             f'<div id="grid">{cards}</div></section>')
-
-
-def sample_id(items: Sequence[dict[str, Any]]) -> str:
-    """A short id of a sample: SHA-256 of its ``image_id NUL box_id`` lines, 16 hex digits.
-
-    The page keys its stored verdicts by run and by this id; verdicts exported from the page
-    carry it, so an estimate can check that they were made on this sample.
-    """
-    text = "".join(f"{i.get('image_id')}\x00{i.get('box_id')}\n" for i in items)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def render_page(summary: dict[str, Any], design: dict[str, Any], items: list[dict[str, Any]],

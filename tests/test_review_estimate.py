@@ -158,7 +158,8 @@ def test_review_estimate_writes_review_json_and_the_page_shows_it(reviewed):
     overall = review["overall"]
     lo, hi = overall["ci95"]
     assert lo <= overall["rate"] <= hi and 0 < overall["rate"] < 1
-    assert overall["more_reviews_for_2pt"] > 0
+    # never more reviews than masks left: 123 masks in the run, 37 decided
+    assert 0 < overall["more_reviews_for_2pt"] <= 123 - 37
     # the truth of this run: 20 of the 123 masks are damaged
     assert lo <= len(_damaged()) / 123 <= hi
     assert set(review["per_class"]) == {i["label_name"] for i in items}

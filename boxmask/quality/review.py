@@ -40,7 +40,9 @@ same simulations). The coverage is checked by simulation in the tests.
 
 More reviews for +-2 points: the smallest ``n_eff`` whose Wilson half-width at the current rate
 is at most 0.02, times the current design effect ``r / n_eff`` (reviews per effective review),
-minus the reviews done: how many more cards of that group, sampled the same way, to review.
+shrunk by the finite population correction ``n / (1 + (n - 1) / N_g)`` (``N_g = sum(w)``, the
+group's estimated size: a group of 80 masks never needs more than 80 reviews), minus the reviews
+done: how many more cards of that group, sampled the same way, to review.
 """
 
 from __future__ import annotations
@@ -152,11 +154,13 @@ def rate(y: np.ndarray, w: np.ndarray, strata: np.ndarray | None = None,
         if var > 0:
             n_eff = min(p * (1 - p) / var, float(reviewed))
     lo, hi = wilson(p, n_eff)
+    size = float(wd.sum())  # the group's estimated number of masks
     need = n_for_half_width(p) * reviewed / n_eff
+    need = need / (1 + (need - 1) / max(size, 1.0))  # finite population: at most all of them
+    more = min(math.ceil(need - 1e-9), max(math.ceil(size - 1e-9), reviewed)) - reviewed
     return {"reviewed": reviewed, "bad": bad, "rate": round(p, 6),
             "ci95": [round(lo, 6), round(hi, 6)], "n_eff": round(n_eff, 2),
-            "weight": round(float(wd.sum()), 3),
-            "more_reviews_for_2pt": max(0, math.ceil(need - 1e-9) - reviewed)}
+            "weight": round(size, 3), "more_reviews_for_2pt": max(0, more)}
 
 
 def _stratum(item: dict[str, Any]) -> str:

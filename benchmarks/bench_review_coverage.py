@@ -1,6 +1,7 @@
 """Coverage of the review estimate's 95 % interval on synthetic runs with a known error rate.
 
-For each scenario: a run of ``--masks`` masks in 8 classes, 15 % of them flagged (one of six
+For each scenario: a run of ``--masks`` masks (300 in two scenarios: a small run, reviewed in
+large part) in 8 classes, 15 % of them flagged (one of six
 flags), truly bad with probability ``flagged_bad`` when flagged and ``clean_bad`` otherwise (plus
 one point per class index mod 3); ``--replicates`` review samples of ``n`` (``select``, seeds
 0..R-1), every sampled card judged truly except a share ``skip`` left unreviewed. Printed per
@@ -23,8 +24,10 @@ from boxmask.quality.metrics import ClassFillStats
 from boxmask.quality.review import estimate, wilson
 from boxmask.quality.sampling import LightKeys, select
 
-SCENARIOS = (  # n, flagged_bad, clean_bad, skip
+SCENARIOS = (  # n, flagged_bad, clean_bad, skip[, masks]
     (40, 0.45, 0.04, 0.0),
+    (120, 0.2, 0.05, 0.0, 300),
+    (150, 0.45, 0.04, 0.1, 300),
     (40, 0.2, 0.01, 0.0),
     (120, 0.2, 0.01, 0.25),
     (200, 0.45, 0.04, 0.0),
@@ -56,10 +59,11 @@ def main() -> None:
     r = args.replicates
     print(f"{args.replicates} replicates per scenario; binomial SE of a 95 % coverage: "
           f"{100 * math.sqrt(0.95 * 0.05 / r):.1f} points")
-    print(f"{'n':>4} {'flag/clean bad':>14} {'skip':>5} {'true':>6} {'mean est':>8} "
+    print(f"{'masks':>5} {'n':>4} {'flag/clean bad':>14} {'skip':>5} {'true':>6} {'mean est':>8} "
           f"{'cover':>6} {'cover c2':>8} {'width':>6} {'raw cover':>9}")
-    for n, fb, cb, skip in SCENARIOS:
-        keys, truth = synthetic_run(args.masks, n, fb, cb)
+    for n, fb, cb, skip, *size in SCENARIOS:
+        masks = size[0] if size else args.masks
+        keys, truth = synthetic_run(masks, n, fb, cb)
         true_rate, c2 = truth.mean(), truth[keys.label == 2].mean()
         cover = cover_c2 = raw = 0
         est, width = [], []
@@ -83,8 +87,9 @@ def main() -> None:
             o = e["overall"]
             a, b = wilson(o["bad"] / o["reviewed"], o["reviewed"])
             raw += a <= true_rate <= b
-        print(f"{n:>4} {fb:>7.2f}/{cb:<6.2f} {skip:>5.2f} {true_rate:>6.3f} {np.mean(est):>8.3f} "
-              f"{cover / r:>6.3f} {cover_c2 / r:>8.3f} {np.mean(width):>6.3f} {raw / r:>9.3f}")
+        print(f"{masks:>5} {n:>4} {fb:>7.2f}/{cb:<6.2f} {skip:>5.2f} {true_rate:>6.3f} "
+              f"{np.mean(est):>8.3f} {cover / r:>6.3f} {cover_c2 / r:>8.3f} "
+              f"{np.mean(width):>6.3f} {raw / r:>9.3f}")
 
 
 if __name__ == "__main__":

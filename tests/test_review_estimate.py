@@ -67,11 +67,12 @@ REPLICATES = 300
 LOWEST_COVERAGE = 0.95 - 3 * math.sqrt(0.95 * 0.05 / REPLICATES)
 
 
-@pytest.mark.parametrize(("n", "flagged_bad", "clean_bad", "skip"),
-                         [(40, 0.45, 0.04, 0.0), (120, 0.2, 0.01, 0.25)])
-def test_the_interval_covers_the_true_error_rate_at_its_nominal_rate(n, flagged_bad, clean_bad,
-                                                                     skip):
-    keys, truth = _synthetic_run(3000, n, flagged_bad, clean_bad)
+@pytest.mark.parametrize(("masks", "n", "flagged_bad", "clean_bad", "skip"),
+                         [(3000, 40, 0.45, 0.04, 0.0), (3000, 120, 0.2, 0.01, 0.25),
+                          (300, 120, 0.2, 0.05, 0.0)])  # the last: a finite population
+def test_the_interval_covers_the_true_error_rate_at_its_nominal_rate(masks, n, flagged_bad,
+                                                                     clean_bad, skip):
+    keys, truth = _synthetic_run(masks, n, flagged_bad, clean_bad)
     true_rate = truth.mean()
     class_rate = truth[keys.label == 2].mean()
     covered, class_covered, estimates = 0, 0, []

@@ -36,7 +36,10 @@ resample and understates the uncertainty; a Wilson interval stays inside [0, 1] 
 coverage near 0 errors, where a review of good masks usually is. Without the truncation the
 interval undercovers on small samples (89 % at n = 40 in the simulation of the tests); with it,
 it errs on the wide side when the flag strata separate bad from good masks well (97-99 % in the
-same simulations). The coverage is checked by simulation in the tests.
+same simulations). The finite population correction is applied at the end: a group of
+``N_g = sum(w)`` masks of which ``r`` were reviewed has ``n_eff / (1 - r / N_g)`` in the Wilson
+interval, so a small run reviewed in large part gets a narrower interval, and one reviewed whole a
+single point. The coverage is checked by simulation in the tests.
 
 More reviews for +-2 points: the smallest ``n_eff`` whose Wilson half-width at the current rate
 is at most 0.02, times the current design effect ``r / n_eff`` (reviews per effective review),
@@ -72,7 +75,8 @@ METHOD = {
                  "passes its weight to its weighting class (flag strata; cells of its class)",
     "interval": "95% Wilson score interval on n_eff = p(1-p)/V (V: linearised stratified "
                 "variance of the Hajek ratio, singleton strata pooled), truncated at the number "
-                "of decided masks; Kish's (sum w)^2/sum(w^2) where V = 0",
+                "of decided masks; Kish's (sum w)^2/sum(w^2) where V = 0; divided by 1 - r/N "
+                "(finite population)",
     "more_reviews": "smallest n_eff with Wilson half-width <= 0.02 at the current rate, "
                     "times reviews per effective review, minus reviews done",
     "summary": "Hajek estimate weighted by 1/π; 95% Wilson interval on the design-based "
@@ -153,8 +157,10 @@ def rate(y: np.ndarray, w: np.ndarray, strata: np.ndarray | None = None,
         var = design_variance(y, w, np.asarray(strata), dom)
         if var > 0:
             n_eff = min(p * (1 - p) / var, float(reviewed))
-    lo, hi = wilson(p, n_eff)
     size = float(wd.sum())  # the group's estimated number of masks
+    # finite population: reviewing a fraction f of the group leaves (1 - f) of the variance
+    f = min(reviewed / size, 1.0) if size > 0 else 0.0
+    lo, hi = (p, p) if f >= 1.0 else wilson(p, n_eff / (1.0 - f))
     need = n_for_half_width(p) * reviewed / n_eff
     need = need / (1 + (need - 1) / max(size, 1.0))  # finite population: at most all of them
     more = min(math.ceil(need - 1e-9), max(math.ceil(size - 1e-9), reviewed)) - reviewed

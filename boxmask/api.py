@@ -178,3 +178,52 @@ def segment_image(image_rgb: np.ndarray, box_xyxy: tuple[int, int, int, int], *,
                              extra_clicks=[extra] if extra else None)
     policy = create_policy(inside_point, **(inside_options or {}))
     return policy.segment(engine, [request])[0][0]
+
+
+# ------------------------------------------------------------------------------ review
+
+def sample(run_dir: str | Path, output: str | Path, **options: Any) -> Path:
+    """Write the review gallery of a sample of a run's masks (``quality.gallery.sample_run``)."""
+    from .quality.gallery import sample_run
+
+    return sample_run(run_dir, output, **options)
+
+
+def review_estimate(run_dir: str | Path, verdicts: str | Path,
+                    sample_dir: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """Estimate the run's error rate from a review's ``verdicts.jsonl`` (``quality.review``).
+
+    ``sample_dir``: the review report the verdicts were made on (``sample.jsonl``,
+    ``sample_design.json``); default: the folder of ``verdicts`` when it holds ``sample.jsonl``.
+    Writes ``<run>/review.json`` and, when ``sample_dir`` has an ``index.html``, writes that page
+    again to show the estimate. Returns ``(path of review.json, its dict)``. Raises
+    ``ValueError`` when the verdicts name another sample.
+    """
+    import json
+
+    from .atomic import atomic_write_text
+    from .jobs.layout import JobLayout
+    from .quality.gallery import REVIEW_FILE, refresh_page
+    from .quality.review import estimate, read_sample, read_verdicts
+
+    verdicts = Path(verdicts)
+    folder = Path(sample_dir) if sample_dir is not None else verdicts.parent
+    if not (folder / "sample.jsonl").is_file():
+        raise FileNotFoundError(f"no sample.jsonl in {folder}: pass the review report folder "
+                                "the verdicts were made on")
+    items, design, _ = read_sample(folder)
+    lines, problems = read_verdicts(verdicts)
+    other = {v.get("sample_id") for v in lines.values()} - {None, design["sample_id"]}
+    if other:
+        raise ValueError(f"{verdicts} holds verdicts on another sample ({', '.join(sorted(other))})"
+                         f" than {folder} ({design['sample_id']})")
+    result = estimate(items, design, lines)
+    result["problems"] = problems + result["problems"]
+    result["run"] = str(run_dir)
+    result["verdicts"] = str(verdicts)
+    result["sample_dir"] = str(folder)
+    out = JobLayout(Path(run_dir)).root / REVIEW_FILE
+    atomic_write_text(out, json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    if (folder / "index.html").is_file():
+        refresh_page(folder, run_dir)
+    return out, result

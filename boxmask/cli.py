@@ -501,22 +501,72 @@ def status(out_dir: Path, as_json: bool, lease_timeout: float) -> None:
               help="Report folder (index.html, thumbs/, sample.jsonl).")
 def sample(run_dir: Path, n: int, stratify: str, flags_only: bool, seed: int,
            images_root: Path | None, thumb_size: int, output: Path) -> None:
-    """Write a static HTML review gallery of a reproducible, stratified sample of masks.
+    """Write a static HTML review gallery of a reproducible, stratified sample of N distinct
+    masks (all of them when the run has fewer).
 
     Works on a finished run (masks.jsonl) and on a run in progress (done shards only). Open
-    OUTPUT/index.html in a browser; no server needed. sample.jsonl lists the sampled masks with
-    their inclusion probability, to estimate an unbiased error rate from a review.
+    OUTPUT/index.html in a browser; no server needed. Mark each card good / bad / unsure there
+    and export verdicts.jsonl for `boxmask review estimate`. sample.jsonl lists the sampled masks
+    with their inclusion probability, to estimate an unbiased error rate from a review.
     """
-    from .quality.gallery import sample_run
+    from .api import sample as sample_api
 
     strata = () if stratify.strip().lower() in ("", "none") else tuple(
         s.strip() for s in stratify.split(",") if s.strip())
     try:
-        index = sample_run(run_dir, output, n=n, stratify=strata, flags_only=flags_only,
+        index = sample_api(run_dir, output, n=n, stratify=strata, flags_only=flags_only,
                            seed=seed, images_root=images_root, thumb_size=thumb_size)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
     click.echo(str(index))
+
+
+@cli.group()
+def review() -> None:
+    """Turn a review's verdicts (verdicts.jsonl, exported from the sample gallery) into
+    numbers."""
+
+
+@review.command("estimate")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--verdicts", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="verdicts.jsonl downloaded from the review page.")
+@click.option("--sample", "sample_dir", type=click.Path(exists=True, file_okay=False,
+                                                       path_type=Path),
+              help="The review report folder the verdicts were made on (sample.jsonl); "
+                   "default: the folder of --verdicts.")
+@click.option("--json", "as_json", is_flag=True, help="Print review.json instead of a table.")
+def review_estimate(run_dir: Path, verdicts: Path, sample_dir: Path | None,
+                    as_json: bool) -> None:
+    """Error rate of the run's masks from the verdicts: a Hajek estimate weighted by the
+    sample's inclusion probabilities, with a 95 % interval, overall, per class and per flag,
+    and how many more reviews would narrow it to +-2 points. Writes RUN_DIR/review.json; the
+    gallery shows it (its index.html is written again when --sample has one)."""
+    from .api import review_estimate as estimate_api
+
+    try:
+        path, result = estimate_api(run_dir, verdicts, sample_dir)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(result, indent=1, ensure_ascii=False))
+        return
+    for problem in result["problems"]:
+        click.echo(f"warning: {problem}", err=True)
+    click.echo(f"{result['counted']} verdicts counted ({result['unsure']} unsure) of "
+               f"{result['sample_size']} sampled masks; population {result['population']}")
+    rows = [("overall", result["overall"])]
+    rows += [(f"class {k}", g) for k, g in result["per_class"].items() if g["reviewed"]]
+    rows += [(f"flag {k}", g) for k, g in result["per_flag"].items() if g["reviewed"]]
+    for name, g in rows:
+        if g["rate"] is None:
+            continue
+        lo, hi = g["ci95"]
+        click.echo(f"  {name}: {100 * g['rate']:.1f}% bad (95% {100 * lo:.1f}-{100 * hi:.1f}%), "
+                   f"{g['bad']}/{g['reviewed']} reviewed bad, "
+                   f"+{g['more_reviews_for_2pt']} reviews for +-2 points")
+    click.echo(str(path))
 
 
 @cli.command("eval")

@@ -16,8 +16,15 @@
   ``flags``, ``why``, ``stratum``, ``inclusion_probability``, ``weight`` and ``thumb`` (see
   ``boxmask.quality.sampling`` for the design and how to reweight a reviewer's verdicts). Join
   verdicts back on ``(image_id, box_id)`` or ``sample_index``.
-* ``sample_design.json``: ``{"design": ..., "summary": ...}``: the draws, their sizes and cells,
-  and the run summary shown on the page.
+* Verdicts: each card has good / bad / unsure buttons and a reason (``REASONS``), driven by the
+  keyboard (``j``/``k`` move, digits pick a reason, ``g``/``b``/``u`` decide and move on, ``x``
+  clears, ``e`` exports). They are stored in ``localStorage`` under
+  ``boxmask-verdicts:<run path>:<sample_id>`` and downloaded as ``verdicts.jsonl`` (one JSON line
+  per reviewed card: ``sample_index``, ``image_id``, ``box_id``, ``label``, ``verdict``,
+  ``reason``, ``reviewed_at``, ``run``, ``sample_id``); ``boxmask.quality.review`` turns them into
+  an error-rate estimate, ``<run>/review.json``, shown on the page when it belongs to this sample.
+* ``sample_design.json``: ``{"design": ..., "summary": ...}``: the strata, their sizes and
+  allocations, the ``sample_id``, and the run summary shown on the page.
 
 The page needs no server and loads nothing from the network: open ``index.html`` from disk.
 The same run, arguments and seed give the same files.
@@ -49,11 +56,11 @@ from .metrics import (
     TINY_FILL,
 )
 from .render import BOX_RGB, FILL_RGB, NEGATIVE_RGB, POSITIVE_RGB, render_thumbnails
+from .review import read_sample, sample_id
 from .sampling import (
     FILL_OUTLIER_Z,
     SAMPLE_FLAGS,
     STRATIFY_DIMS,
-    UNIFORM_SHARE,
     sample_items,
     scan_run,
     select,
@@ -61,6 +68,8 @@ from .sampling import (
 
 log = logging.getLogger(__name__)
 
+REVIEW_FILE = "review.json"
+"""Where ``boxmask review estimate`` writes its estimate, in the run folder."""
 TEMPLATE = "report_template.html"
 """The page skeleton (styles and script), package data next to this module."""
 THUMB_SIZE = 256
@@ -83,6 +92,18 @@ SORTS = (("i", "sample order"), ("score", "score, low first"), ("-score", "score
          ("image", "image id"))
 
 _THUMB_NAME = re.compile(r"\d{5}\.jpg")
+
+VERDICTS = ("good", "bad", "unsure")
+"""What a reviewer can say of a mask; the page's keys are their first letters."""
+REASONS = (*SAMPLE_FLAGS, "other")
+"""Optional reasons of a verdict: the flags, then ``other``; keys 1-9 and 0 in this order."""
+VERDICT_CONTROLS = (
+    '<div class="verdict" role="group" aria-label="verdict">'
+    + "".join(f'<button type="button" data-verdict="{v}" title="{v} ({v[0]})">{v}</button>'
+              for v in VERDICTS)
+    + '<select class="reason" aria-label="reason"><option value="">reason…</option>'
+    + "".join(f'<option value="{r}">{(i + 1) % 10}: {r}</option>' for i, r in enumerate(REASONS))
+    + "</select></div>")
 
 
 def sample_run(run_dir: str | Path, output: str | Path, *, n: int = 200,
@@ -116,6 +137,7 @@ def sample_run(run_dir: str | Path, output: str | Path, *, n: int = 200,
     render_thumbnails(items, root, out, size=thumb_size, exif=settings.get("exif", "auto"),
                       max_pixels=int(settings.get("max_pixels") or DEFAULT_MAX_PIXELS))
     _remove_stale_thumbs(out / "thumbs", {Path(i["thumb"]).name for i in items})
+    sample.design["sample_id"] = sample_id(items)
 
     atomic_write_text(out / "sample.jsonl", "".join(
         json.dumps(i, ensure_ascii=False, separators=(",", ":")) + "\n" for i in items),
@@ -123,11 +145,33 @@ def sample_run(run_dir: str | Path, output: str | Path, *, n: int = 200,
     atomic_write_text(out / "sample_design.json", json.dumps(
         {"design": sample.design, "summary": summary}, indent=1, ensure_ascii=False) + "\n",
         fsync=False)
-    evaluation = _read_eval(JobLayout(src.run_dir).root / "eval.json")
-    page = render_page(summary, sample.design, items, evaluation, run_name=src.run_dir.name)
+    root_dir = JobLayout(src.run_dir).root
+    evaluation = _read_json(root_dir / "eval.json")
+    review = _read_json(root_dir / REVIEW_FILE)
+    if review and review.get("sample_id") != sample.design["sample_id"]:
+        review = None  # an estimate from another sample of the run
+    page = render_page(summary, sample.design, items, evaluation, run_name=src.run_dir.name,
+                       review=review)
     index = out / "index.html"
     atomic_write_text(index, page, fsync=False)
     log.info("review report of %d masks written to %s", len(items), index)
+    return index
+
+
+def refresh_page(report_dir: str | Path, run_dir: str | Path) -> Path:
+    """Write ``index.html`` of an existing report again from its ``sample.jsonl`` and
+    ``sample_design.json`` (no new sample, no thumbnails), with the run's current ``eval.json``
+    and ``review.json``. Returns the path of ``index.html``."""
+    folder = Path(report_dir)
+    items, design, summary = read_sample(folder)
+    root_dir = JobLayout(Path(run_dir)).root
+    review = _read_json(root_dir / REVIEW_FILE)
+    if review and review.get("sample_id") != design.get("sample_id"):
+        review = None
+    page = render_page(summary, design, items, _read_json(root_dir / "eval.json"),
+                       run_name=Path(run_dir).name, review=review)
+    index = folder / "index.html"
+    atomic_write_text(index, page, fsync=False)
     return index
 
 
@@ -137,7 +181,7 @@ def _remove_stale_thumbs(folder: Path, keep: set[str]) -> None:
             p.unlink(missing_ok=True)
 
 
-def _read_eval(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
@@ -292,6 +336,34 @@ def eval_panel(result: dict[str, Any] | None) -> str:
             f"{_table(head, rows, sortable=True, cls='eval')}</div></div>")
 
 
+def review_section(review: dict[str, Any] | None) -> str:
+    """The error-rate estimate of ``review.json`` (overall, per class, per flag), or nothing."""
+    if not review:
+        return ""
+
+    def pct(v: Any) -> tuple[str, Any]:
+        return (f"{100 * v:.1f}%" if isinstance(v, int | float) else "–", v)
+
+    def row(name: str, g: dict[str, Any]) -> tuple:
+        lo, hi = g.get("ci95") or (None, None)
+        more = g.get("more_reviews_for_2pt")
+        return (name, g.get("reviewed", 0), g.get("bad", 0), pct(g.get("rate")),
+                (f"{pct(lo)[0]} – {pct(hi)[0]}", lo), (_fmt(g.get("n_eff"), 1), g.get("n_eff")),
+                ("–" if more is None else more, more))
+
+    rows = [row("overall", review.get("overall") or {})]
+    rows += [row(f"class: {k}", g) for k, g in (review.get("per_class") or {}).items()]
+    rows += [row(f"flag: {k}", g) for k, g in (review.get("per_flag") or {}).items()]
+    head = ("group", "reviewed", "bad", "error rate", "95% interval", "effective n",
+            "more reviews for ±2 pts")
+    note = (f"{review.get('counted', '?')} verdicts counted of {review.get('reviewed', '?')} "
+            f"reviewed ({review.get('unsure', 0)} unsure left out); "
+            f"{(review.get('method') or {}).get('summary', '')}")
+    return (f'<section id="review"><h2>Error rate from the review (review.json)</h2>'
+            f'<p class="note">{_e(note)}</p><div class="panel"><div class="scroll">'
+            f"{_table(head, rows, sortable=True, cls='review')}</div></div></section>")
+
+
 def _select(name: str, label: str, options: Sequence[tuple[str, str]]) -> str:
     opts = "".join(f'<option value="{_e(v)}">{_e(t)}</option>' for v, t in options)
     return f'<label>{_e(label)}<select id="{_e(name)}">{opts}</select></label>'
@@ -320,6 +392,7 @@ def card_html(item: dict[str, Any]) -> str:
         "data-why": " ".join(why), "data-tightness": num(m.get("tightness_iou")),
         "data-fill": num(m.get("fill_ratio")), "data-leakage": num(m.get("leakage")),
         "data-pi": num(item.get("inclusion_probability")), "data-image": item.get("image_id", ""),
+        "data-box": item.get("box_id", ""), "data-label": item.get("label", ""),
     }
     cls = "item flagged" if flags else "item"
     attr = " ".join(f'{k}="{_e(v)}"' for k, v in attrs.items())
@@ -337,7 +410,8 @@ def card_html(item: dict[str, Any]) -> str:
             f'<div class="cls" title="{_e(item.get("label", ""))}">{_e(name)}</div>'
             f'<div class="ids" title="{_e(item.get("image_path", ""))}">image '
             f'{_e(item.get("image_id"))} · box {_e(item.get("box_id"))}</div>'
-            f'<div class="nums">{_e(nums)}</div><div>{badges}</div></figcaption></figure>')
+            f'<div class="nums">{_e(nums)}</div><div>{badges}</div>{VERDICT_CONTROLS}'
+            "</figcaption></figure>")
 
 
 def design_note(design: dict[str, Any], items: list[dict[str, Any]]) -> str:
@@ -347,14 +421,14 @@ def design_note(design: dict[str, Any], items: list[dict[str, Any]]) -> str:
     if items and all("all" in (i.get("why") or []) for i in items):
         return f"All {pop['masks']} {what} are shown: there are no more than n = " \
                f"{design['n_requested']}."
-    return (f"{design['n_sampled']} of {pop['masks']} {what} sampled (n = "
-            f"{design['n_requested']}, seed {design['seed']}): uniform "
+    return (f"{design['n_sampled']} distinct {what} of {pop['masks']} sampled (n = "
+            f"{design['n_requested']}, seed {design['seed']}) without replacement in "
+            f"{len(design.get('strata', []))} strata (flagged masks by flag, the others by "
+            f"{' x '.join(design['stratify']) or 'nothing'}); drawn for the uniform share "
             f"{draws['uniform']['picked']}, flagged {draws['flagged']['picked']}, stratum "
-            f"{draws['stratum']['picked']} (by {' x '.join(design['stratify']) or 'nothing'}, "
-            f"{design['stratum_cells']} cells); a mask picked by several draws is shown once. "
-            f"The uniform slice ({UNIFORM_SHARE:.0%} of n) is a simple random sample: its error "
-            "rate is unbiased as it is. For all cards, weight each verdict by 1/π (sample.jsonl: "
-            "weight): error rate ≈ Σ bad/π ÷ Σ 1/π.")
+            f"{draws['stratum']['picked']}. Every mask is in the uniform slice with the same "
+            "probability: its error rate needs no weights. For all cards, weight each verdict "
+            "by 1/π (sample.jsonl: weight): error rate ≈ Σ bad/π ÷ Σ 1/π.")
 
 
 def sample_section(design: dict[str, Any], items: list[dict[str, Any]]) -> str:
@@ -371,24 +445,35 @@ def sample_section(design: dict[str, Any], items: list[dict[str, Any]]) -> str:
         _select("why", "sampled as", [("all", "all"),
                                       *((w, f"{w} ({c})") for w, c in sorted(why_counts.items()))]),
         f'<span>showing <span id="shown">{len(items)}</span> of {len(items)}</span>',
+        f'<span id="progress" aria-live="polite">0 / {len(items)} reviewed</span>',
+        '<button type="button" id="export" title="download verdicts.jsonl (e)">'
+        "export verdicts.jsonl</button>",
     ])
+    keys = ("Review with the keyboard: j / k (or → / ←) move between cards; 1–9 and 0 pick a "
+            "reason (in the order of the list), then g good, b bad or u unsure gives the verdict "
+            "and moves on; x clears a card, e exports verdicts.jsonl. Verdicts are kept in this "
+            "browser, per run and sample, across reloads.")
     legend = "".join([_swatch(FILL_RGB, "mask"), _swatch(BOX_RGB, "input box"),
                       _swatch(POSITIVE_RGB, "positive click (inside point)", dot=True),
                       _swatch(NEGATIVE_RGB, "negative click (corner)", dot=True)])
     cards = "".join(card_html(i) for i in items)
     return (f'<section id="sample"><h2>Sampled masks</h2>'
             f'<p class="note">{_e(design_note(design, items))}</p>'
-            f'<p class="note legend">{legend}</p><div id="controls">{controls}</div>'
+            f'<p class="note legend">{legend}</p><p class="note keys">{_e(keys)}</p>'
+            f'<div id="controls">{controls}</div>'
             f'<div id="grid">{cards}</div></section>')
 
 
 def render_page(summary: dict[str, Any], design: dict[str, Any], items: list[dict[str, Any]],
-                evaluation: dict[str, Any] | None = None, *, run_name: str = "") -> str:
+                evaluation: dict[str, Any] | None = None, *, run_name: str = "",
+                review: dict[str, Any] | None = None) -> str:
     """The whole ``index.html`` (styles and script inline; no external resource)."""
     template = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
     title = f"boxmask review: {run_name}" if run_name else "boxmask review"
     subtitle = summary["run"]
     parts = {"title": _e(title), "subtitle": _e(subtitle),
+             "run_key": _e(summary["run"]), "sample_key": _e(design.get("sample_id", "")),
              "summary": summary_section(summary, evaluation),
+             "review": review_section(review),
              "sample": sample_section(design, items)}
     return re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m.group(1)], template)

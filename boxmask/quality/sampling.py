@@ -17,42 +17,58 @@ class (robust z-score above ``FILL_OUTLIER_Z``, classes of at least ``MIN_CLASS_
 
 Design
 ------
-A sample of at most ``n`` masks is the union of three independent draws, each a simple random
-sample without replacement (SRS) within its cells, from its own random stream of ``seed``:
+A stratified sample without replacement of exactly ``min(n, population)`` distinct masks.
 
-* **uniform**: ``ceil(UNIFORM_SHARE * n)`` masks (25 %) from the whole population. Alone it is an
-  SRS: the share of bad masks among the reviewed uniform items is an unbiased estimate of the
-  population's error rate, with no weights.
-* **flagged**: ``round(FLAGGED_SHARE * n)`` masks (25 %, at most all flagged ones) from the flagged
-  masks, allocated equally over their *primary* flag (the first of their flags in
-  ``SAMPLE_FLAGS`` order), so that rare failure kinds are seen too.
-* **stratum**: the rest, allocated equally over the non-empty cells of ``stratify``: class x score
-  decile by default. Score deciles are cut at the 10 %, ..., 90 % quantiles of the population's
-  scores (ties can merge deciles); ``stratify=("class",)`` or ``("score",)`` use one of the two;
-  ``()`` gives this share to the uniform draw.
+**Strata** partition the population: a flagged mask is in the stratum of its *primary* flag (the
+first of its flags in ``SAMPLE_FLAGS`` order, e.g. ``flag=leaks``); an unflagged mask is in its
+cell of ``stratify``: class x score decile by default (``class=tench score_decile=3``). Score
+deciles are cut at the 10 %, ..., 90 % quantiles of the population's scores (ties can merge
+deciles); ``stratify=("class",)`` or ``("score",)`` use one of the two; ``()`` puts all unflagged
+masks in one stratum.
 
-Equal allocation is capped by the cell sizes (a cell smaller than its share is taken whole, the
-rest is shared by the others); when the budget is not a multiple of the cells left, a random
-subset of them gets one extra mask. Every cell is covered once the budget reaches the number of
-cells; below that, which cells get a mask is itself random.
+**Allocation.** ``n`` is split into three shares, and each stratum ``h`` (``N_h`` masks) gets an
+expected allocation ``a_h`` (a real number) that is the sum of its parts:
+
+* **uniform**: ``n_u = ceil(UNIFORM_SHARE * n)`` (25 %) spread proportionally:
+  ``n_u * N_h / N`` to every stratum;
+* **flagged**: ``round(FLAGGED_SHARE * n)`` (25 %, at most all flagged masks) spread equally over
+  the flag strata, so that rare failure kinds are seen too;
+* **stratum**: the rest, spread equally over all strata (flag strata included, as each flag
+  stratum is a cell of its own).
+
+Equal shares are water-filled: a stratum never gets more than it holds, and what it cannot take
+goes to the others (what the flag strata cannot take joins the stratum share; with no flagged
+masks the flagged share joins the stratum share). So ``sum(a_h) = n``.
+
+**Draw.** Systematic rounding turns the ``a_h`` into integers ``k_h`` with ``E[k_h] = a_h`` and
+``sum(k_h) = n`` exactly (``round_systematic``); then ``k_h`` masks are drawn without replacement
+in each stratum. No mask can be drawn twice, so ``--n 40`` shows 40 masks when the run has 40.
+Each sampled mask is labelled with the share it was drawn for (``why``: ``uniform``, ``flagged``
+or ``stratum``), at random in proportion to the stratum's parts.
 
 When the population has at most ``n`` masks, all are taken (``why = ["all"]``, probability 1).
 
 Inclusion probabilities
 -----------------------
-Within each draw a mask of cell ``h`` is included with probability ``E[m_h] / N_h`` (expected
-allocation over cell size), and the draws are independent, so the probability that a mask is in
-the sample is exactly ``pi = 1 - (1 - p_uniform) (1 - p_flagged) (1 - p_stratum)``. A mask drawn by
-several draws appears once, with every reason in ``why``; so the sample may hold slightly fewer
-than ``n`` masks (rarely more than a handful on a large run).
+Within a stratum every ``k_h``-subset is equally likely, so a mask of stratum ``h`` is in the
+sample with probability exactly ``pi = E[k_h] / N_h = a_h / N_h``, written per item as
+``inclusion_probability`` (and ``weight = 1 / pi``); its parts ``p_uniform = n_u / N``,
+``p_flagged``, ``p_stratum`` (the chance of being sampled *for* that share) add up to it.
+``sum(1 / pi)`` over the sample estimates ``N`` without bias, and equals ``N_h`` exactly within
+every stratum whose ``a_h`` is a whole number. ``sample_design.json`` lists the strata with
+``masks`` (``N_h``), ``expected`` (``a_h``), ``sampled`` (``k_h``) and ``probability``.
+
+(Before this design, the three shares were independent draws over overlapping cells and a mask
+drawn by two of them was shown once, so a sample could hold fewer than ``n`` masks.)
 
 Estimating an error rate from a review: with ``y_i = 1`` for each reviewed mask judged bad,
 
-* unweighted, uniform slice only: ``sum(y_i) / count`` over the items whose ``why`` holds
-  ``uniform``;
 * all reviewed items (Horvitz-Thompson / Hajek): bad masks in the population
-  ``~ sum(y_i / pi_i)``, error rate ``~ sum(y_i / pi_i) / sum(1 / pi_i)`` (``weight = 1 / pi``),
-  where ``sum(1 / pi_i)`` is itself an unbiased estimate of the population size ``N``.
+  ``~ sum(y_i / pi_i)``, error rate ``~ sum(y_i / pi_i) / sum(1 / pi_i)`` (``weight = 1 / pi``);
+  ``boxmask.quality.review`` computes it with its interval;
+* unweighted, uniform slice only: ``bad / count`` over the items whose ``why`` is ``uniform``:
+  every mask is in that slice with the same probability ``n_u / N``, so this is a (ratio)
+  estimate of the rate that needs no weights.
 
 Both estimate the rate over the population (all masks, or the flagged ones with ``flags_only``).
 Same run, same arguments, same seed: same sample.
@@ -77,7 +93,8 @@ from .summary import SummaryCollector
 log = logging.getLogger(__name__)
 
 __all__ = ["FILL_OUTLIER", "FLAGGED_SHARE", "SAMPLE_FLAGS", "STRATIFY_DIMS", "UNIFORM_SHARE",
-           "LightKeys", "Sample", "iter_masks", "open_run", "sample_items", "scan_run", "select"]
+           "LightKeys", "Sample", "iter_masks", "open_run", "round_systematic", "sample_items",
+           "scan_run", "select", "water_fill"]
 
 UNIFORM_SHARE = 0.25
 """Share of ``n`` drawn uniformly from the whole population (the unbiased slice)."""
@@ -214,55 +231,48 @@ def scan_run(run: str | MaskSource | Any) -> tuple[MaskSource, LightKeys, dict[s
     return src, keys, summary.finish(keys, src)
 
 
-# ------------------------------------------------------------------------------- the design
 
-def allocate(sizes: np.ndarray, budget: int,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Equal allocation of ``budget`` draws over cells of ``sizes``, capped by each size.
-
-    Returns ``(m, expected)``: the allocation drawn (ints, ``sum(m) = min(budget, sum(sizes))``)
-    and its expectation per cell (floats). Cells no larger than their equal share are taken whole;
-    the others get ``base`` each and a random subset of them one more.
+def water_fill(caps: np.ndarray, budget: float) -> np.ndarray:
+    """Share ``budget`` as equally as the ``caps`` allow: ``min(cap_h, level)`` summing to
+    ``min(budget, sum(caps))`` (real numbers; the level is found exactly, caps in ascending order).
     """
-    sizes = np.asarray(sizes, dtype=np.int64)
-    if budget >= sizes.sum():
-        return sizes.copy(), sizes.astype(np.float64)
-    m = np.zeros_like(sizes)
-    capped = np.zeros(sizes.size, dtype=bool)
-    left, remaining = sizes.size, int(budget)
-    for h in np.argsort(sizes, kind="stable"):
-        if sizes[h] * left > remaining:
+    caps = np.asarray(caps, dtype=np.float64)
+    out = np.zeros_like(caps)
+    if budget <= 0 or caps.size == 0:
+        return out
+    if budget >= caps.sum():
+        return caps.copy()
+    left, remaining = caps.size, float(budget)
+    for h in np.argsort(caps, kind="stable"):
+        level = remaining / left
+        if caps[h] > level:
             break
-        capped[h] = True
-        m[h] = sizes[h]
-        remaining -= int(sizes[h])
+        out[h] = caps[h]
+        remaining -= caps[h]
         left -= 1
-    expected = m.astype(np.float64)
-    open_cells = np.flatnonzero(~capped)
-    base, extra = divmod(remaining, open_cells.size)
-    m[open_cells] = base  # an open cell holds more than remaining / left >= base masks
-    if extra:
-        m[rng.choice(open_cells, size=extra, replace=False)] += 1
-    expected[open_cells] = base + extra / open_cells.size
-    return m, expected
+    out[out < caps] = np.minimum(caps[out < caps], remaining / max(left, 1))
+    return out
 
 
-def _draw(cells: np.ndarray, rows: np.ndarray, budget: int,
-          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified SRS of ``rows`` (cell ids ``cells``): ``(chosen rows, probability per row)``."""
-    prob = np.zeros(rows.size)
-    if budget <= 0 or rows.size == 0:
-        return np.zeros(0, dtype=np.int64), prob
-    ids, inverse, sizes = np.unique(cells, return_inverse=True, return_counts=True)
-    m, expected = allocate(sizes, budget, rng)
-    prob = expected[inverse] / sizes[inverse]
-    order = np.argsort(inverse, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    chosen = []
-    for h in np.flatnonzero(m):
-        members = order[starts[h]:starts[h + 1]]
-        chosen.append(rows[members[rng.choice(members.size, size=m[h], replace=False)]])
-    return np.sort(np.concatenate(chosen)), prob
+def round_systematic(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Integers ``k_h`` with ``E[k_h] = expected_h`` and ``sum(k) = round(sum(expected))``.
+
+    ``floor(expected_h)`` plus one for the cells hit by systematic sampling over the fractional
+    parts (one random start, unit steps): a cell gets its extra one with probability exactly its
+    fractional part, and the total is fixed.
+    """
+    expected = np.asarray(expected, dtype=np.float64)
+    k = np.floor(expected + 1e-9).astype(np.int64)
+    frac = np.clip(expected - k, 0.0, 1.0)
+    extra = int(round(expected.sum())) - int(k.sum())
+    if extra <= 0:
+        return k
+    edges = np.cumsum(frac)
+    edges *= extra / edges[-1]  # absorb float error so that exactly ``extra`` points land
+    points = rng.uniform() + np.arange(extra)
+    hit = np.searchsorted(edges, points, side="right")
+    k[np.minimum(hit, k.size - 1)] += 1
+    return k
 
 
 def _primary_flag(bits: np.ndarray) -> np.ndarray:
@@ -290,23 +300,26 @@ class Sample:
     rows: np.ndarray
     """Rows of ``LightKeys`` (stream order), ascending."""
     why: list[list[str]]
-    """Per row: ``uniform`` / ``flagged`` / ``stratum`` (or ``all``)."""
+    """Per row: the share it was drawn for: ``[uniform]``, ``[flagged]``, ``[stratum]`` or
+    ``[all]`` (one reason: the draws never overlap)."""
     p_uniform: np.ndarray
     p_flagged: np.ndarray
     p_stratum: np.ndarray
     probability: np.ndarray
-    """Inclusion probability in the whole design (see the module docstring)."""
+    """Inclusion probability ``a_h / N_h`` (``= p_uniform + p_flagged + p_stratum``)."""
     stratum: list[str]
-    """Per row: its stratum cell, e.g. ``class=tench score_decile=3``."""
+    """Per row: its class x score cell, e.g. ``class=tench score_decile=3``."""
     flag_stratum: list[str | None]
-    """Per row: its primary flag (the flagged draw's cell), None when unflagged."""
+    """Per row: its primary flag, None when unflagged."""
+    design_stratum: list[str] = field(default_factory=list)
+    """Per row: the design stratum it was drawn in (``flag=leaks`` or its class x score cell)."""
     design: dict[str, Any] = field(default_factory=dict)
-    """JSON-able description: population, draws, sizes, cells, score decile cuts, estimators."""
+    """JSON-able description: population, shares, strata, score decile cuts, estimators."""
 
 
 def select(keys: LightKeys, n: int = 200, *, stratify: Sequence[str] = STRATIFY_DIMS,
            flags_only: bool = False, seed: int = 0) -> Sample:
-    """Draw a review sample of at most ``n`` masks from ``keys`` (see the module docstring)."""
+    """Draw a review sample of ``min(n, population)`` distinct masks (module docstring)."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     unknown = [d for d in stratify if d not in STRATIFY_DIMS]
@@ -319,42 +332,78 @@ def select(keys: LightKeys, n: int = 200, *, stratify: Sequence[str] = STRATIFY_
     edges = _score_edges(keys.score[pop]) if "score" in stratify else np.zeros(0)
     decile = np.searchsorted(edges, np.nan_to_num(keys.score, nan=-np.inf), side="right")
     primary = _primary_flag(keys.bits)
+    # design strata: flagged masks by primary flag, the others by their class x score cell
+    cell = _cells(keys, pop, decile, stratify)
+    prim = primary[pop]
+    code = np.where(prim >= 0, prim, len(SAMPLE_FLAGS) + cell)
+    ids, inverse, sizes = np.unique(code, return_inverse=True, return_counts=True)
+    is_flag = ids < len(SAMPLE_FLAGS)
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
 
     if n_pop <= n:
         budgets = {"uniform": 0, "flagged": 0, "stratum": 0}
-        rows, ones = pop, np.ones(n_pop)
-        picked = {"all": rows}
-        pu, pf, ps = ones, np.zeros(n_pop), np.zeros(n_pop)
+        k = sizes.copy()
+        parts = {"all": sizes.astype(np.float64)}
     else:
         n_u = math.ceil(UNIFORM_SHARE * n)
         n_f = min(round(FLAGGED_SHARE * n), n_flagged)
         n_s = n - n_u - n_f
-        if not stratify:
-            n_u, n_s = n_u + n_s, 0
+        if not is_flag.any():
+            n_s, n_f = n_s + n_f, 0
         budgets = {"uniform": n_u, "flagged": n_f, "stratum": n_s}
-        streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)]
-        uniform = np.sort(streams[0].choice(pop, size=n_u, replace=False))
-        pu = np.full(n_pop, n_u / n_pop)
-        frows = pop[flagged[pop]]
-        fchosen, fprob = _draw(primary[frows], frows, n_f, streams[1])
-        pf = np.zeros(n_pop)
-        pf[np.searchsorted(pop, frows)] = fprob
-        cell = _cells(keys, pop, decile, stratify)
-        schosen, ps = _draw(cell, pop, n_s, streams[2])
-        picked = {"uniform": uniform, "flagged": fchosen, "stratum": schosen}
-        rows = np.unique(np.concatenate(list(picked.values())))
-    prob = 1.0 - (1.0 - pu) * (1.0 - pf) * (1.0 - ps)
-    at = np.searchsorted(pop, rows)
-    sets = {k: set(v.tolist()) for k, v in picked.items()}
+        uniform = n_u * sizes / n_pop
+        room = sizes - uniform
+        flag_part = np.zeros(ids.size)
+        flag_part[is_flag] = water_fill(room[is_flag], n_f)
+        strat_part = water_fill(room - flag_part, n_s + n_f - flag_part.sum())
+        parts = {"uniform": uniform, "flagged": flag_part, "stratum": strat_part}
+        k = round_systematic(sum(parts.values()), rng)
+    expected = sum(parts.values())
+    chosen, why = [], []
+    order = np.argsort(inverse, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    names = list(parts)
+    for h in np.flatnonzero(k):
+        members = pop[order[starts[h]:starts[h + 1]]]
+        picked = members[rng.choice(members.size, size=int(k[h]), replace=False)]
+        share = np.array([parts[p][h] for p in names]) / expected[h]
+        reason = rng.choice(len(names), size=picked.size, p=share / share.sum())
+        chosen.append(picked)
+        why.append(reason)
+    rows = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+    reasons = np.concatenate(why) if why else np.zeros(0, dtype=np.int64)
+    order_rows = np.argsort(rows, kind="stable")
+    rows, reasons = rows[order_rows], reasons[order_rows]
+    h_of = inverse[np.searchsorted(pop, rows)]
+    per = {p: parts.get(p, np.zeros(ids.size))[h_of] / sizes[h_of]
+           for p in ("uniform", "flagged", "stratum")}
+    if "all" in parts:
+        per["uniform"] = np.ones(rows.size)
+    labels = [_stratum_label(int(c), keys, stratify, edges) for c in ids]
     sample = Sample(
-        rows=rows,
-        why=[[k for k in picked if int(r) in sets[k]] for r in rows],
-        p_uniform=pu[at], p_flagged=pf[at], p_stratum=ps[at], probability=prob[at],
+        rows=rows, why=[[names[r]] for r in reasons],
+        p_uniform=per["uniform"], p_flagged=per["flagged"], p_stratum=per["stratum"],
+        probability=expected[h_of] / sizes[h_of],
         stratum=[_cell_name(keys, int(r), decile, stratify, edges) for r in rows],
-        flag_stratum=[SAMPLE_FLAGS[primary[r]] if primary[r] >= 0 else None for r in rows])
+        flag_stratum=[SAMPLE_FLAGS[primary[r]] if primary[r] >= 0 else None for r in rows],
+        design_stratum=[labels[h] for h in h_of])
     sample.design = _design(keys, sample, pop, n, stratify, flags_only, seed, budgets, edges,
-                            n_flagged, decile, primary, prob)
+                            n_flagged, labels, sizes, expected, k)
     return sample
+
+
+def _stratum_label(code: int, keys: LightKeys, stratify: tuple[str, ...],
+                   edges: np.ndarray) -> str:
+    if code < len(SAMPLE_FLAGS):
+        return f"flag={SAMPLE_FLAGS[code]}"
+    cell = code - len(SAMPLE_FLAGS)
+    parts = []
+    if "class" in stratify:
+        k = cell // SCORE_BINS if "score" in stratify else cell
+        parts.append(f"class={keys.label_names[k]}")
+    if "score" in stratify:
+        parts.append(f"score_decile={cell % SCORE_BINS}")
+    return " ".join(parts) or "unflagged"
 
 
 def _cells(keys: LightKeys, pop: np.ndarray, decile: np.ndarray,
@@ -382,28 +431,33 @@ def _cell_name(keys: LightKeys, row: int, decile: np.ndarray, stratify: tuple[st
 
 def _design(keys: LightKeys, sample: Sample, pop: np.ndarray, n: int,
             stratify: tuple[str, ...], flags_only: bool, seed: int, budgets: dict[str, int],
-            edges: np.ndarray, n_flagged: int, decile: np.ndarray, primary: np.ndarray,
-            prob: np.ndarray) -> dict[str, Any]:
-    n_cells = np.unique(_cells(keys, pop, decile, stratify)).size if pop.size else 0
-    fprim = primary[pop][primary[pop] >= 0]
+            edges: np.ndarray, n_flagged: int, labels: list[str], sizes: np.ndarray,
+            expected: np.ndarray, k: np.ndarray) -> dict[str, Any]:
+    prim = _primary_flag(keys.bits[pop])
     flag_cells = {SAMPLE_FLAGS[i]: int(c) for i, c in enumerate(np.bincount(
-        fprim, minlength=len(SAMPLE_FLAGS))) if c}
+        prim[prim >= 0], minlength=len(SAMPLE_FLAGS))) if c}
     return {
         "seed": seed, "n_requested": n, "n_sampled": int(sample.rows.size),
+        "version": 2,
         "population": {"masks": int(pop.size), "flags_only": flags_only,
                        "flagged": n_flagged, "run_masks": len(keys)},
         "shares": {"uniform": UNIFORM_SHARE, "flagged": FLAGGED_SHARE},
-        "draws": {k: {"size": v, "picked": sum(k in w for w in sample.why)}
-                  for k, v in budgets.items()},
-        "stratify": list(stratify), "stratum_cells": int(n_cells),
+        "draws": {r: {"size": v, "picked": sum(r in w for w in sample.why)}
+                  for r, v in budgets.items()},
+        "stratify": list(stratify),
+        "stratum_cells": sum(not s.startswith("flag=") for s in labels),
         "flagged_cells": flag_cells,
+        "strata": [{"stratum": s, "masks": int(N), "expected": round(float(a), 6),
+                    "sampled": int(m), "probability": float(a / N)}
+                   for s, N, a, m in zip(labels, sizes, expected, k, strict=True)],
         "score_decile_cuts": [round(float(e), 6) for e in edges],
         "fill_outlier_z": FILL_OUTLIER_Z, "fill_outlier_min_class": MIN_CLASS_COUNT,
-        "expected_sample_size": round(float(prob.sum()), 3),
+        "expected_sample_size": round(float(expected.sum()), 3),
         "estimators": {
-            "uniform_slice": "error rate = bad / reviewed among items whose why holds 'uniform'",
-            "all_items": "error rate = sum(y/pi) / sum(1/pi) over reviewed items, "
+            "all_items": "error rate = sum(y/pi) / sum(1/pi) over reviewed items (Hajek), "
                          "pi = inclusion_probability; bad masks in population = sum(y/pi)",
+            "uniform_slice": "error rate = bad / reviewed among items whose why is 'uniform' "
+                             "(each mask is in that slice with the same probability)",
         },
     }
 
@@ -412,7 +466,8 @@ def sample_items(src: MaskSource, keys: LightKeys, sample: Sample) -> list[dict[
     """Pass 2: the sampled masks' full dicts (RLE included) with the design's fields added.
 
     Each item is the ``masks.jsonl`` dict plus ``sample_index``, ``flags`` (metrics flags and
-    ``fill_outlier``), ``why``, ``stratum``, ``flag_stratum``, ``inclusion_probability``,
+    ``fill_outlier``), ``why``, ``stratum``, ``flag_stratum``, ``design_stratum`` (the stratum
+    it was drawn in: ``sample_design.json`` lists them), ``inclusion_probability``,
     ``weight`` (``1 / inclusion_probability``) and ``p_uniform`` / ``p_flagged`` / ``p_stratum``.
     """
     locs = [tuple(int(v) for v in keys.where[r]) for r in sample.rows]
@@ -430,6 +485,7 @@ def sample_items(src: MaskSource, keys: LightKeys, sample: Sample) -> list[dict[
             "why": sample.why[k],
             "stratum": sample.stratum[k],
             "flag_stratum": sample.flag_stratum[k],
+            "design_stratum": sample.design_stratum[k],
             "inclusion_probability": p,
             "weight": 1.0 / p,
             "p_uniform": float(sample.p_uniform[k]),

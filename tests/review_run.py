@@ -158,7 +158,7 @@ def sidecar_lines(results: list[ImageResult], labels: LabelMap) -> list[dict]:
                 "label": d["label"], "label_name": labels.name(d["label"]),
                 "box_xyxy": d["box_xyxy"], "engine": "test-engine", "inside_policy": "center",
                 "clicks": d["clicks"], "score": d["score"], "metrics": d["metrics"],
-                "rle": d["rle"], "files": {}})
+                "rle": d["rle"], "files": {}, "written_ids": {}})
     return lines
 
 

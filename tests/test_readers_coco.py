@@ -6,6 +6,8 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from boxmask.boxes import from_xywh
 from boxmask.readers import open_reader
 from boxmask.readers.coco import COCOReader
@@ -93,3 +95,69 @@ def test_default_images_root_is_the_split_folder_next_to_annotations(tmp_path):
     assert COCOReader(ann).images_root == tmp_path / "annotations"
     (tmp_path / "val2017").mkdir()
     assert COCOReader(ann).images_root == tmp_path / "val2017"
+
+
+def _whole_file_records(path: Path) -> tuple[list[dict], list[str]]:
+    """What the reader gave when it loaded the file whole and grouped annotations in a dict:
+    the reference the streaming reader must equal."""
+    data = json.loads(path.read_text())
+    reader = COCOReader(path)
+    for cat in data.get("categories") or []:
+        reader.label_map.add(str(cat["id"]), str(cat.get("name") or "") or None)
+    by_image: dict = {}
+    for position, ann in enumerate(data["annotations"]):
+        by_image.setdefault(ann.get("image_id"), []).append((position, ann))
+    items = []
+    for position, image in enumerate(data["images"]):
+        items += reader._image(image, position, by_image.pop(image.get("id"), []), str(path))
+    for key, anns in by_image.items():
+        items.append(ErrorRecord("read", f"{len(anns)} annotation(s) refer to image_id {key!r}, "
+                                 "which is not in 'images'", source=f"{path}: annotations"
+                                 f"[{anns[0][0]}]"))
+    return [i.to_json() for i in items], reader.labels().ids
+
+
+COCO_FILES = [FIXTURES / "instances_mval.json", FIXTURES / "crafted.json",
+              REPO / "tests" / "data" / "eval" / "coco_mval_instances.json",
+              REPO / "tests" / "data" / "eval" / "davis_instances.json",
+              REPO / "tests" / "data" / "training" / "coco" / "instances_polygons.json"]
+
+
+@pytest.mark.parametrize("path", COCO_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("chunk_rows", [3, 100_000])
+def test_streaming_gives_the_records_of_the_whole_file(path, chunk_rows):
+    expected, labels = _whole_file_records(path)
+    reader = COCOReader(path)
+    reader.sort_chunk_rows = chunk_rows  # 3: annotations spilled in many chunks and merged
+    assert [i.to_json() for i in reader] == expected
+    assert reader.labels().ids == labels
+
+
+def test_annotations_before_images_unknown_ids_and_repeated_ids(tmp_path):
+    data = {"annotations": [
+        {"id": 1, "image_id": 7, "bbox": [0, 0, 5, 5], "category_id": 1},
+        {"id": 2, "image_id": 99, "bbox": [0, 0, 5, 5], "category_id": 1},
+        {"id": 3, "image_id": "7", "bbox": [1, 1, 5, 5], "category_id": 2},
+        {"id": 4, "image_id": 7, "bbox": [2, 2, 5, 5], "category_id": 1,
+         "segmentation": [[0, 0, 1, 1, 2, 2]]},
+        {"id": 5, "image_id": 99, "bbox": [0, 0, 5, 5], "category_id": 1}],
+        "images": [{"id": "7", "file_name": "s.jpg"}, {"id": 7, "file_name": "i.jpg"},
+                   {"id": 7, "file_name": "again.jpg"}],
+        "categories": [{"id": 1, "name": "one"}, {"id": 2, "name": "two"}]}
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(data))
+    items = list(COCOReader(path))
+    assert [i.to_json() for i in items] == _whole_file_records(path)[0]
+    s, i, again, err = items
+    assert [b.box_id for b in s.boxes] == ["3"] and [b.box_id for b in i.boxes] == ["1", "4"]
+    assert again.boxes == [] and "2 annotation(s) refer to image_id 99" in err.reason
+
+
+def test_a_file_without_an_images_list_is_refused(tmp_path):
+    for text in ('[{"images": []}]', '{"annotations": []}', '{"images": [ {"id": 1'):
+        path = tmp_path / "bad.json"
+        path.write_text(text)
+        with pytest.raises(ValueError, match="not a COCO instances file|not valid JSON"):
+            list(COCOReader(path))
+    path.write_text('{"images": [], "annotations": []}')
+    assert list(COCOReader(path)) == []

@@ -29,6 +29,8 @@ import shutil
 import socket
 import time
 import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,9 +228,15 @@ class _ShardSink:
     A shard file is gzip-compressed JSON lines, ``{"record": ...}`` or ``{"error": ...}`` per
     item, written atomically; the gzip header carries no name and no time, so the same items
     give the same bytes. The plan records the sha256 of the compressed file.
+
+    The calling thread encodes the items; a writer thread compresses, hashes and writes them
+    (zlib, hashlib and file writes release the GIL, so this uses a second core). At most
+    ``_MAX_PENDING`` batches wait for it. ``finish`` waits for every write and raises what the
+    writer raised.
     """
 
-    _BATCH = 256  # lines compressed per call
+    _BATCH = 256  # items per batch handed to the writer thread
+    _MAX_PENDING = 8
 
     def __init__(self, layout: JobLayout, shard_size: int) -> None:
         if shard_size < 1:
@@ -236,22 +244,22 @@ class _ShardSink:
         self.layout = layout
         self.shard_size = shard_size
         self.shards: list[dict[str, Any]] = []
+        self._lines: list[str] = []
+        self._current: dict[str, Any] | None = None
+        self._encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        self._pending: deque[Future[None]] = deque()
+        # Writer-thread state: the open shard file.
         self._ctx: Any = None
         self._hashing: _HashingFile | None = None
         self._gzip: gzip.GzipFile | None = None
-        self._lines: list[str] = []
-        self._current: dict[str, Any] = {}
-        self._encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
     def add(self, item: ImageRecord | ErrorRecord) -> None:
-        if self._gzip is None:
+        if self._current is None:
             shard_id = len(self.shards)
-            self._ctx = atomic_open(self.layout.shard_file(shard_id), "wb")
-            self._hashing = _HashingFile(self._ctx.__enter__())
-            self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._hashing,
-                                       compresslevel=SHARD_COMPRESSLEVEL, mtime=0)
             self._current = {"id": shard_id, "items": 0, "images": 0, "boxes": 0,
                              "read_errors": 0}
+            self._submit(self._open_file, shard_id)
         cur = self._current
         if isinstance(item, ImageRecord):
             line = {"record": item.to_json()}
@@ -261,25 +269,57 @@ class _ShardSink:
             line = {"error": item.to_json()}
             cur["read_errors"] += 1
         self._lines.append(self._encode(line))
-        if len(self._lines) >= self._BATCH:
-            self._write_lines()
         cur["items"] += 1
+        if len(self._lines) >= self._BATCH:
+            self._flush_lines()
         if cur["items"] >= self.shard_size:
             self.close()
 
-    def _write_lines(self) -> None:
-        if self._lines and self._gzip is not None:
-            self._gzip.write(("\n".join(self._lines) + "\n").encode("utf-8"))
-            self._lines.clear()
-
     def close(self) -> None:
-        if self._gzip is not None:
-            self._write_lines()
-            self._gzip.close()
-            self._ctx.__exit__(None, None, None)
-            self._current["sha256"] = self._hashing.sha256.hexdigest()
+        """End the current shard (its file is committed by the writer thread)."""
+        if self._current is not None:
+            self._flush_lines()
+            self._submit(self._close_file, self._current)
             self.shards.append(self._current)
-            self._ctx, self._hashing, self._gzip = None, None, None
+            self._current = None
+
+    def finish(self) -> None:
+        """End the current shard and wait until every shard file is written."""
+        try:
+            self.close()
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def _flush_lines(self) -> None:
+        if self._lines:
+            data = ("\n".join(self._lines) + "\n").encode("utf-8")
+            self._lines = []
+            self._submit(self._write, data)
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        while self._pending and (self._pending[0].done()
+                                 or len(self._pending) >= self._MAX_PENDING):
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(fn, *args))
+
+    # -- writer thread --
+
+    def _open_file(self, shard_id: int) -> None:
+        self._ctx = atomic_open(self.layout.shard_file(shard_id), "wb")
+        self._hashing = _HashingFile(self._ctx.__enter__())
+        self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._hashing,
+                                   compresslevel=SHARD_COMPRESSLEVEL, mtime=0)
+
+    def _write(self, data: bytes) -> None:
+        self._gzip.write(data)
+
+    def _close_file(self, entry: dict[str, Any]) -> None:
+        self._gzip.close()
+        self._ctx.__exit__(None, None, None)
+        entry["sha256"] = self._hashing.sha256.hexdigest()
+        self._ctx, self._hashing, self._gzip = None, None, None
 
 
 def read_shard_items(path: Path, sha256: str | None = None) -> list[ImageRecord | ErrorRecord]:
@@ -333,7 +373,7 @@ def make_plan(settings: Settings, out_dir: str | Path,
                     if box.label not in labels:
                         labels.add(box.label)
     finally:
-        sink.close()
+        sink.finish()
 
     keys = ("items", "images", "boxes", "read_errors")
     totals = {k: sum(s[k] for s in sink.shards) for k in keys}

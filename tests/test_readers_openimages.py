@@ -66,8 +66,9 @@ def test_default_images_root_is_the_images_folder_when_present(tmp_path):
 
 def test_ungrouped_csv_is_sorted_by_image_id_and_loses_no_row():
     reader = OpenImagesReader(FIXTURES / "ungrouped.csv")
+    assert "grouped_by_image_id" not in reader.describe()
     items = list(reader)
-    assert reader.grouped is False
+    assert reader.grouped is False and reader.describe()["grouped_by_image_id"] is False
     a, b, c = "a" * 16, "b" * 16, "c" * 16
     # Rows: a a b a c b (lines 2-7) -> records in ImageID order, boxes in file order.
     assert [(type(i).__name__, i.image_id, len(i.boxes)) for i in items] == [

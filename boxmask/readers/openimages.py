@@ -302,6 +302,14 @@ class OpenImagesReader(Reader):
         if group is not None:
             yield from self._finish(group)
 
+    def describe(self) -> dict[str, Any]:
+        """The base description, plus ``grouped_by_image_id`` once the file has been read
+        (``False``: the records came in ImageID order, through the external sort)."""
+        d = super().describe()
+        if self.grouped is not None:
+            d["grouped_by_image_id"] = self.grouped
+        return d
+
     def _where(self, line: int) -> str:
         return f"{self.input_path}:{line}"
 

@@ -206,3 +206,15 @@ def test_shard_files_are_gzip_json_lines_and_a_plain_file_is_refused(tmp_path):
     shard0.write_text("\n".join(lines) + "\n")  # the same items, uncompressed
     with pytest.raises(PlanMismatchError, match="not a gzip-compressed shard"):
         read_shard_items(shard0)
+
+
+def test_an_ungrouped_open_images_csv_plans_sorted_and_identically_twice(tmp_path):
+    csv = Path(__file__).parent / "data" / "readers" / "openimages" / "ungrouped.csv"
+    oi = settings(source="openimages", input=str(csv), images_root=str(tmp_path), shard_size=2)
+    a, b = plan_into(tmp_path / "a", oi), plan_into(tmp_path / "b", oi)
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+    assert a["reader"]["grouped_by_image_id"] is False
+    items = [i for shard in shard_items(tmp_path / "a") for i in shard]
+    assert [(i.image_id, len(i.boxes)) for i in items] == [("a" * 16, 3), ("b" * 16, 2),
+                                                           ("c" * 16, 1)]
+    assert a["totals"]["read_errors"] == 0 and a["totals"]["boxes"] == 6

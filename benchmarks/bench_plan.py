@@ -1,4 +1,4 @@
-"""Planning speed at dataset scale: a synthetic Open Images box CSV -> plan and shards.
+"""Planning speed at dataset scale: a synthetic Open Images CSV (or COCO JSON) -> plan, shards.
 
 Writes a CSV in the official 21-column layout of ``oidv6-train-annotations-bbox.csv`` (grouped by
 ImageID, about 8.5 boxes per image as in the real train split: 14.6M boxes on 1.74M images), or
@@ -14,6 +14,10 @@ it with the GrabCut engine's settings and prints:
   so its memory does not count);
 * shard bytes on disk per box.
 
+``--source coco`` writes a COCO instances JSON instead (about 8.5 boxes per image, each with an
+8-point polygon, annotations in random order as in the official files, where they are not grouped
+by image), planned through the streaming COCO reader.
+
 ``--profile`` runs the planning under cProfile and prints the 25 most expensive functions.
 Figures depend on the CPU and on its load; boxes/s is the figure to compare between runs on the
 same machine.
@@ -21,6 +25,7 @@ same machine.
     python benchmarks/bench_plan.py --boxes 200000
     python benchmarks/bench_plan.py --boxes 2000000 --keep /tmp/oi2m
     python benchmarks/bench_plan.py --boxes 200000 --shuffle
+    python benchmarks/bench_plan.py --boxes 200000 --source coco
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import argparse
 import cProfile
 import pstats
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,11 +80,44 @@ def write_csv(path: Path, n_boxes: int, shuffle: bool, seed: int = 0) -> int:
     return n_images
 
 
-def plan_csv(csv: Path, out: Path, shard_size: int, profile: bool) -> dict:
+def write_coco(path: Path, n_boxes: int, seed: int = 0) -> int:
+    """Write a COCO instances JSON of ``n_boxes`` annotations; return the number of images."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    per_image = rng.integers(1, 17, size=n_boxes // 4 + 16)
+    n_images = int(np.searchsorted(np.cumsum(per_image), n_boxes) + 1)
+    image_of_box = np.repeat(np.arange(n_images), per_image[:n_images])[:n_boxes]
+    xywh = np.round(rng.random((n_boxes, 4)) * [400, 300, 200, 150] + 1, 2)
+    order = rng.permutation(n_boxes)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write('{"info": {"description": "synthetic"}, "images": [')
+        f.write(",".join(json.dumps({"id": int(i) + 1, "file_name": f"{i:012d}.jpg",
+                                     "width": 640, "height": 480}) for i in range(n_images)))
+        f.write('], "annotations": [')
+        for start in range(0, n_boxes, 100_000):
+            part = []
+            for k in order[start:start + 100_000]:
+                x, y, w, h = (float(v) for v in xywh[k])
+                part.append(json.dumps({
+                    "id": int(k) + 1, "image_id": int(image_of_box[k]) + 1,
+                    "category_id": int(k % 80) + 1, "iscrowd": 0, "area": round(w * h, 2),
+                    "bbox": [x, y, w, h],
+                    "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}))
+            f.write(("," if start else "") + ",".join(part))
+        f.write('], "categories": [')
+        f.write(",".join(json.dumps({"id": c, "name": f"class{c}"}) for c in range(1, 81)))
+        f.write("]}")
+    return n_images
+
+
+def plan_source(source: str, path: Path, out: Path, shard_size: int, profile: bool) -> dict:
     from boxmask.engines import create_engine
     from boxmask.jobs.plan import Settings, make_plan
 
-    settings = Settings(source="openimages", input=str(csv), images_root=str(csv.parent),
+    settings = Settings(source=source, input=str(path), images_root=str(path.parent),
                         formats=["coco"], shard_size=shard_size)
     description = create_engine("grabcut").describe()
     if not profile:
@@ -92,6 +131,7 @@ def plan_csv(csv: Path, out: Path, shard_size: int, profile: bool) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--boxes", type=int, default=200_000, help="rows in the synthetic CSV")
+    p.add_argument("--source", choices=("openimages", "coco"), default="openimages")
     p.add_argument("--shard-size", type=int, default=1000, help="images per shard")
     p.add_argument("--shuffle", action="store_true", help="rows not grouped by ImageID")
     p.add_argument("--profile", action="store_true", help="cProfile the planning")
@@ -99,23 +139,31 @@ def main() -> None:
     p.add_argument("--write-only", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.write_only:
-        print(write_csv(args.write_only, args.boxes, args.shuffle))
+        if args.source == "coco":
+            print(write_coco(args.write_only, args.boxes))
+        else:
+            print(write_csv(args.write_only, args.boxes, args.shuffle))
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        csv = work / f"bbox_{args.boxes}{'_shuffled' if args.shuffle else ''}.csv"
+        if args.source == "coco":
+            csv = work / f"instances_{args.boxes}.json"
+        else:
+            csv = work / f"bbox_{args.boxes}{'_shuffled' if args.shuffle else ''}.csv"
         if not csv.exists():
             started = time.perf_counter()
             subprocess.run([sys.executable, __file__, "--boxes", str(args.boxes),
-                            *(["--shuffle"] if args.shuffle else []), "--write-only", str(csv)],
-                           check=True, stdout=subprocess.DEVNULL)
+                            "--source", args.source, *(["--shuffle"] if args.shuffle else []),
+                            "--write-only", str(csv)], check=True, stdout=subprocess.DEVNULL)
             print(f"wrote {csv} ({csv.stat().st_size / 1e6:.0f} MB) in "
                   f"{time.perf_counter() - started:.0f} s")
         out = work / "out"
+        if out.exists():
+            shutil.rmtree(out)
         started = time.perf_counter()
         cpu0, main0 = time.process_time(), time.thread_time()
-        plan = plan_csv(csv, out, args.shard_size, args.profile)
+        plan = plan_source(args.source, csv, out, args.shard_size, args.profile)
         wall = time.perf_counter() - started
         cpu, main = time.process_time() - cpu0, time.thread_time() - main0
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -143,16 +143,28 @@ def is_grouped(path: Path, image_id_column: int) -> bool:
     """Whether the rows of each ImageID of the CSV at ``path`` are consecutive.
 
     A fast pass over the raw lines when ImageID is the first column and no line holds a quote
-    (the official files), else over ``csv.reader`` rows. Finished ids are remembered as 64-bit
-    hashes (``SeenIds``, 8 bytes each); only an id smaller than the largest one started so far
-    can be a repeat, so a sorted file never looks one up.
+    (the official files), else over ``csv.reader`` rows. Ids that never decrease are grouped;
+    otherwise a second pass remembers finished ids as 64-bit hashes (``SeenIds``, 8 bytes each)
+    and looks up each new id smaller than the largest one started so far.
     """
-    if image_id_column == 0:
-        try:
-            return _ids_grouped(_raw_first_fields(path))
-        except _QuotedLine:
-            pass
-    return _ids_grouped(_csv_fields(path, image_id_column))
+    def ids() -> Iterator[str]:
+        return _raw_first_fields(path) if image_id_column == 0 else \
+            _csv_fields(path, image_id_column)
+
+    try:
+        return _ids_sorted(ids()) or _ids_grouped(ids())
+    except _QuotedLine:
+        return _ids_grouped(_csv_fields(path, image_id_column))
+
+
+def _ids_sorted(image_ids: Iterable[str]) -> bool:
+    """Whether the ids never decrease (sorted, hence grouped: the official files)."""
+    last = ""
+    for image_id in image_ids:
+        if image_id < last:
+            return False
+        last = image_id
+    return True
 
 
 def _ids_grouped(image_ids: Iterable[str]) -> bool:

@@ -58,7 +58,8 @@ class _ImageIndex:
     """Image id -> position of its first entry in ``images``: 16 bytes per image.
 
     Ids are kept as 64-bit hashes (a wrong match needs a collision, about 1e-7 for two million
-    images); ``add`` everything, ``freeze``, then ``find``.
+    images, and is caught when the annotation meets its image); ``add`` everything, ``freeze``,
+    then ``find_many``.
     """
 
     def __init__(self) -> None:
@@ -82,14 +83,20 @@ class _ImageIndex:
         self._sorted_positions = positions[order]
         self._hashes, self._positions = array("Q"), array("q")
 
-    def find(self, key: Any) -> int | None:
-        if not isinstance(key, int | str) or not self._sorted_hashes.size:
-            return None
-        h = np.uint64(_id_hash(key))
-        i = int(np.searchsorted(self._sorted_hashes, h))
-        if i < self._sorted_hashes.size and self._sorted_hashes[i] == h:
-            return int(self._sorted_positions[i])
-        return None
+    def find_many(self, keys: list[Any]) -> list[int]:
+        """The image position of each key (-1: no image has that id, or the key is no id)."""
+        usable = [i for i, k in enumerate(keys) if isinstance(k, int | str)]
+        out = [-1] * len(keys)
+        if not usable or not self._sorted_hashes.size:
+            return out
+        h = np.fromiter((_id_hash(keys[i]) for i in usable), dtype=np.uint64, count=len(usable))
+        at = np.minimum(np.searchsorted(self._sorted_hashes, h), self._sorted_hashes.size - 1)
+        hit = self._sorted_hashes[at] == h
+        positions = self._sorted_positions[at]
+        for j, i in enumerate(usable):
+            if hit[j]:
+                out[i] = int(positions[j])
+        return out
 
 
 class COCOReader(Reader):
@@ -172,13 +179,22 @@ class COCOReader(Reader):
                            unknown: dict[Any, list[int]]) -> Iterator[SortRow]:
         """(image position as a sortable key, annotation position, [slim annotation JSON]) of
         every annotation of a known image; the others are counted in ``unknown``."""
+        batch: list[tuple[int, Any, Any]] = []
         for position, ann in enumerate(self._items("annotations")):
             key = ann.get("image_id") if isinstance(ann, dict) else None
-            key = key if isinstance(key, int | str) else None
-            image_position = index.find(key)
-            if image_position is None:
-                entry = unknown.setdefault(key, [0, position])
-                entry[0] += 1
+            batch.append((position, key if isinstance(key, int | str) else None, ann))
+            if len(batch) >= 4096:
+                yield from self._keyed_batch(batch, index, unknown)
+                batch = []
+        yield from self._keyed_batch(batch, index, unknown)
+
+    @staticmethod
+    def _keyed_batch(batch: list[tuple[int, Any, Any]], index: _ImageIndex,
+                     unknown: dict[Any, list[int]]) -> Iterator[SortRow]:
+        found = index.find_many([key for _, key, _ in batch])
+        for (position, key, ann), image_position in zip(batch, found, strict=True):
+            if image_position < 0:
+                unknown.setdefault(key, [0, position])[0] += 1
                 continue
             slim = {k: ann[k] for k in _ANNOTATION_FIELDS if k in ann}
             yield f"{image_position:012d}", position, [json.dumps(slim)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,32 @@ def test_a_file_without_an_images_list_is_refused(tmp_path):
             list(COCOReader(path))
     path.write_text('{"images": [], "annotations": []}')
     assert list(COCOReader(path)) == []
+
+
+def test_a_large_file_is_read_with_bounded_memory(tmp_path):
+    # 10k annotations with polygons (5 MB); loaded whole this would take ~6x the file size.
+    n_images, per_image = 2000, 5
+    images = ",".join(json.dumps({"id": i, "file_name": f"{i}.jpg", "width": 640, "height": 480})
+                      for i in range(n_images))
+    anns = ",".join(json.dumps({
+        "id": k, "image_id": (k * 7919) % n_images, "category_id": 1 + k % 80, "iscrowd": 0,
+        "bbox": [10.5, 20.25, 100.0, 50.0], "area": 5000.0,
+        "segmentation": [[float(v) for v in range(60)]]})
+        for k in range(n_images * per_image))
+    path = tmp_path / "instances_big.json"
+    path.write_text(f'{{"images": [{images}], "annotations": [{anns}], '
+                    '"categories": [{"id": 1, "name": "one"}]}')
+    size = path.stat().st_size
+    reader = COCOReader(path)
+    reader.sort_chunk_rows = 1000
+    n_records = n_boxes = 0
+    tracemalloc.start()
+    try:
+        for item in reader:
+            n_records += 1
+            n_boxes += len(item.boxes)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (n_records, n_boxes) == (n_images, n_images * per_image)
+    assert peak < size / 2, (peak, size)  # one chunk of slim annotations, not the file

@@ -179,24 +179,25 @@ class COCOReader(Reader):
                            unknown: dict[Any, list[int]]) -> Iterator[SortRow]:
         """(image position as a sortable key, annotation position, [slim annotation JSON]) of
         every annotation of a known image; the others are counted in ``unknown``."""
-        batch: list[tuple[int, Any, Any]] = []
+        batch: list[tuple[int, Any, dict | None]] = []
         for position, ann in enumerate(self._items("annotations")):
             key = ann.get("image_id") if isinstance(ann, dict) else None
-            batch.append((position, key if isinstance(key, int | str) else None, ann))
-            if len(batch) >= 4096:
+            slim = {k: ann[k] for k in _ANNOTATION_FIELDS if k in ann} if key is not None \
+                else None  # without the polygons, which can be large
+            batch.append((position, key if isinstance(key, int | str) else None, slim))
+            if len(batch) >= 1024:
                 yield from self._keyed_batch(batch, index, unknown)
                 batch = []
         yield from self._keyed_batch(batch, index, unknown)
 
     @staticmethod
-    def _keyed_batch(batch: list[tuple[int, Any, Any]], index: _ImageIndex,
+    def _keyed_batch(batch: list[tuple[int, Any, dict | None]], index: _ImageIndex,
                      unknown: dict[Any, list[int]]) -> Iterator[SortRow]:
         found = index.find_many([key for _, key, _ in batch])
-        for (position, key, ann), image_position in zip(batch, found, strict=True):
+        for (position, key, slim), image_position in zip(batch, found, strict=True):
             if image_position < 0:
                 unknown.setdefault(key, [0, position])[0] += 1
                 continue
-            slim = {k: ann[k] for k in _ANNOTATION_FIELDS if k in ann}
             yield f"{image_position:012d}", position, [json.dumps(slim)]
 
     def _image(self, image: Any, position: int, anns: list[tuple[int, dict]],

@@ -50,8 +50,14 @@ class Box:
     """Source attributes carried along (truncated, occluded, group-of, COCO annotation id, ...)."""
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: v for k, v in d.items() if v not in (None, {})}
+        d: dict[str, Any] = {"box_id": self.box_id, "label": self.label, "index": self.index}
+        if self.xyxy is not None:
+            d["xyxy"] = tuple(self.xyxy)
+        if self.xyxy_norm is not None:
+            d["xyxy_norm"] = tuple(self.xyxy_norm)
+        if self.attrs:
+            d["attrs"] = dict(self.attrs)
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Box:

@@ -15,6 +15,7 @@ from jobs_support import convert_once, output_files, plan_into, sample_settings
 
 from boxmask.jobs.layout import JobLayout
 from boxmask.jobs.merge import IncompleteJobError, merge, remove_dead_temps
+from boxmask.jobs.plan import read_shard_items
 from boxmask.jobs.worker import run_worker
 
 settings = partial(sample_settings, shard_size=10)
@@ -47,8 +48,8 @@ def test_merge_refuses_an_unfinished_job_and_previews_it_on_request(baseline, tm
     assert not preview["complete"] and preview["shards"]["merged"] == 2
     # The preview covers exactly the images of shards 0 and 1 (the first 20, in plan order).
     layout = JobLayout(out)
-    first_20 = {json.loads(x)["record"]["image_id"] for sid in (0, 1)
-                for x in layout.shard_file(sid).read_text().splitlines()}
+    first_20 = {item.image_id for sid in (0, 1)
+                for item in read_shard_items(layout.shard_file(sid))}
     whole = (baseline / "masks.jsonl").read_text().splitlines()
     expected = [x for x in whole if json.loads(x)["image_id"] in first_20]
     assert (out / "masks.jsonl").read_text().splitlines() == expected

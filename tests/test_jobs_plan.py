@@ -32,9 +32,8 @@ def test_planning_the_same_input_twice_gives_byte_identical_shards(tmp_path):
     a, b = plan_into(tmp_path / "a", settings()), plan_into(tmp_path / "b", settings())
     assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
     for s in a["shards"]:
-        name = JobLayout.shard_name(s["id"]) + ".jsonl"
-        assert (tmp_path / "a" / "shards" / name).read_bytes() == \
-            (tmp_path / "b" / "shards" / name).read_bytes()
+        assert JobLayout(tmp_path / "a").shard_file(s["id"]).read_bytes() == \
+            JobLayout(tmp_path / "b").shard_file(s["id"]).read_bytes()
 
 
 def test_shards_hold_whole_images_in_source_order(tmp_path):
@@ -131,7 +130,9 @@ def test_a_damaged_shard_file_is_refused_and_nothing_is_marked_done(tmp_path):
     plan_into(out, settings())
     layout = JobLayout(out)
     shard0 = layout.shard_file(0)
-    shard0.write_bytes(shard0.read_bytes().replace(b'"index": 0', b'"index": 1', 1))
+    data = bytearray(shard0.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit of the compressed stream
+    shard0.write_bytes(bytes(data))
     with pytest.raises(PlanMismatchError, match="does not match the plan"):
         run_worker(out, wait_for_others=False)
     assert not layout.done_file(0).exists()
@@ -179,3 +180,41 @@ def test_engines_declare_what_workers_may_choose_and_the_size_hint(tmp_path):
     worker = Worker(out, engine_overrides={"device": "cuda", "batch_size": 8})
     assert worker.engine_overrides == {}  # GrabCut has no device: a worker's --device is moot
     assert worker.engine.name == "grabcut" and worker._batch_boxes() == 1
+
+
+def test_a_plan_with_the_old_uncompressed_shard_format_is_refused_with_advice(tmp_path):
+    out = tmp_path / "out"
+    plan_into(out, settings())
+    path = JobLayout(out).plan
+    plan = json.loads(path.read_text())
+    plan["plan_format"] = 1
+    path.write_text(json.dumps(plan))
+    with pytest.raises(PlanMismatchError, match="format 1.*laid out differently.*--force"):
+        plan_into(out, settings())
+    with pytest.raises(PlanMismatchError, match="format 1"):
+        run_worker(out, wait_for_others=False)
+
+
+def test_shard_files_are_gzip_json_lines_and_a_plain_file_is_refused(tmp_path):
+    import gzip
+
+    out = tmp_path / "out"
+    plan_into(out, settings())
+    shard0 = JobLayout(out).shard_file(0)
+    lines = gzip.decompress(shard0.read_bytes()).decode().splitlines()
+    assert len(lines) == 7 and all("record" in json.loads(x) for x in lines)
+    shard0.write_text("\n".join(lines) + "\n")  # the same items, uncompressed
+    with pytest.raises(PlanMismatchError, match="not a gzip-compressed shard"):
+        read_shard_items(shard0)
+
+
+def test_an_ungrouped_open_images_csv_plans_sorted_and_identically_twice(tmp_path):
+    csv = Path(__file__).parent / "data" / "readers" / "openimages" / "ungrouped.csv"
+    oi = settings(source="openimages", input=str(csv), images_root=str(tmp_path), shard_size=2)
+    a, b = plan_into(tmp_path / "a", oi), plan_into(tmp_path / "b", oi)
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+    assert a["reader"]["grouped_by_image_id"] is False
+    items = [i for shard in shard_items(tmp_path / "a") for i in shard]
+    assert [(i.image_id, len(i.boxes)) for i in items] == [("a" * 16, 3), ("b" * 16, 2),
+                                                           ("c" * 16, 1)]
+    assert a["totals"]["read_errors"] == 0 and a["totals"]["boxes"] == 6

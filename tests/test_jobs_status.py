@@ -10,7 +10,7 @@ from jobs_support import lease_taken_by_an_ended_process, plan_into, run_boxmask
 from boxmask.jobs.layout import JobLayout
 from boxmask.jobs.lease import try_acquire
 from boxmask.jobs.merge import merge
-from boxmask.jobs.plan import Settings
+from boxmask.jobs.plan import Settings, read_shard_items
 from boxmask.jobs.status import busy_seconds, job_status
 from boxmask.jobs.worker import record_failure, run_worker
 
@@ -85,8 +85,7 @@ def test_partial_results_count_as_done_items(tmp_path):
     lines = (layout.results_dir / json.loads(layout.done_file(0).read_text())["results"]
              ).read_bytes().splitlines(keepends=True)
     # Another worker, now gone, had recorded 4 results of shard 1's items and torn a fifth.
-    shard1 = [json.loads(x)["record"]["image_id"]
-              for x in layout.shard_file(1).read_text().splitlines()]
+    shard1 = [item.image_id for item in read_shard_items(layout.shard_file(1))]
     fake = [json.dumps({"record": {"image_id": i}, "masks": []}).encode() + b"\n"
             for i in shard1[:4]]
     attempt = layout.attempt_file(1, "cafe0001")

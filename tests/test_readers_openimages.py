@@ -64,17 +64,18 @@ def test_default_images_root_is_the_images_folder_when_present(tmp_path):
     assert OpenImagesReader(csv).images_root == tmp_path / "images"
 
 
-def test_ungrouped_csv_reports_each_stray_row_and_keeps_going():
-    items = list(OpenImagesReader(FIXTURES / "ungrouped.csv"))
-    kinds = [(type(i).__name__, i.image_id) for i in items]
+def test_ungrouped_csv_is_sorted_by_image_id_and_loses_no_row():
+    reader = OpenImagesReader(FIXTURES / "ungrouped.csv")
+    assert "grouped_by_image_id" not in reader.describe()
+    items = list(reader)
+    assert reader.grouped is False and reader.describe()["grouped_by_image_id"] is False
     a, b, c = "a" * 16, "b" * 16, "c" * 16
-    assert kinds == [("ImageRecord", a), ("ImageRecord", b), ("ErrorRecord", a),
-                     ("ImageRecord", c), ("ErrorRecord", b)]
-    stray = [i for i in items if isinstance(i, ErrorRecord)]
-    assert [e.source.rsplit(":", 1)[1] for e in stray] == ["5", "7"]
-    assert all(e.stage == "read" and "Sort it by ImageID" in e.reason for e in stray)
-    assert "line 5" in stray[0].reason
-    assert len(items[0].boxes) == 2
+    # Rows: a a b a c b (lines 2-7) -> records in ImageID order, boxes in file order.
+    assert [(type(i).__name__, i.image_id, len(i.boxes)) for i in items] == [
+        ("ImageRecord", a, 3), ("ImageRecord", b, 2), ("ImageRecord", c, 1)]
+    assert [i.source.rsplit(":", 1)[1] for i in items] == ["2", "4", "6"]
+    assert [box.index for box in items[0].boxes] == [0, 1, 2]
+    assert [box.box_id for box in items[1].boxes] == [stable_box_id(b, 0), stable_box_id(b, 1)]
 
 
 def test_grouped_but_unsorted_csv_is_fine(tmp_path):
@@ -136,19 +137,68 @@ def test_large_csv_is_streamed_with_bounded_memory(tmp_path):
     assert peak < size / 8, (peak, size)
 
 
-def test_stray_rows_are_found_among_many_unsorted_images(tmp_path):
+def test_a_late_repeat_among_many_unsorted_images_is_sorted_in_bounded_chunks(tmp_path):
     # Descending ImageIDs: grouped but unsorted, so every new id is looked up among the
-    # finished ones (more than the 4096 kept before they are packed into a sorted array).
+    # finished ones (more than the 4096 kept before they are packed into a sorted array); two
+    # rows at the end repeat ids whose rows ended long ago.
     header, row = BBOX_21.read_text().splitlines()[:2]
     tail = row.split(",", 1)[1]
     ids = [f"{i:016x}" for i in range(10_000, 0, -1)]
     csv = tmp_path / "descending.csv"
     csv.write_text("\n".join([header] + [f"{i},{tail}" for i in ids]
                              + [f"{ids[7]},{tail}", f"{ids[-1]},{tail}"]) + "\n")
-    items = list(OpenImagesReader(csv))
-    errors = [i for i in items if isinstance(i, ErrorRecord)]
-    assert len(items) == 10_002 and len(errors) == 2
-    # ids[7] ended long ago; ids[-1] ended when the stray ids[7] row interrupted it.
-    assert [e.image_id for e in errors] == [ids[7], ids[-1]]
-    assert [e.source.rsplit(":", 1)[1] for e in errors] == [str(len(ids) + 2), str(len(ids) + 3)]
-    assert all(len(r.boxes) == 1 for r in items if isinstance(r, ImageRecord))
+    reader = OpenImagesReader(csv)
+    reader.sort_chunk_rows = 1000  # 11 sorted chunks on disk, merged
+    items = list(reader)
+    assert reader.grouped is False
+    assert all(isinstance(i, ImageRecord) for i in items)
+    assert [i.image_id for i in items] == sorted(ids)
+    boxes = {i.image_id: len(i.boxes) for i in items}
+    assert boxes[ids[7]] == boxes[ids[-1]] == 2 and sum(boxes.values()) == 10_002
+    assert [b.index for b in items[-8].boxes] == [0, 1]  # ids[7]: file order kept
+
+
+def test_sorting_keeps_memory_bounded_and_reports_bad_rows(tmp_path):
+    header, row = BBOX_21.read_text().splitlines()[:2]
+    tail = row.split(",", 1)[1]
+    n_rows = 30_000
+    order = [(i * 7919) % n_rows for i in range(n_rows)]  # a permutation: not grouped
+    csv = tmp_path / "shuffled.csv"
+    with open(csv, "w") as f:
+        f.write(header + "\n")
+        f.writelines(f"{i // 3:016x},{tail}\n" for i in order)
+        f.write("0000000000000000,too,few\n")
+    size = csv.stat().st_size
+    reader = OpenImagesReader(csv)
+    reader.sort_chunk_rows = 1000
+    errors, n_records, n_boxes, ids = [], 0, 0, []
+    tracemalloc.start()
+    try:
+        for item in reader:
+            if isinstance(item, ErrorRecord):
+                errors.append(item)
+            else:
+                n_records += 1
+                n_boxes += len(item.boxes)
+                ids.append(item.image_id)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(errors) == 1 and "row has 3 fields" in errors[0].reason
+    assert errors[0].source.endswith(f":{n_rows + 2}")
+    assert (n_records, n_boxes) == (n_rows // 3, n_rows) and ids == sorted(set(ids))
+    # The whole file as csv rows would take ~8x its size; the sort holds one chunk.
+    assert peak < size / 2, (peak, size)
+
+
+def test_grouping_check_reads_quoted_rows_with_the_csv_module(tmp_path):
+    from boxmask.readers.openimages import is_grouped
+
+    header, row = BBOX_21.read_text().splitlines()[:2]
+    tail = row.split(",", 1)[1]
+    grouped = tmp_path / "quoted.csv"
+    grouped.write_text(f"{header}\n\"a,b\",{tail}\n\"a,b\",{tail}\na,{tail}\n")
+    assert is_grouped(grouped, 0)  # "a,b" is one ImageID, not "\"a"
+    ungrouped = tmp_path / "ungrouped.csv"
+    ungrouped.write_text(f"{header}\nb,{tail}\na,{tail}\n\"b\",{tail}\n")
+    assert not is_grouped(ungrouped, 0)

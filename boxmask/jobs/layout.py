@@ -5,7 +5,8 @@
   plan.json                    the contract: settings, engine, shard list (written last by `plan`)
   plan.lock                    held while a process plans (other launchers wait for plan.json)
   labels.json                  class ids and names seen by the reader
-  shards/000000.jsonl          input items of shard 0: {"record": ...} or {"error": ...} per line
+  shards/000000.jsonl.gz       input items of shard 0: {"record": ...} or {"error": ...} per line,
+                               gzip-compressed
   state/leases/000000.lease    who works on shard 0 now (O_EXCL file, mtime = heartbeat)
   state/results/000000.<token>.jsonl
                                one ImageResult per input item, in item order, one file per lease
@@ -99,7 +100,7 @@ class JobLayout:
         return f"{shard_id:06d}"
 
     def shard_file(self, shard_id: int) -> Path:
-        return self.shards_dir / f"{self.shard_name(shard_id)}.jsonl"
+        return self.shards_dir / f"{self.shard_name(shard_id)}.jsonl.gz"
 
     def lease_file(self, shard_id: int) -> Path:
         return self.leases_dir / f"{self.shard_name(shard_id)}.lease"

@@ -71,6 +71,7 @@ from .plan import (
     describe_differences,
     load_plan,
     plan_settings,
+    read_shard_items,
     runtime_engine_options,
 )
 
@@ -174,20 +175,6 @@ def scan_done_results(path: Path, root: Path) -> dict[str, Any]:
                 files_hash.update(f"{rel}\t{sha256_file(root / rel)}\n".encode())
     return {**counts, "results_sha256": results_hash.hexdigest(),
             "files_sha256": files_hash.hexdigest()}
-
-
-def read_shard_items(path: Path, sha256: str | None = None) -> list[ImageRecord | ErrorRecord]:
-    """The input items of a shard file; with ``sha256``, refuse a file that does not match."""
-    data = path.read_bytes()
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise PlanMismatchError(f"shard file {path} does not match the plan (damaged or "
-                                "replaced); plan again with --force")
-    items: list[ImageRecord | ErrorRecord] = []
-    for line in data.decode("utf-8").splitlines():
-        d = json.loads(line)
-        items.append(ImageRecord.from_json(d["record"]) if "record" in d
-                     else ErrorRecord.from_json(d["error"]))
-    return items
 
 
 def check_policy(plan: dict[str, Any], policy: InsidePointPolicy) -> None:

@@ -1,9 +1,11 @@
 """The reader interface: an input format -> a stream of image records (and error records).
 
-Readers stream: they never hold a whole annotation CSV in memory, and they yield records in a
-deterministic order (the source's own order), so that planning the same input twice gives the
-same shards. Anything wrong with one image's annotation (malformed XML, a row that cannot be
-parsed, an unsafe file name) becomes an ``ErrorRecord`` with stage ``"read"``; the stream goes on.
+Readers stream: they never hold a whole annotation file in memory (what must be regrouped, an
+unsorted CSV or COCO annotations, goes through an external sort, ``_extsort``), and they yield
+records in a deterministic order (the source's own order, or ImageID order for an Open Images CSV
+that is not grouped by ImageID), so that planning the same input twice gives the same shards.
+Anything wrong with one image's annotation (malformed XML, a row that cannot be parsed, an unsafe
+file name) becomes an ``ErrorRecord`` with stage ``"read"``; the stream goes on.
 Coordinates are converted to the library box convention here (see ``boxmask.records``).
 """
 

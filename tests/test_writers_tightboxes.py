@@ -244,3 +244,20 @@ def test_a_hostile_image_path_cannot_escape_the_output_folder(tmp_path: Path,
         "a/b/out/tight-boxes/ilsvrc-loc/ok.xml"]
     assert writer.summary["refused"] == 1
     assert not Path("/tmp/escaped.xml").exists()
+
+
+@pytest.mark.parametrize("origin", [0, 1])
+def test_kaggle_and_xml_coordinates_invert_the_readers_box_origin(tmp_path: Path,
+                                                                  origin: int) -> None:
+    mask = np.zeros((6, 8), bool)
+    mask[2:4, 3:7] = True  # tight box (3, 2, 6, 3)
+    result = _result("train/n01440764/n01440764_7.JPEG", mask)
+    result.record.image_id = "n01440764_7"
+    reader = {"origin": origin, "input": str(tmp_path / "LOC_train_solution.csv")}
+    for source in ("kaggle-loc", "ilsvrc-loc"):
+        TightBoxWriter(tmp_path, reader={**reader, "source": source}).merge(lambda: iter([result]))
+    folder = tmp_path / "tight-boxes"
+    for source, path in (("kaggle-loc", folder / "kaggle-loc" / "LOC_train_solution.csv"),
+                         ("ilsvrc-loc", folder / "ilsvrc-loc")):
+        (record,) = records(source, path, origin=origin)
+        assert [b.xyxy for b in record.boxes] == [(3, 2, 6, 3)]

@@ -261,3 +261,27 @@ def test_kaggle_and_xml_coordinates_invert_the_readers_box_origin(tmp_path: Path
                          ("ilsvrc-loc", folder / "ilsvrc-loc")):
         (record,) = records(source, path, origin=origin)
         assert [b.xyxy for b in record.boxes] == [(3, 2, 6, 3)]
+
+
+def test_an_object_the_reader_refused_stays_in_the_xml_marked(tmp_path: Path) -> None:
+    bad = REPO / "tests" / "data" / "readers" / "ilsvrc_bad" / "Annotations" / "CLS-LOC"
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(bad / "train" / "n01440764" / "one_box_nonnumeric.xml", src)
+    items = list(open_reader("ilsvrc-loc", src))
+    (record,) = [i for i in items if isinstance(i, ImageRecord)]
+    mask = np.zeros((375, 500), bool)
+    mask[110:270, 70:360] = True
+    box = record.boxes[0]
+    result = ImageResult(record, 500, 375, masks=[
+        MaskResult(box.box_id, box.label, 0, box.xyxy, masks.encode_rle(mask), 0.5)])
+    TightBoxWriter(tmp_path / "out", reader={"source": "ilsvrc-loc", "origin": 0}).merge(
+        lambda: iter([result]))
+    root = etree.parse(str(tmp_path / "out" / "tight-boxes" / "ilsvrc-loc" /
+                           "one_box_nonnumeric.xml")).getroot()
+    first, second = root.findall("object")
+    assert [first.findtext(f"bndbox/{t}") for t in ("xmin", "ymin", "xmax", "ymax")] == \
+        ["70", "110", "359", "269"]
+    assert second.findtext("tight_box_status") == "no_mask"
+    assert [second.findtext(f"bndbox/{t}") for t in ("xmin", "ymin", "xmax", "ymax")] == \
+        ["12", "abc", "40", "50"]

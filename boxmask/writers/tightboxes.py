@@ -34,7 +34,9 @@ one pixel larger than the mask's.
 
 The files cover the images of the run (like every output). The XML keeps every other element of
 the source file (read again from ``ImageRecord.source``; when it cannot be read, an XML is built
-from the record). COCO keeps ``info``, ``licenses``, ``categories``, the run's image entries and
+from the record), objects the reader refused included (status ``no_mask``). The CSVs are written
+from the run's records, so boxes the reader refused are not in them (see ``errors.jsonl``).
+COCO keeps ``info``, ``licenses``, ``categories``, the run's image entries and
 all their annotations (crowd ones untouched). Ids become file names only through
 ``boxmask.safepath.join_inside``: an image whose path would leave the folder is skipped and
 counted in the summary (``refused``). Every file is written atomically.
@@ -160,6 +162,10 @@ class TightBoxWriter(Writer):
                 else:  # the source changed since planning: append the box
                     obj = _object(root, box)
                 self._tighten(obj, box, status, tight)
+            done = {box.index for box, _, _ in rows}
+            for index, obj in enumerate(objects):  # boxes the reader refused: kept, marked
+                if index not in done and obj.find("bndbox") is not None:
+                    _mark_refused(obj)
             etree.indent(root, space="\t")
             atomic_write_bytes(path, etree.tostring(root, encoding="utf-8") + b"\n")
             files.append(self._rel(path))
@@ -294,6 +300,16 @@ def _object(root: etree._Element, box: Box) -> etree._Element:
         etree.SubElement(obj, key).text = str(value)
     etree.SubElement(obj, "bndbox")
     return obj
+
+
+def _mark_refused(obj: etree._Element) -> None:
+    """An object the reader refused (unusable coordinates): kept as it is, status ``no_mask``."""
+    for old in obj.findall("input_bndbox") + obj.findall("tight_box_status"):
+        obj.remove(old)
+    etree.SubElement(obj, "tight_box_status").text = NO_MASK
+    keep = etree.SubElement(obj, "input_bndbox")
+    for tag in _COORDS:
+        etree.SubElement(keep, tag).text = (obj.findtext(f"bndbox/{tag}") or "").strip()
 
 
 def _set_coords(bndbox: etree._Element, values: tuple[int, int, int, int]) -> None:

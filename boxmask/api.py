@@ -105,10 +105,12 @@ def work(out_dir: str | Path, *, engine: Engine | None = None, progress: bool = 
 def convert(settings: Settings, out_dir: str | Path, *, workers: int = 1, force: bool = False,
             progress: bool = True, lease_timeout_s: float | None = None,
             device: str | None = None, retry_failed: bool = False,
-            copy_images: bool = False) -> dict[str, Any]:
+            copy_images: bool = False, write_tight_boxes: bool = False) -> dict[str, Any]:
     """Plan (or resume), convert with ``workers`` local workers, merge; return the summary.
 
     ``copy_images``: the Open Images output's ``data/`` gets copies of the images, not links.
+    ``write_tight_boxes``: also write the source annotations back with tight boxes
+    (``tight-boxes/<source>/``, see ``boxmask.writers.tightboxes``).
 
     The summary is the manifest's counts plus ``exit_code`` (``EXIT_OK``, ``EXIT_PARTIAL`` when
     some items failed, ``EXIT_STOPPED`` when interrupted before the end, ``EXIT_FATAL`` when
@@ -143,7 +145,7 @@ def convert(settings: Settings, out_dir: str | Path, *, workers: int = 1, force:
     if not status["complete"]:
         return {"complete": False, "status": status,
                 "exit_code": job_exit(complete=False, stopped=stopped, errors=0)}
-    manifest = merge(out_dir, copy_images=copy_images)
+    manifest = merge(out_dir, copy_images=copy_images, write_tight_boxes=write_tight_boxes)
     counts = manifest["counts"]
     return {"complete": True, **counts, "seconds": manifest["conversion_seconds"],
             "exit_code": job_exit(complete=True, stopped=False, errors=counts["errors"])}

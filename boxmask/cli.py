@@ -252,6 +252,9 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
 
 COPY_IMAGES_HELP = ("--format openimages: copy the images into openimages/data/ (default: "
                     "symbolic links to them).")
+TIGHT_BOXES_HELP = ("Also write the source annotations back with every box replaced by its "
+                    "mask's tight box, into OUTPUT/tight-boxes/<source>/ (the input box and a "
+                    "status stay next to it).")
 
 # -- commands ---------------------------------------------------------------------------------
 
@@ -270,10 +273,11 @@ COPY_IMAGES_HELP = ("--format openimages: copy the images into openimages/data/ 
 @click.option("--progress/--no-progress", default=None,
               help="Show the progress bar (default: when stderr is a terminal).")
 @click.option("--copy-images", is_flag=True, help=COPY_IMAGES_HELP)
+@click.option("--write-tight-boxes", is_flag=True, help=TIGHT_BOXES_HELP)
 @click.pass_context
 def convert(ctx: click.Context, workers: int, device: str | None, force: bool,
             lease_timeout: float | None, retry_failed: bool, progress: bool | None,
-            copy_images: bool, **params: Any) -> None:
+            copy_images: bool, write_tight_boxes: bool, **params: Any) -> None:
     """Convert a box dataset into masks: plan, run workers, merge.
 
     Running the same command again on the same --output resumes where it stopped (after a crash,
@@ -292,7 +296,8 @@ def convert(ctx: click.Context, workers: int, device: str | None, force: bool,
     try:
         summary = run_convert(settings, out_dir, workers=workers, force=force, progress=progress,
                               lease_timeout_s=lease_timeout, device=device,
-                              retry_failed=retry_failed, copy_images=copy_images)
+                              retry_failed=retry_failed, copy_images=copy_images,
+                              write_tight_boxes=write_tight_boxes)
     except PlanMismatchError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_FATAL)
@@ -430,15 +435,17 @@ def submit(out_dir: Path, backend: str, workers: int, partition: str | None, gpu
 @click.option("--lease-timeout", type=float, default=300.0, show_default=True,
               help="Leases older than this many seconds count as dead.")
 @click.option("--copy-images", is_flag=True, help=COPY_IMAGES_HELP)
+@click.option("--write-tight-boxes", is_flag=True, help=TIGHT_BOXES_HELP)
 def merge(out_dir: Path, partial: bool, verify: bool, lease_timeout: float,
-          copy_images: bool) -> None:
+          copy_images: bool, write_tight_boxes: bool) -> None:
     """Write the final COCO JSON / Open Images CSV / class index / sidecar from the shards."""
     from .jobs.merge import IncompleteJobError
     from .jobs.merge import merge as run_merge
 
     try:
         manifest = run_merge(out_dir, allow_partial=partial, verify_files=verify,
-                             lease_timeout_s=lease_timeout, copy_images=copy_images)
+                             lease_timeout_s=lease_timeout, copy_images=copy_images,
+                             write_tight_boxes=write_tight_boxes)
     except IncompleteJobError as e:
         _fail(e)
     if partial and manifest["shards"].get("failed"):

@@ -99,6 +99,9 @@ def test_coco_loads_the_file_and_ann_to_mask_gives_back_every_mask(tmp_path):
         assert ann["area"] == int(gt.sum())
         x0, y0, x1, y1 = mask.box_xyxy
         assert ann["bbox"] == [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
+        rows, cols = np.flatnonzero(gt.any(axis=1)), np.flatnonzero(gt.any(axis=0))
+        assert ann["mask_bbox"] == [cols[0], rows[0], cols[-1] - cols[0] + 1,
+                                    rows[-1] - rows[0] + 1]
         assert ann["iscrowd"] == 0
         assert ann["score"] == pytest.approx(mask.score)
         assert ann["box_id"] == mask.box_id
@@ -197,3 +200,16 @@ def test_merge_streams_results_without_holding_them(tmp_path):
     coco = load(tmp_path / "coco" / "instances.json")
     assert len(coco.getImgIds()) == n and len(coco.getAnnIds()) == n
     assert coco.annToMask(coco.loadAnns(n)[0]).sum() == 4
+
+
+def test_an_empty_mask_has_a_null_tight_box_and_keeps_its_input_bbox(tmp_path):
+    results, labels, gts = coco_mval(coco_source=False)
+    first = results[0]
+    box = first.record.boxes[0]
+    first.masks = [mask_result(box, np.zeros_like(gts[0]))]
+    CocoWriter(tmp_path, labels).merge(lambda: iter(results[:2]))
+    coco = load(tmp_path / "coco" / "instances.json")
+    empty, full = coco.loadAnns(coco.getAnnIds())
+    x0, y0, x1, y1 = box.xyxy
+    assert empty["bbox"] == [x0, y0, x1 - x0 + 1, y1 - y0 + 1] and empty["mask_bbox"] is None
+    assert empty["area"] == 0 and full["mask_bbox"] is not None

@@ -123,6 +123,8 @@ def test_coco_file_loads_with_fiftyone_importer(run: Path) -> None:
             line = lines[(rel, det["box_id"])]
             assert_detection_is_the_mask(det, line)
             assert det.confidence == pytest.approx(line["score"])
+            x0, y0, x1, y1 = line["mask_xyxy"]  # the tight box rides along as an attribute
+            assert list(det["mask_bbox"]) == [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
             loaded += 1
     assert loaded == len(lines)
 

@@ -20,8 +20,8 @@ from boxmask.writers import FORMATS, SidecarWriter, create_writer
 DATA = Path(__file__).parent / "data"
 VOC = DATA / "voc2012"
 KEYS = ["image_id", "image_path", "width", "height", "box_id", "index", "label", "label_name",
-        "box_xyxy", "engine", "inside_policy", "clicks", "score", "metrics", "rle", "files",
-        "written_ids"]
+        "box_xyxy", "mask_xyxy", "engine", "inside_policy", "clicks", "score", "metrics", "rle",
+        "files", "written_ids"]
 LABELS = LabelMap(["dog", "chair", "person"], {"dog": "Dog", "chair": "Chair", "person": "Person"})
 
 
@@ -89,6 +89,8 @@ def test_one_line_per_mask_with_everything_needed_to_trace_it(tmp_path):
         assert list(row) == KEYS
         assert row["image_id"] == "2007_000063" and row["width"] == 500 and row["height"] == 375
         assert row["box_xyxy"] == list(box.xyxy) and row["index"] == box.index
+        rows_on, cols_on = np.flatnonzero(gt.any(axis=1)), np.flatnonzero(gt.any(axis=0))
+        assert row["mask_xyxy"] == [cols_on[0], rows_on[0], cols_on[-1], rows_on[-1]]
         assert row["label_name"] == {"dog": "Dog", "chair": "Chair"}[row["label"]]
         assert row["engine"] == "iog" and row["inside_policy"] == "center"
         assert row["clicks"] == [[box.xyxy[0] + 100.25, box.xyxy[1] + 50, 1, "inside"],

@@ -181,7 +181,8 @@ def failed_shards(layout: JobLayout, plan: dict[str, Any]) -> list[dict[str, Any
 
 
 def merge(out_dir: str | Path, *, allow_partial: bool = False, verify_files: bool = False,
-          lease_timeout_s: float = DEFAULT_TIMEOUT_S, copy_images: bool = False) -> dict[str, Any]:
+          lease_timeout_s: float = DEFAULT_TIMEOUT_S, copy_images: bool = False,
+          write_tight_boxes: bool = False) -> dict[str, Any]:
     """Write the final files of every format, the sidecar and the manifest; return the manifest.
 
     With ``allow_partial`` the files cover only the shards done so far (a preview while workers
@@ -190,6 +191,8 @@ def merge(out_dir: str | Path, *, allow_partial: bool = False, verify_files: boo
     the done markers' checksums (slower; damaged shards are re-opened). ``lease_timeout_s``:
     after how long a silent merge lock or worker lease counts as abandoned. ``copy_images``:
     the Open Images output's ``data/`` holds copies of the images instead of links.
+    ``write_tight_boxes``: also write the source annotations back with each box replaced by its
+    mask's tight box, under ``tight-boxes/<source>/`` (``boxmask.writers.tightboxes``).
     """
     layout = JobLayout(out_dir)
     if load_plan(out_dir) is None:
@@ -197,11 +200,13 @@ def merge(out_dir: str | Path, *, allow_partial: bool = False, verify_files: boo
     layout.state_dir.mkdir(parents=True, exist_ok=True)
     with holding(layout.merge_lock, f"merge-{socket.gethostname()}-{os.getpid()}",
                  lease_timeout_s):
-        return _merge(layout, allow_partial, verify_files, lease_timeout_s, copy_images)
+        return _merge(layout, allow_partial, verify_files, lease_timeout_s, copy_images,
+                      write_tight_boxes)
 
 
 def _merge(layout: JobLayout, allow_partial: bool, verify_files: bool,
-           lease_timeout_s: float, copy_images: bool = False) -> dict[str, Any]:
+           lease_timeout_s: float, copy_images: bool = False,
+           write_tight_boxes: bool = False) -> dict[str, Any]:
     plan = load_plan(layout.root)
     if plan is None:
         raise NoPlanError(f"{layout.root} has no plan.json")
@@ -238,6 +243,12 @@ def _merge(layout: JobLayout, allow_partial: bool, verify_files: bool,
                                images_root=settings.images_root or ".")
         files += writer.merge(results)
         outputs[name] = writer.summary
+    if write_tight_boxes:
+        from ..writers.tightboxes import TightBoxWriter
+
+        tight = TightBoxWriter(layout.root, labels, reader=plan["reader"])
+        files += tight.merge(results)
+        outputs[tight.name] = tight.summary
     engine_name = plan["contract"]["engine"].get("name", settings.engine)
     sidecar = SidecarWriter(layout.root, labels, engine=engine_name,
                             inside_policy=settings.inside_point, formats=settings.formats)

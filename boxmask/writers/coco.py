@@ -14,7 +14,9 @@ Loadable with ``pycocotools.coco.COCO``; ``annToMask`` gives back each mask exac
   in ``box_id`` and ``source_id``; ``segmentation`` = compressed RLE
   (``counts`` as a string); ``area`` = mask pixel count; ``bbox`` = the **input box**
   ``[x, y, w, h]`` on pixel edges, not the mask's tight box: it records what the mask was made
-  from (``rle_box`` of the segmentation gives the tight box); ``iscrowd`` = 0; plus ``score`` and
+  from; ``mask_bbox`` = the mask's own tight box in the same ``[x, y, w, h]`` float convention
+  (left/top pixel edge, width and height in pixels: ``[x0, y0, x1 - x0 + 1, y1 - y0 + 1]`` of the
+  inclusive library box), ``null`` for an empty mask; ``iscrowd`` = 0; plus ``score`` and
   ``box_id``.
 * ``categories`` (written last, once every label has been seen): every label of the label map
   plus any label met in the results but missing from it, each ``{"id", "name", "source_id"}``
@@ -203,6 +205,7 @@ class CocoWriter(Writer):
     @staticmethod
     def _annotation(mask: MaskResult, ann_id: int, image_id: int,
                     category_id: int) -> dict[str, Any]:
+        tight = masklib.rle_box(mask.rle)
         return {
             "id": ann_id,
             "image_id": image_id,
@@ -210,6 +213,7 @@ class CocoWriter(Writer):
             "segmentation": {"size": list(mask.rle["size"]), "counts": mask.rle["counts"]},
             "area": masklib.rle_area(mask.rle),
             "bbox": to_xywh(tuple(mask.box_xyxy)),
+            "mask_bbox": None if tight is None else to_xywh(tight),
             "iscrowd": 0,
             "score": round(float(mask.score), 6),
             "box_id": mask.box_id,

@@ -5,6 +5,7 @@ Always written, whatever the output formats:
 * ``<output>/masks.jsonl``: one line per mask, in plan order then source box order, with keys
   ``image_id, image_path, width, height`` (decoded size), ``box_id, index, label, label_name,
   box_xyxy`` (the resolved input box, library convention: 0-based inclusive pixels),
+  ``mask_xyxy`` (the mask's own tight box, same convention; null for an empty mask),
   ``engine, inside_policy`` (run settings), ``clicks`` (``[x, y, positive 0/1, kind]`` in image
   pixels), ``score``, ``metrics`` (``MaskResult.metrics`` as is, flags included), ``rle`` (COCO
   RLE of the full-image mask), ``files`` (``{format: path}`` of the per-image / per-mask file
@@ -27,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from .. import masks as masklib
 from ..atomic import atomic_open
 from ..labels import LabelMap
 from ..records import ErrorRecord, ImageResult, MaskResult
@@ -51,6 +53,10 @@ class MaskFileLocator(Protocol):
 
 def _line(value: dict[str, Any]) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def _list(box: tuple[int, int, int, int] | None) -> list[int] | None:
+    return None if box is None else [int(v) for v in box]
 
 
 def error_line(error: ErrorRecord) -> dict[str, Any]:
@@ -87,6 +93,7 @@ class SidecarWriter(Writer):
             "label": mask.label,
             "label_name": self.labels.name(mask.label),
             "box_xyxy": [int(v) for v in mask.box_xyxy],
+            "mask_xyxy": _list(masklib.rle_box(mask.rle)),
             "engine": self.engine,
             "inside_policy": self.inside_policy,
             "clicks": [c.to_json() for c in mask.clicks],

@@ -26,7 +26,7 @@ from PIL import Image
 
 from boxmask.boxes import mask_to_box
 from boxmask.labels import LabelMap
-from boxmask.masks import encode_rle
+from boxmask.masks import encode_rle, rle_box
 from boxmask.quality.metrics import mask_metrics
 from boxmask.records import Box, Click, ErrorRecord, ImageRecord, ImageResult, MaskResult
 
@@ -156,7 +156,9 @@ def sidecar_lines(results: list[ImageResult], labels: LabelMap) -> list[dict]:
                 "image_id": r.record.image_id, "image_path": r.record.image_path,
                 "width": r.width, "height": r.height, "box_id": d["box_id"], "index": d["index"],
                 "label": d["label"], "label_name": labels.name(d["label"]),
-                "box_xyxy": d["box_xyxy"], "engine": "test-engine", "inside_policy": "center",
+                "box_xyxy": d["box_xyxy"],
+                "mask_xyxy": None if (b := rle_box(m.rle)) is None else [int(v) for v in b],
+                "engine": "test-engine", "inside_policy": "center",
                 "clicks": d["clicks"], "score": d["score"], "metrics": d["metrics"],
                 "rle": d["rle"], "files": {}, "written_ids": {}})
     return lines

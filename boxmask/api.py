@@ -229,3 +229,11 @@ def review_estimate(run_dir: str | Path, verdicts: str | Path,
     if (folder / "index.html").is_file():
         refresh_page(folder, run_dir)
     return out, result
+
+
+def export(run_dir: str | Path, output: str | Path, **options: Any) -> dict[str, Any]:
+    """Write a release subset of a merged run (``quality.export.export``: formats, verdicts,
+    sample_dir, min_score, drop_flags, copy_images, overwrite); return its export manifest."""
+    from .quality.export import export as export_run
+
+    return export_run(run_dir, output, **options)

@@ -576,6 +576,49 @@ def review_estimate(run_dir: Path, verdicts: Path, sample_dir: Path | None,
     click.echo(str(path))
 
 
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the release subset (must not exist, unless --overwrite).")
+@click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS),
+              help="Output format; repeat for several (default: the run's formats).")
+@click.option("--exclude-bad", "verdicts",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Drop the masks judged bad in this verdicts.jsonl (from the review page).")
+@click.option("--sample", "sample_dir", type=click.Path(exists=True, file_okay=False,
+                                                       path_type=Path),
+              help="The review report folder the verdicts were made on (sample.jsonl); "
+                   "default: the folder of --exclude-bad.")
+@click.option("--min-score", type=float, help="Drop masks whose engine score is below this.")
+@click.option("--drop-flags", default="", metavar="FLAG,...",
+              help="Drop masks carrying any of these quality flags, comma-separated "
+                   "(e.g. loose,leaks).")
+@click.option("--copy-images", is_flag=True, help=COPY_IMAGES_HELP)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output folder.")
+def export_cmd(run_dir: Path, output: Path, formats: tuple[str, ...], verdicts: Path | None,
+               sample_dir: Path | None, min_score: float | None, drop_flags: str,
+               copy_images: bool, overwrite: bool) -> None:
+    """Write a release subset of a merged run in any output format, leaving out the masks
+    judged bad, scoring below --min-score or carrying --drop-flags. OUTPUT/export-manifest.json
+    counts what was dropped and why; OUTPUT/dropped.jsonl lists each dropped mask."""
+    from .api import export as export_api
+
+    flags = [f.strip() for f in drop_flags.split(",") if f.strip()]
+    try:
+        manifest = export_api(run_dir, output, formats=list(formats) or None, verdicts=verdicts,
+                              sample_dir=sample_dir, min_score=min_score, drop_flags=flags,
+                              copy_images=copy_images, overwrite=overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        _fail(e)
+    for problem in manifest["problems"]:
+        click.echo(f"warning: {problem}", err=True)
+    c = manifest["counts"]
+    click.echo(f"kept {c['masks_kept']} of {c['masks_in_run']} masks "
+               f"({c['masks_dropped']} dropped: "
+               + (", ".join(f"{k} {v}" for k, v in manifest["dropped_by_reason"].items())
+                  or "none") + f") in {output}")
+
+
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
 @click.option("--gt", "gt_path", required=True, type=click.Path(exists=True, path_type=Path),

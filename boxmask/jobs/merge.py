@@ -21,7 +21,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from ..atomic import atomic_write_text, remove_stale_temps
 from ..hashing import sha256_file
 from ..labels import LabelMap
 from ..records import ImageResult
-from ..writers import create_writer
+from ..writers import ResultsFactory, create_writer
 from ..writers.sidecar import SidecarWriter
 from .layout import JobLayout
 from .lease import DEFAULT_TIMEOUT_S, holding, pid_alive, read_lease, stale_reason
@@ -236,23 +236,14 @@ def _merge(layout: JobLayout, allow_partial: bool, verify_files: bool,
 
     started = time.time()
     labels = LabelMap.load(layout.labels) if layout.labels.exists() else LabelMap()
-    files: list[str] = []
-    outputs: dict[str, Any] = {}
-    for name in settings.formats:
-        writer = create_writer(name, layout.root, labels, copy_images=copy_images,
-                               images_root=settings.images_root or ".")
-        files += writer.merge(results)
-        outputs[name] = writer.summary
+    files, outputs = write_formats(layout.root, results, labels, plan, settings.formats,
+                                   copy_images=copy_images)
     if write_tight_boxes:
         from ..writers.tightboxes import TightBoxWriter
 
         tight = TightBoxWriter(layout.root, labels, reader=plan["reader"])
         files += tight.merge(results)
         outputs[tight.name] = tight.summary
-    engine_name = plan["contract"]["engine"].get("name", settings.engine)
-    sidecar = SidecarWriter(layout.root, labels, engine=engine_name,
-                            inside_policy=settings.inside_point, formats=settings.formats)
-    files += sidecar.merge(results)
 
     complete = not missing
     if complete and not _live_leases(layout, plan, lease_timeout_s):
@@ -279,6 +270,29 @@ def _merge(layout: JobLayout, allow_partial: bool, verify_files: bool,
     }
     atomic_write_text(layout.manifest, json.dumps(manifest, indent=1, ensure_ascii=False))
     return manifest
+
+
+def write_formats(output_dir: str | Path, results: ResultsFactory, labels: LabelMap,
+                  plan: dict[str, Any], formats: Sequence[str], *,
+                  copy_images: bool = False) -> tuple[list[str], dict[str, Any]]:
+    """Write the index files of ``formats`` and the sidecar under ``output_dir`` from
+    ``results`` (the per-image files must be there already), as merge does for ``plan``'s run.
+
+    Returns ``(files written, relative to output_dir; {format: writer summary})``.
+    """
+    settings = plan_settings(plan)
+    files: list[str] = []
+    outputs: dict[str, Any] = {}
+    for name in formats:
+        writer = create_writer(name, output_dir, labels, copy_images=copy_images,
+                               images_root=settings.images_root or ".")
+        files += writer.merge(results)
+        outputs[name] = writer.summary
+    engine_name = plan["contract"]["engine"].get("name", settings.engine)
+    sidecar = SidecarWriter(output_dir, labels, engine=engine_name,
+                            inside_policy=settings.inside_point, formats=list(formats))
+    files += sidecar.merge(results)
+    return files, outputs
 
 
 def _distinct(values: list[Any]) -> list[Any]:

@@ -193,3 +193,26 @@ def test_export_needs_a_merged_run_and_a_free_output(run: Path, tmp_path: Path) 
     (partial / "manifest.json").unlink()
     with pytest.raises(ExportError, match="not merged"):
         export(partial, tmp_path / "y")
+
+
+def test_an_interrupted_export_leaves_no_release(run: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import boxmask.quality.export as export_module
+
+    out = tmp_path / "release"
+    export(run, out, formats=["coco"])
+    before = (out / "coco" / "instances.json").read_bytes()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "write_formats", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export(run, out, formats=["coco"], min_score=0.99, overwrite=True)
+    assert (out / "coco" / "instances.json").read_bytes() == before  # the old release stays
+    assert not list(tmp_path.glob(".release.partial-*"))
+    monkeypatch.undo()
+    leftover = tmp_path / ".release.partial-killed"  # what a killed process leaves
+    leftover.mkdir()
+    export(run, tmp_path / "release", formats=["coco"], overwrite=True)
+    assert not leftover.exists()

@@ -116,12 +116,15 @@ def results_files(run_dir: str | Path) -> tuple[dict[str, Any], list[Path]]:
     return plan, paths
 
 
-def _run_masks(paths: Sequence[Path]) -> dict[MaskKey, dict[str, Any]]:
-    """``{(image_id, box_id): {"label", "rle"}}`` of every mask (for matching verdicts)."""
+def _run_masks(paths: Sequence[Path], wanted: set[MaskKey]) -> dict[MaskKey, dict[str, Any]]:
+    """``{(image_id, box_id): {"label", "rle"}}`` of the run's masks among ``wanted`` (one
+    streaming pass; only those are held)."""
     out = {}
     for r in iter_results(list(paths)):
         for m in r.masks:
-            out[(r.record.image_id, m.box_id)] = {"label": m.label, "rle": m.rle}
+            key = (r.record.image_id, m.box_id)
+            if key in wanted:
+                out[key] = {"label": m.label, "rle": m.rle}
     return out
 
 
@@ -146,7 +149,8 @@ def bad_masks(verdicts_path: str | Path, paths: Sequence[Path],
         sampled = {int(i["sample_index"]): i for i in items}
     elif sample_dir is not None:
         raise ExportError(f"no sample.jsonl in {folder}")
-    masks = _run_masks(paths)
+    masks = _run_masks(paths, {(str(v.get("image_id")), str(v.get("box_id")))
+                               for v in lines.values()})
     bad: set[MaskKey] = set()
     matched = 0
     for k, v in sorted(lines.items()):

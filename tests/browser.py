@@ -1,4 +1,4 @@
-"""Headless Chromium for tests: the DOM of a page after its scripts ran, and screenshots.
+"""Headless Chromium for tests: the DOM of a page after its scripts ran.
 
 Needs the ``chromium`` binary (Debian package ``chromium``; ``chromium-browser``,
 ``google-chrome`` and ``headless_shell`` are found too). ``require_chromium()`` skips the calling
@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -56,7 +55,7 @@ class BrowserRun:
 
 def run_chromium(url: str, *extra: str, window: tuple[int, int] = (1400, 1800),
                  budget_ms: int = 3000) -> BrowserRun:
-    """Load ``url`` headless with ``extra`` flags (``--dump-dom``, ``--screenshot=...``)."""
+    """Load ``url`` headless with ``extra`` flags (``--dump-dom``)."""
     binary = require_chromium()
     with tempfile.TemporaryDirectory(prefix="boxmask-chromium-") as profile:
         cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu",
@@ -76,11 +75,3 @@ def run_chromium(url: str, *extra: str, window: tuple[int, int] = (1400, 1800),
 def dump_dom(url: str) -> BrowserRun:
     """The serialised DOM (``stdout``) after the page's scripts ran."""
     return run_chromium(url, "--dump-dom")
-
-
-def screenshot(url: str, png: Path, window: tuple[int, int] = (1400, 1800)) -> BrowserRun:
-    """A PNG of the page's first ``window`` pixels."""
-    run = run_chromium(url, f"--screenshot={png}", window=window)
-    if not Path(png).is_file():
-        raise RuntimeError(f"chromium wrote no screenshot: {run.stderr[-2000:]}")
-    return run

@@ -14,6 +14,7 @@ events, as from a person. Downloads land in a folder given to ``Browser.setDownl
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -202,6 +203,23 @@ class Browser:
         if "exceptionDetails" in res:
             raise RuntimeError(f"{expression}: {res['exceptionDetails']}")
         return res["result"].get("value")
+
+    def wait_until(self, expression: str, timeout: float = TIMEOUT_S) -> Any:
+        """Poll a JavaScript expression until it is truthy; its value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.eval(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{expression} stayed false for {timeout} s")
+            time.sleep(0.1)
+
+    def screenshot(self, png: Path) -> Path:
+        """A PNG of the viewport, written to ``png``."""
+        shot = self.page("Page.captureScreenshot", {"format": "png"})
+        Path(png).write_bytes(base64.b64decode(shot["data"]))
+        return Path(png)
 
     def press(self, key: str) -> None:
         """One key press (down, up) of a printable key or of ArrowLeft / ArrowRight."""

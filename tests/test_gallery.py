@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import dump_dom, screenshot
+from browser import dump_dom
+from cdp import Browser
 from PIL import Image
 from review_run import DATA, MISSING_IMAGE, build_results, write_run
 
@@ -192,12 +193,26 @@ def test_in_a_browser_the_grid_shows_every_card_and_the_hash_filters_it(report):
 
 def test_in_a_browser_the_page_renders_thumbnails(report, tmp_path):
     png = tmp_path / "gallery.png"
-    screenshot(report.resolve().as_uri(), png, window=(1400, 1800))
+    with Browser(window=(1400, 1800)) as browser:
+        browser.open(report.resolve().as_uri())
+        # the grid starts below the run summary: bring its first row to the top of the window
+        browser.eval('document.querySelector("figure img").scrollIntoView({block: "start"})')
+        # thumbnails load lazily: wait until every one in the window has been decoded
+        shown = browser.wait_until("""(function () {
+            var imgs = Array.from(document.querySelectorAll("img")).filter(function (im) {
+                var r = im.closest("figure").getBoundingClientRect();
+                return r.bottom > 0 && r.top < window.innerHeight;
+            });
+            var ready = imgs.every(function (im) { return im.complete && im.naturalWidth > 0; });
+            return ready ? imgs.length : 0;
+        })()""")
+        assert shown >= 4
+        browser.screenshot(png)
     with Image.open(png) as im:
         shot = np.asarray(im.convert("RGB"))
-    assert shot.shape[:2] == (1800, 1400)
+    assert shot.shape[1] == 1400 and shot.shape[0] > 1000
     # the thumbnails are loaded and shown: their magenta mask tint (FILL_RGB over the picture)
-    # covers a visible part of the first screen; nothing else on the page has that colour
+    # covers a visible part of the window; nothing else on the page has that colour
     r, g, b = (shot[..., i].astype(int) for i in range(3))
     tinted = (r - g > 60) & (b - g > 60)
     assert FILL_RGB[0] - FILL_RGB[1] > 60 and FILL_RGB[2] - FILL_RGB[1] > 60

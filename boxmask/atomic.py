@@ -125,7 +125,7 @@ def temp_owner_pid(name: str) -> int | None:
         return None
 
 
-def remove_stale_temps(folder: str | os.PathLike, min_age_s: float = 0.0,
+def remove_stale_temps(folder: str | os.PathLike[str], min_age_s: float = 0.0,
                        is_alive: Callable[[int], bool] | None = None) -> int:
     """Delete temporary files left by killed writers anywhere below ``folder``; return the count.
 
@@ -138,7 +138,7 @@ def remove_stale_temps(folder: str | os.PathLike, min_age_s: float = 0.0,
     """
     n = 0
     now = time.time()
-    for dirpath, _dirnames, filenames in os.walk(folder):
+    for dirpath, _dirnames, filenames in os.walk(os.fspath(folder)):
         for name in filenames:
             if not _TEMP_NAME.fullmatch(name):
                 continue

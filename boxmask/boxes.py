@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from .records import Box, BoxXYXY
 
@@ -126,8 +127,7 @@ EDGE_MAX_SIZE = 999_999
 pixel."""
 
 
-def normalized_edges(edges: np.ndarray | Sequence[int] | int,
-                     sizes: np.ndarray | Sequence[int] | int) -> tuple[np.ndarray, np.ndarray]:
+def normalized_edges(edges: npt.ArrayLike, sizes: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Pixel edges -> the decimals to write for them as normalised coordinates, exactly readable.
 
     ``edges`` (integers, ``0 <= edge <= size``) are pixel edges: the left/top edge of a library
@@ -225,10 +225,20 @@ def resolve_box(box: Box, width: int, height: int,
         return from_normalized(*box.xyxy_norm, width, height)
     if box.xyxy is None:
         raise ValueError(f"box {box.box_id!r} has neither pixel nor normalised coordinates")
-    xyxy = tuple(int(v) for v in box.xyxy)
+    xyxy = int_box(box.xyxy)
     if declared_size is not None and tuple(declared_size) != (width, height):
-        return rescale(xyxy, tuple(declared_size), (width, height))
+        dw, dh = declared_size
+        return rescale(xyxy, (int(dw), int(dh)), (width, height))
     return xyxy
+
+
+def int_box(values: Sequence[float] | np.ndarray) -> BoxXYXY:
+    """Four coordinates (a list read from JSON, an array row) as a library box of ints.
+
+    Each value is truncated by ``int``; raises ``ValueError`` unless there are exactly four.
+    """
+    x0, y0, x1, y1 = (int(v) for v in values)
+    return (x0, y0, x1, y1)
 
 
 def width_height(box: BoxXYXY) -> tuple[int, int]:

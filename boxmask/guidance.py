@@ -198,10 +198,11 @@ def clicks_from_mask(mask_512: np.ndarray, pad: int = CORNER_PAD
     (the official code clamps to the full side length). ``None`` for an empty mask.
     """
     m = np.asarray(mask_512) > 0.5
-    if not m.any():
+    deepest = deepest_pixel(m)
+    if deepest is None:
         return None
     h, w = m.shape
-    row, col = deepest_pixel(m)
+    row, col = deepest
     rows = np.flatnonzero(m.any(axis=1))
     cols = np.flatnonzero(m.any(axis=0))
     x0, x1, y0, y1 = int(cols[0]), int(cols[-1]), int(rows[0]), int(rows[-1])

@@ -146,8 +146,9 @@ def decode_bytes(
         notes.append(f"{label}: file is {fmt} although named {Path(name).suffix}")
 
     im = _open_checked(data, fmt, name, max_pixels)
-    if getattr(im, "n_frames", 1) > 1:
-        notes.append(f"{label}: {im.n_frames} frames, the first one used")
+    n_frames = int(getattr(im, "n_frames", 1))
+    if n_frames > 1:
+        notes.append(f"{label}: {n_frames} frames, the first one used")
     stored = im.size
 
     orientation = _orientation(im, label, notes)

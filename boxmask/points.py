@@ -67,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from .boxes import int_box
 from .device import resolve_device
 from .engines.base import Engine, Prediction, SegmentRequest, default_inside_points
 from .hashing import sha256_file
@@ -91,14 +92,15 @@ def network_scale(box: Sequence[int]) -> tuple[float, float]:
     return G.INPUT_SIZE / cw, G.INPUT_SIZE / ch
 
 
-def network_distance(a: Sequence[float], b: Sequence[float], box: Sequence[int]) -> float:
+def network_distance(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
+                     box: Sequence[int] | np.ndarray) -> float:
     """Distance between two image points ``(x, y)`` in network pixels of ``box``'s IOG crop."""
-    sx, sy = network_scale(box)
+    sx, sy = network_scale(int_box(box))
     return math.hypot((float(a[0]) - float(b[0])) * sx, (float(a[1]) - float(b[1])) * sy)
 
 
-def interior_point(mask: np.ndarray, box: Sequence[int],
-                   near: Sequence[float] | None = None) -> tuple[int, int] | None:
+def interior_point(mask: np.ndarray, box: Sequence[int] | np.ndarray,
+                   near: Sequence[float] | np.ndarray | None = None) -> tuple[int, int] | None:
     """The deepest pixel ``(x, y)`` of ``mask`` inside ``box``, or None when none is set there.
 
     ``mask``: H x W bool, full-image coordinates; ``box``: library box inside the image. Depth is
@@ -113,7 +115,7 @@ def interior_point(mask: np.ndarray, box: Sequence[int],
     region = np.asarray(mask[y0:y1 + 1, x0:x1 + 1], dtype=bool)
     if not region.any():
         return None
-    sx, sy = network_scale(box)
+    sx, sy = network_scale((x0, y0, x1, y1))
     depth = mask_depth(region, sampling=(sy, sx))
     rows, cols = np.nonzero(depth >= depth.max() - TIE_MARGIN)
     i = 0
@@ -193,7 +195,8 @@ class _ChosenOncePolicy(InsidePointPolicy):
             sources.append(src)
         out = engine.segment(chosen)
         for r, src, preds in zip(chosen, sources, out, strict=True):
-            for box, point, s, p in zip(r.boxes, r.inside, src, preds, strict=True):
+            inside = r.inside if r.inside is not None else default_inside_points(r.boxes)
+            for box, point, s, p in zip(r.boxes, inside, src, preds, strict=True):
                 p.extras["inside_source"] = s
                 p.extras["inside_moved_px"] = 0.0 if s == "given" else _moved_px(point, box)
         return out
@@ -246,12 +249,14 @@ class IteratePolicy(InsidePointPolicy):
             active = still
         for i, r in enumerate(requests):
             centres = default_inside_points(r.boxes)
-            for b, pred in enumerate(results[i]):
+            for b, done in enumerate(results[i]):
+                if done is None:  # every box ran at least once
+                    continue
                 moved = 0.0 if given[i] else _moved_px(points[i][b], r.boxes[b])
-                pred.extras["inside_source"] = "given" if given[i] else (
+                done.extras["inside_source"] = "given" if given[i] else (
                     "mask" if np.any(points[i][b] != centres[b]) else "center")
-                pred.extras["inside_moved_px"] = moved
-                pred.extras["inside_rounds"] = rounds[i][b]
+                done.extras["inside_moved_px"] = moved
+                done.extras["inside_rounds"] = rounds[i][b]
         return results  # type: ignore[return-value]
 
     def _step(self, pred: Prediction, box: np.ndarray, points: np.ndarray, b: int,

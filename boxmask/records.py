@@ -219,6 +219,14 @@ class ImageResult:
     files: list[str] = field(default_factory=list)
     """Per-image output files written for this image, relative to the output directory."""
 
+    @property
+    def decoded_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the decoded image in pixels; ``ValueError`` when decoding
+        failed (a result holding masks always has it)."""
+        if self.width is None or self.height is None:
+            raise ValueError(f"image {self.record.image_id!r} was not decoded")
+        return int(self.width), int(self.height)
+
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"record": self.record.to_json()}
         if self.width is not None:

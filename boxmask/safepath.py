@@ -54,7 +54,7 @@ def sanitize_component(name: str) -> str:
     return check_component(cleaned, "label")
 
 
-def safe_relative(path: str, what: str = "path") -> PurePosixPath:
+def safe_relative(path: object, what: str = "path") -> PurePosixPath:
     """Validate a relative POSIX path from an annotation file.
 
     Refused: empty paths or ones naming no file (``.``), NUL and other control characters,

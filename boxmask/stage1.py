@@ -20,14 +20,17 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import guidance as G
+from .boxes import int_box
 from .guidance import CropSettings, box_input
 from .maskmath import deepest_pixel
+from .models.iog import IOGNetworkBase
 
 
 def load_stage1(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
@@ -92,7 +95,7 @@ def stage1_inside_points(model: nn.Module, image_rgb: np.ndarray,
         chunk = boxes[start:start + batch_size]
         inputs, guides = [], []
         for box in chunk:
-            x, g = box_input(image, tuple(int(v) for v in box), settings)
+            x, g = box_input(image, int_box(box), settings)
             inputs.append(x)
             guides.append(g)
         xb = torch.from_numpy(np.stack(inputs)).to(device)
@@ -108,4 +111,6 @@ def stage1_inside_points(model: nn.Module, image_rgb: np.ndarray,
 
 
 def _fine(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model.fine_logits(x)  # a refinement network used as stage 1: no extra click
+    # any module with the IOG family's forward contract (``IOGNetworkBase.fine_logits``); a
+    # refinement network used as stage 1 gets no extra click
+    return cast(IOGNetworkBase, model).fine_logits(x)

@@ -483,7 +483,7 @@ def _exclusive(path: Path):
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
-        fcntl = None
+        fcntl = None  # type: ignore[assignment]
     with open(path.with_name(path.name + ".lock"), "a+b") as handle:
         if fcntl is not None:
             fcntl.flock(handle, fcntl.LOCK_EX)

@@ -67,7 +67,11 @@ class Engine(ABC):
     name: str = "engine"
     RUNTIME_OPTIONS: frozenset[str] = frozenset()
     SIZE_HINT: str | None = None
-    batch_boxes: int = 1
+
+    @property
+    def batch_boxes(self) -> int:
+        """Boxes to hand to one ``segment`` call (network engines batch their crops)."""
+        return 1
 
     def describe(self) -> dict[str, Any]:
         """Settings that determine the output (recorded in the plan and the manifest).

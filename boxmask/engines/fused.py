@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from ..boxes import int_box
 from .base import Engine, Prediction, SegmentRequest, default_inside_points
 from .fusion import box_fit, fit_score
 from .grabcut import GrabCutEngine
@@ -92,7 +93,7 @@ class FusedEngine(Engine):
             for b, (box, sal) in enumerate(zip(req.boxes, req_maps, strict=True)):
                 extra = req.extra_clicks[b] if req.extra_clicks and b < len(req.extra_clicks) \
                     else None
-                preds.append(self.segment_box(req.image, tuple(int(v) for v in box),
+                preds.append(self.segment_box(req.image, int_box(box),
                                               (float(inside[b, 0]), float(inside[b, 1])),
                                               sal, extra or ()))
             results.append(preds)

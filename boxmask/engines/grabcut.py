@@ -75,6 +75,7 @@ import cv2
 import numpy as np
 
 from .. import maskmath
+from ..boxes import int_box
 from ..records import Click
 from .base import Engine, Prediction, SegmentRequest, default_inside_points
 
@@ -309,7 +310,7 @@ class GrabCutEngine(Engine):
             for i, box in enumerate(req.boxes):
                 extra = req.extra_clicks[i] if req.extra_clicks and i < len(req.extra_clicks) \
                     else None
-                preds.append(self.segment_box(req.image, tuple(int(v) for v in box),
+                preds.append(self.segment_box(req.image, int_box(box),
                                               (float(inside[i][0]), float(inside[i][1])),
                                               extra or ()))
             out.append(preds)
@@ -390,8 +391,9 @@ class GrabCutEngine(Engine):
         fgd = np.zeros((1, 65), np.float64)
         cv2.setRNGSeed(self.seed)
         try:
-            labels, bgd, fgd = cv2.grabCut(work, labels, None, bgd, fgd, self.iterations,
-                                           cv2.GC_INIT_WITH_MASK)
+            # no rectangle with GC_INIT_WITH_MASK (OpenCV's stubs ask for one)
+            labels, bgd, fgd = cv2.grabCut(  # type: ignore[call-overload]
+                work, labels, None, bgd, fgd, self.iterations, cv2.GC_INIT_WITH_MASK)
         except cv2.error as exc:  # no foreground or background samples: nothing to cut
             logger.debug("grabCut failed on box %s: %s", box, exc)
             return _Cut(window, np.zeros((ch, cw), bool), scale)

@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from .checkpoint import (
     CheckpointError,
     build_from_checkpoint,
@@ -21,11 +19,12 @@ from .checkpoint import (
     sha256_file,
 )
 from .config import ARCHITECTURES, PRESETS, IOGConfig
-from .iog import IOGNetwork
+from .iog import IOGNetwork, IOGNetworkBase
 from .refinement import IOGRefinementNetwork
 
 
-def build_iog(refinement: bool = False, config: IOGConfig | None = None) -> nn.Module:
+def build_iog(refinement: bool = False,
+              config: IOGConfig | None = None) -> IOGNetworkBase:
     """A randomly initialised IOG network in ``eval()`` mode; load weights with ``load_checkpoint``.
 
     ``refinement=False``: ``IOGNetwork`` (``forward(x) -> [coarse0..3, fine]``, ``forward_fine``).
@@ -42,6 +41,7 @@ __all__ = [
     "CheckpointError",
     "IOGConfig",
     "IOGNetwork",
+    "IOGNetworkBase",
     "IOGRefinementNetwork",
     "build_from_checkpoint",
     "build_iog",

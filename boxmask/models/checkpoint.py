@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from ..hashing import sha256_file as sha256_file  # re-exported for checkpoint users
 from .config import IOGConfig
-from .iog import IOGNetwork
+from .iog import IOGNetwork, IOGNetworkBase
 from .refinement import IOGRefinementNetwork
 
 WRAPPER_KEYS = ("state_dict", "model", "net")
@@ -30,6 +30,8 @@ PREFIXES = ("module.", "_orig_mod.")
 _SHOW = 5
 
 StateOrPath = str | os.PathLike | Mapping[str, Any]
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class CheckpointError(ValueError):
@@ -111,7 +113,7 @@ def check_state_dict(model: nn.Module, state: Mapping[str, Tensor],
     raise CheckpointError("\n  ".join(parts))
 
 
-def load_checkpoint(model: nn.Module, path_or_state: StateOrPath) -> nn.Module:
+def load_checkpoint(model: ModuleT, path_or_state: StateOrPath) -> ModuleT:
     """Load a checkpoint file or state dict into ``model`` strictly; returns ``model``.
 
     Accepts raw state dicts, ``{"state_dict"|"model"|"net": ...}`` wrappers and ``module.``-prefixed
@@ -177,7 +179,7 @@ def infer_config(state: Mapping[str, Tensor]) -> IOGConfig:
         raise CheckpointError(f"cannot infer the network sizes from the checkpoint: {exc}") from exc
 
 
-def build_model(config: IOGConfig | Mapping[str, Any] | None = None) -> nn.Module:
+def build_model(config: IOGConfig | Mapping[str, Any] | None = None) -> IOGNetworkBase:
     """A randomly initialised network of ``config`` (an ``IOGConfig`` or its ``to_json()``;
     default: the official IOG network), in ``eval()`` mode."""
     if config is None:
@@ -188,7 +190,7 @@ def build_model(config: IOGConfig | Mapping[str, Any] | None = None) -> nn.Modul
     return model.eval()
 
 
-def build_from_checkpoint(path_or_state: StateOrPath) -> nn.Module:
+def build_from_checkpoint(path_or_state: StateOrPath) -> IOGNetworkBase:
     """The network a checkpoint holds (``IOGNetwork`` or ``IOGRefinementNetwork``, of the sizes
     its ``config`` states, else of the sizes its tensors have), loaded, on the CPU, in ``eval()``
     mode. The network's ``config`` attribute tells its ``IOGConfig``."""

@@ -53,6 +53,11 @@ class IOGNetworkBase(nn.Module):
         2048 x 32^2, 1024 x 32^2, 512 x 64^2 and 256 x 128^2."""
         return self.backbone(x)
 
+    def fine_logits(self, x: Tensor, guidance: Tensor | None = None) -> Tensor:
+        """The forward contract of every IOG-family network: N x 1 x S x S fine logits of the
+        N x 5 x S x S input ``x`` (``guidance``: the refinement network's extra-click maps)."""
+        raise NotImplementedError
+
     def _decode_all(self, deep: Tensor, l3: Tensor, l2: Tensor, l1: Tensor) -> list[Tensor]:
         """``[coarse0, coarse1, coarse2, coarse3, fine]`` logits at ``out_size``^2."""
         fms, coarse = self.Coarse_net(self.psp4(deep), l3, l2, l1)

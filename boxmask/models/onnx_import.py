@@ -27,7 +27,7 @@ class OnnxImportError(ValueError):
     """The ONNX file is not a U²-Net export of the expected variant."""
 
 
-def execution_order(model: nn.Module, size: int = 32) -> list[str]:
+def execution_order(model: U2Net, size: int = 32) -> list[str]:
     """Names of ``model``'s ``nn.Conv2d`` modules in the order a forward pass calls them."""
     order: list[str] = []
     hooks = [m.register_forward_hook(lambda mod, args, out, name=name: order.append(name))

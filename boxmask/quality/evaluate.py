@@ -63,6 +63,7 @@ from pycocotools import mask as mask_utils
 
 from ..atomic import atomic_write_text
 from ..boxes import area as box_area
+from ..boxes import int_box
 from ..boxes import iou as box_iou
 from ..maskmath import mask_iou
 from ..records import BoxXYXY
@@ -133,7 +134,7 @@ def boundary_iou(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = Non
     Computed on the two masks' joint bounding box: outside it both masks are background, which the
     zero padding reproduces exactly, so the result equals the full-image computation.
     """
-    d = boundary_dilation(*gt.shape, dilation_ratio)
+    d = boundary_dilation(gt.shape[0], gt.shape[1], dilation_ratio)
     crop = _union_crop(pred, gt)
     if crop is None:
         return 0.0
@@ -307,7 +308,7 @@ class _Evaluation:
         pred = mask_utils.decode(p["rle"]).astype(bool)
         iou = mask_iou(pred, inst.mask, img.void)
         biou = boundary_iou(pred, inst.mask, img.void, self.dilation_ratio)
-        box = tuple(int(v) for v in p["box_xyxy"])
+        box = int_box(p["box_xyxy"])
         bucket = size_bucket(box)
         label = inst.label or p.get("label_name") or str(p.get("label", ""))
         self.used[img.key].add(inst.gt_id)
@@ -407,7 +408,7 @@ def evaluate_run(run_dir: str | Path, gt_path: str | Path, gt_format: str, *,
     if errors_path.is_file():
         for e in iter_jsonl(errors_path):
             ev.add_error(e)
-    result = {
+    result: dict[str, Any] = {
         "run": str(masks_path.parent),
         "gt": {"path": str(gt_path), "format": gt.format, "images": gt.num_images()},
         "settings": {"match": match, "match_used": mode, "min_box_iou": min_box_iou,

@@ -266,7 +266,7 @@ def export(run_dir: str | Path, output: str | Path, *, formats: Sequence[str] | 
 
         files, outputs = write_formats(stage, results, labels, plan, formats,
                                        copy_images=copy_images)
-        manifest = {
+        manifest: dict[str, Any] = {
             "boxmask_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "run": str(run),

@@ -63,6 +63,8 @@ class GTInstance:
     def mask(self) -> np.ndarray:
         """H x W bool mask, decoded on first use."""
         if self._mask is None:
+            if self._decode is None:
+                raise ValueError(f"instance {self.gt_id!r} has neither a mask nor a decoder")
             self._mask = self._decode()
         return self._mask
 

@@ -60,6 +60,7 @@ import numpy as np
 
 from ..boxes import area as box_area_of
 from ..boxes import clip as clip_box
+from ..boxes import int_box
 from ..boxes import iou as box_iou
 from ..records import BoxXYXY
 
@@ -132,7 +133,7 @@ def mask_metrics(mask: np.ndarray, box: BoxXYXY, *, touch_tolerance: int = 2,
     if mask.dtype != bool:
         mask = mask != 0
     h, w = mask.shape
-    b = clip_box(tuple(int(v) for v in box), w, h)
+    b = clip_box(int_box(box), w, h)
     box_area = box_area_of(b) if b is not None else 0
 
     rows = np.flatnonzero(mask.any(axis=1))

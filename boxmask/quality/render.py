@@ -156,7 +156,8 @@ def render_thumbnails(items: list[dict[str, Any]], images_root: str | Path | Non
         by_image.setdefault(str(item.get("image_path") or ""), []).append(item)
     for image_path, group in sorted(by_image.items()):
         rgb, reason = None, None
-        hw = tuple(int(v) for v in group[0]["rle"]["size"])
+        height, width = (int(v) for v in group[0]["rle"]["size"])
+        hw = (height, width)
         try:
             if images_root is None:
                 raise ImageDecodeError("no images root: plan.json names none; pass images_root")

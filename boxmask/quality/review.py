@@ -181,18 +181,18 @@ def _weighting_class(item: dict[str, Any]) -> str:
         f"class={item.get('label_name') or item.get('label') or ''}"
 
 
-def weights(items: Sequence[dict[str, Any]], decided: Sequence[bool]) -> np.ndarray:
+def weights(items: Sequence[dict[str, Any]], decided: Sequence[bool] | np.ndarray) -> np.ndarray:
     """Per item: ``1 / pi`` adjusted for undecided cards, 0 where undecided (module docstring).
 
     Within a stratum the decided cards carry the weight of the undecided ones. A stratum none of
     whose cards is decided passes its weight to the decided cards of its weighting class (the
     flag strata together; the cells of one class together), else to all decided cards.
     """
-    decided = np.asarray(decided, dtype=bool)
+    is_decided = np.asarray(decided, dtype=bool)
     base = np.array([1.0 / float(i["inclusion_probability"]) for i in items])
     strata = np.array([_stratum(i) for i in items])
     classes = np.array([_weighting_class(i) for i in items])
-    out = np.where(decided, base, 0.0)
+    out = np.where(is_decided, base, 0.0)
     lost: dict[str, float] = defaultdict(float)
     for h in np.unique(strata):
         at = strata == h
@@ -203,7 +203,7 @@ def weights(items: Sequence[dict[str, Any]], decided: Sequence[bool]) -> np.ndar
             lost[str(classes[at][0])] += float(base[at].sum())
     spill = 0.0
     for c, weight in lost.items():
-        at = (classes == c) & decided
+        at = (classes == c) & is_decided
         if out[at].sum() > 0:
             out[at] *= 1 + weight / out[at].sum()
         else:

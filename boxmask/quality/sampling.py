@@ -76,6 +76,7 @@ Same run, same arguments, same seed: same sample.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import zlib
@@ -317,6 +318,17 @@ class Sample:
     """JSON-able description: population, shares, strata, score decile cuts, estimators."""
 
 
+
+def _total(parts: dict[str, np.ndarray]) -> np.ndarray:
+    """Elementwise sum of the per-stratum expected draws of each part."""
+    return functools.reduce(np.add, parts.values())
+
+
+def _locator(where: Sequence[int]) -> Locator:
+    """A mask's locator row (file index, line, position in the line) as a ``Locator``."""
+    a, b, c = (int(v) for v in where)
+    return (a, b, c)
+
 def select(keys: LightKeys, n: int = 200, *, stratify: Sequence[str] = STRATIFY_DIMS,
            flags_only: bool = False, seed: int = 0) -> Sample:
     """Draw a review sample of ``min(n, population)`` distinct masks (module docstring)."""
@@ -357,8 +369,8 @@ def select(keys: LightKeys, n: int = 200, *, stratify: Sequence[str] = STRATIFY_
         flag_part[is_flag] = water_fill(room[is_flag], n_f)
         strat_part = water_fill(room - flag_part, n_s + n_f - flag_part.sum())
         parts = {"uniform": uniform, "flagged": flag_part, "stratum": strat_part}
-        k = round_systematic(sum(parts.values()), rng)
-    expected = sum(parts.values())
+        k = round_systematic(_total(parts), rng)
+    expected = _total(parts)
     chosen, why = [], []
     order = np.argsort(inverse, kind="stable")
     starts = np.concatenate([[0], np.cumsum(sizes)])
@@ -470,7 +482,7 @@ def sample_items(src: MaskSource, keys: LightKeys, sample: Sample) -> list[dict[
     it was drawn in: ``sample_design.json`` lists them), ``inclusion_probability``,
     ``weight`` (``1 / inclusion_probability``) and ``p_uniform`` / ``p_flagged`` / ``p_stratum``.
     """
-    locs = [tuple(int(v) for v in keys.where[r]) for r in sample.rows]
+    locs = [_locator(keys.where[r]) for r in sample.rows]
     masks = fetch(src, locs)
     items = []
     for k, (r, loc) in enumerate(zip(sample.rows, locs, strict=True)):

@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 from .base import Item, Reader, stable_box_id
 
-SOURCES = ("ilsvrc-loc", "kaggle-loc", "openimages", "coco")
+_CLASSES: dict[str, tuple[str, str]] = {
+    "ilsvrc-loc": (".ilsvrc", "ILSVRCReader"),
+    "kaggle-loc": (".kaggle_loc", "KaggleLOCReader"),
+    "openimages": (".openimages", "OpenImagesReader"),
+    "coco": (".coco", "COCOReader"),
+}
+"""Source name -> (module, class), imported on first use."""
+
+SOURCES = tuple(_CLASSES)
+
+
+def reader_class(source: str) -> type[Reader]:
+    """The reader class of ``source`` (one of ``SOURCES``)."""
+    if source not in _CLASSES:
+        raise ValueError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
+    module, cls = _CLASSES[source]
+    return getattr(import_module(module, __name__), cls)
 
 
 def open_reader(source: str, input_path: str | Path, images_root: str | Path | None = None,
                 **options: Any) -> Reader:
     """Build the reader for ``source`` (one of ``SOURCES``)."""
-    if source == "ilsvrc-loc":
-        from .ilsvrc import ILSVRCReader as cls
-    elif source == "kaggle-loc":
-        from .kaggle_loc import KaggleLOCReader as cls
-    elif source == "openimages":
-        from .openimages import OpenImagesReader as cls
-    elif source == "coco":
-        from .coco import COCOReader as cls
-    else:
-        raise ValueError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
-    return cls(input_path, images_root, **options)
+    return reader_class(source)(input_path, images_root, **options)
 
 
-__all__ = ["SOURCES", "Item", "Reader", "open_reader", "stable_box_id"]
+__all__ = ["SOURCES", "Item", "Reader", "open_reader", "reader_class", "stable_box_id"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import heapq
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 
 SortRow = tuple[str, int, list[str]]
@@ -37,7 +37,8 @@ def _read_chunk(path: Path) -> Iterator[SortRow]:
             yield row[0], int(row[1]), row[2:]
 
 
-def sort_rows(rows: Iterable[SortRow], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[SortRow]:
+def sort_rows(rows: Iterable[SortRow],
+              chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Generator[SortRow, None, None]:
     """``rows`` sorted by (key, line); a stable sort of any number of rows in bounded memory.
 
     Input that fits one chunk is sorted in memory without touching the disk.

@@ -91,9 +91,10 @@ class KaggleLOCReader(Reader):
             label, *coords = tokens[5 * index:5 * index + 5]
             box_id = stable_box_id(image_id, index)
             try:
-                xyxy = from_voc(*(parse_number(v, name) for v, name in
-                                  zip(coords, ("xmin", "ymin", "xmax", "ymax"), strict=True)),
-                                origin=self.origin)
+                xmin, ymin, xmax, ymax = (parse_number(v, name) for v, name in
+                                          zip(coords, ("xmin", "ymin", "xmax", "ymax"),
+                                              strict=True))
+                xyxy = from_voc(xmin, ymin, xmax, ymax, origin=self.origin)
             except ValueError as exc:
                 items.append(read_error(f"box {index}: {exc}", image_id, box_id, source))
                 continue

@@ -125,7 +125,8 @@ class _Layout:
                 raise ValueError(f"{name} {value} is outside [0, 1]")
             xyxy_norm.append(value)
         attrs = {name: _attr(row[i]) for name, i in self.attrs if row[i]}
-        return Box(box_id=box_id, label=label, index=index, xyxy_norm=tuple(xyxy_norm),
+        x0, y0, x1, y1 = xyxy_norm
+        return Box(box_id=box_id, label=label, index=index, xyxy_norm=(x0, y0, x1, y1),
                    attrs=attrs)
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.checkpoint import CheckpointError, read_state_dict
+from ..models.iog import IOGNetworkBase
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def init_from_imagenet(model: nn.Module, path: str | os.PathLike) -> InitReport:
     return report
 
 
-def init_from_checkpoint(model: nn.Module, path_or_state: Any,
+def init_from_checkpoint(model: IOGNetworkBase, path_or_state: Any,
                          expand_psp: bool = True) -> InitReport:
     """Copy every tensor of an IOG checkpoint whose name and shape match ``model``'s (module doc).
 

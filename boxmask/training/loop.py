@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 from ..atomic import atomic_open, atomic_write_text
 from ..boxes import mask_to_box
 from ..device import resolve_device
-from ..models import IOGConfig, export_checkpoint
+from ..models import IOGConfig, IOGNetworkBase, IOGRefinementNetwork, export_checkpoint
 from ..software import software_versions
 from ..stage1 import inside_point_512
 from .config import TrainConfig
@@ -89,7 +89,7 @@ class Trainer:
     ``val_set`` (optional) is measured at the end of every ``val_every`` epochs.
     """
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, train_set: CropDataset,
+    def __init__(self, cfg: TrainConfig, model: IOGNetworkBase, train_set: CropDataset,
                  out_dir: str | Path, *, val_set: CropDataset | None = None,
                  device: str | torch.device | None = "auto", num_workers: int = 0,
                  save_every: int = 0, snapshot_every: int = 10, log_every: int = 1,
@@ -288,6 +288,12 @@ class Trainer:
                 self._end_epoch()
         return "done"
 
+    def _refinement_network(self) -> IOGRefinementNetwork:
+        if not isinstance(self.model, IOGRefinementNetwork):
+            raise TypeError("the refine task trains an IOG refinement network, not "
+                            f"{type(self.model).__name__}")
+        return self.model
+
     def _train_step(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         self.model.train()
         x = batch["x"].to(self.device, non_blocking=True)
@@ -297,7 +303,7 @@ class Trainer:
         with autocast(self.precision, self.device):
             if cfg.task == "refine":
                 loss, parts, fine = refinement_step(
-                    self.model, x, gt, void, cfg.output_weights, cfg.loss_reduction,
+                    self._refinement_network(), x, gt, void, cfg.output_weights, cfg.loss_reduction,
                     cfg.refine_iou_skip, cfg.click_polarity, self.sigma)
             else:
                 outs = self.model(x)
@@ -357,18 +363,20 @@ class Trainer:
         batches = epoch_batches(len(self.val_set), self.cfg.batch_size, 0, 0, shuffle=False,
                                 min_batch=1)
         loader = DataLoader(self.val_set, batch_sampler=batches, num_workers=self.num_workers)
-        ious, losses, extra = [], [], {"iou1": [], "inside_hit": []}
+        ious: list[float] = []
+        losses: list[float] = []
+        extra: dict[str, list[float]] = {"iou1": [], "inside_hit": []}
         for batch in loader:
             x = batch["x"].to(self.device)
             gt = batch["gt"].to(self.device)
             void = batch["void"].to(self.device)
             with autocast(self.precision, self.device):
                 if self.cfg.task == "refine":
-                    fine, iou0, iou1 = refinement_eval(self.model, x, gt, void,
+                    fine, iou0, iou1 = refinement_eval(self._refinement_network(), x, gt, void,
                                                        self.cfg.click_polarity, self.sigma)
                     extra["iou1"] += iou1.tolist()
                 else:
-                    fine = self.model.forward_fine(x)
+                    fine = self.model.fine_logits(x)
                     iou0 = crop_iou(fine, gt, void)
             ious += iou0.tolist()
             losses.append(float(bce_loss(fine, gt, void, "mean")) * x.shape[0])
@@ -408,7 +416,7 @@ class Trainer:
                         signum)
             self._stop_requested = True
 
-        old = {}
+        old: dict[int, Any] = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, request_stop)
         return old

@@ -30,10 +30,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import guidance as G
 from ..maskmath import deepest_pixel
+from ..models.refinement import IOGRefinementNetwork
 from .losses import crop_iou, multi_output_loss
 
 POLARITIES = ("correct", "official")
@@ -78,7 +79,7 @@ def add_corrective_clicks(maps: Tensor, fine_logits: Tensor, gt: Tensor,
     return out, clicks
 
 
-def refinement_step(model: nn.Module, x: Tensor, gt: Tensor, void: Tensor,
+def refinement_step(model: IOGRefinementNetwork, x: Tensor, gt: Tensor, void: Tensor,
                     weights: Sequence[float], reduction: str, iou_skip: float = 0.95,
                     polarity: str = "correct", sigma: float = G.SIGMA
                     ) -> tuple[Tensor, dict[str, float], Tensor]:
@@ -106,7 +107,7 @@ def refinement_step(model: nn.Module, x: Tensor, gt: Tensor, void: Tensor,
 
 
 @torch.no_grad()
-def refinement_eval(model: nn.Module, x: Tensor, gt: Tensor, void: Tensor,
+def refinement_eval(model: IOGRefinementNetwork, x: Tensor, gt: Tensor, void: Tensor,
                     polarity: str = "correct", sigma: float = G.SIGMA
                     ) -> tuple[Tensor, Tensor, Tensor]:
     """``(fine logits of iteration 0, per-sample crop IoU without, with one simulated

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..guidance import CropSettings
-from ..models import IOGConfig, build_model
+from ..models import IOGConfig, IOGNetworkBase, build_model
 from .config import TrainConfig, recipe
 from .datasets import CombinedSource, InstanceRef, InstanceSource, holdout_split, open_source
 from .init import init_from_checkpoint, init_from_imagenet, official_init
@@ -73,7 +73,8 @@ class TrainOptions:
     """``TrainConfig`` fields replacing the recipe's (``epochs``, ``lr``, ``batch_size``...)."""
 
 
-def _combine(sources: list[InstanceSource], exclude: set[str] = frozenset()) -> InstanceSource:
+def _combine(sources: list[InstanceSource],
+             exclude: frozenset[str] | set[str] = frozenset()) -> InstanceSource:
     if len(sources) == 1 and not exclude:
         return sources[0]
     return CombinedSource(sources, exclude)
@@ -143,8 +144,8 @@ def resumed_config(options: TrainOptions) -> tuple[TrainConfig, TrainOptions]:
 
 
 def build_and_init(cfg: TrainConfig, imagenet: str | Path | None = None,
-                   init_checkpoint: str | Path | None = None) -> tuple[torch.nn.Module,
-                                                                        dict[str, Any]]:
+                   init_checkpoint: str | Path | None = None
+                   ) -> tuple[IOGNetworkBase, dict[str, Any]]:
     """The network of ``cfg`` with the official random init (seeded with ``cfg.seed``), then
     the ImageNet backbone and/or the checkpoint; returns ``(model, init report)``."""
     torch.manual_seed(cfg.seed)

@@ -39,6 +39,11 @@ class Writer(ABC):
         """Write this image's per-image files; return their paths relative to ``output_dir``."""
         return []
 
+    def mask_file(self, result: ImageResult, mask: MaskResult) -> str | None:
+        """The file holding ``mask``, relative to ``output_dir``; None when the format keeps
+        masks in its index files only (or the image was not decoded)."""
+        return None
+
     def written_ids(self, result: ImageResult, mask: MaskResult) -> dict[str, str] | None:
         """The IDs this format writes for ``mask`` (column name -> written ID) when they can
         differ from the source IDs; None when it writes the source IDs as they are."""

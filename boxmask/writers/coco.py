@@ -38,7 +38,7 @@ from typing import IO, Any
 from .. import __version__
 from .. import masks as masklib
 from ..atomic import atomic_open
-from ..boxes import to_xywh
+from ..boxes import int_box, to_xywh
 from ..labels import LabelMap
 from ..records import ImageResult, MaskResult
 from .base import ResultsFactory, Writer
@@ -97,7 +97,8 @@ class _SourceIds:
         if self.image_ids_ok and result.width is not None:
             image_id = _as_int(result.record.meta["coco_id"])
             self.image_ids_ok = image_id is not None and image_id not in self._image_ids
-            self._image_ids.add(image_id)
+            if image_id is not None:
+                self._image_ids.add(image_id)
         if self.box_ids_ok:
             if result.record.meta.get("assigned_box_ids"):
                 self.box_ids_ok = False
@@ -199,8 +200,9 @@ class CocoWriter(Writer):
 
     @staticmethod
     def _image(result: ImageResult, image_id: int) -> dict[str, Any]:
+        width, height = result.decoded_size
         return {"id": image_id, "file_name": result.record.image_path,
-                "width": int(result.width), "height": int(result.height)}
+                "width": width, "height": height}
 
     @staticmethod
     def _annotation(mask: MaskResult, ann_id: int, image_id: int,
@@ -212,7 +214,7 @@ class CocoWriter(Writer):
             "category_id": category_id,
             "segmentation": {"size": list(mask.rle["size"]), "counts": mask.rle["counts"]},
             "area": masklib.rle_area(mask.rle),
-            "bbox": to_xywh(tuple(mask.box_xyxy)),
+            "bbox": to_xywh(int_box(mask.box_xyxy)),
             "mask_bbox": None if tight is None else to_xywh(tight),
             "iscrowd": 0,
             "score": round(float(mask.score), 6),

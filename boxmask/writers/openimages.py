@@ -206,6 +206,9 @@ class OpenImagesWriter(Writer):
         """Path of ``mask``'s PNG relative to the output directory."""
         if result.width is None:
             return None
+        return self._png_path(result, mask)
+
+    def _png_path(self, result: ImageResult, mask: MaskResult) -> str:
         ids = self.written_ids(result, mask)
         folder = ids["ImageID"][:1].upper()
         return f"{self.name}/{MASKS_DIR}/{folder}/{self.mask_name(ids)}"
@@ -214,7 +217,7 @@ class OpenImagesWriter(Writer):
         if result.width is None:
             return []
         # Every name is checked before anything is written: an image is written whole or not at all.
-        files = [self.mask_file(result, mask) for mask in result.masks]
+        files = [self._png_path(result, mask) for mask in result.masks]
         for rel, mask in zip(files, result.masks, strict=True):
             data = masklib.encode_binary_png(masklib.decode_rle(mask.rle))
             atomic_write_bytes(self.output_dir / rel, data, fsync=self.fsync)
@@ -249,7 +252,7 @@ class OpenImagesWriter(Writer):
                 images[self._place_image(result, image_id)] += 1
                 for name, i, mask in zip(names, ids, result.masks, strict=True):
                     rows_per_label[mask.label] += 1
-                    rows.add(name, i, mask, result.width, result.height)
+                    rows.add(name, i, mask, *result.decoded_size)
             rows.flush()
         official = self.root / OFFICIAL_CSV_NAME
         if self.copy_images:  # a copy, even if one of the same size is there

@@ -26,7 +26,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from .. import masks as masklib
 from ..atomic import atomic_open
@@ -39,16 +39,6 @@ log = logging.getLogger(__name__)
 
 MASKS_FILE = "masks.jsonl"
 ERRORS_FILE = "errors.jsonl"
-
-
-class MaskFileLocator(Protocol):
-    """A format writer that can name the file holding one mask (None if it has none)."""
-
-    name: str
-
-    def mask_file(self, result: ImageResult, mask: MaskResult) -> str | None: ...
-
-    def written_ids(self, result: ImageResult, mask: MaskResult) -> dict[str, str] | None: ...
 
 
 def _line(value: dict[str, Any]) -> str:
@@ -69,7 +59,7 @@ class SidecarWriter(Writer):
 
     def __init__(self, output_dir: str | Path, labels: LabelMap | None = None,
                  engine: str | None = None, inside_policy: str | None = None,
-                 formats: Sequence[str | MaskFileLocator] = ()) -> None:
+                 formats: Sequence[str | Writer] = ()) -> None:
         """``formats``: the run's output formats, as names (``"coco"``, ...) or writer objects,
         used to fill each line's ``files`` and ``written_ids``."""
         super().__init__(output_dir, labels)

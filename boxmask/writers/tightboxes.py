@@ -82,7 +82,7 @@ def tight_boxes(result: ImageResult) -> list[tuple[Box, str, BoxXYXY | None]]:
     masks = {m.index: m for m in result.masks}
     declared = ((result.record.width, result.record.height)
                 if result.record.width and result.record.height else None)
-    out = []
+    out: list[tuple[Box, str, BoxXYXY | None]] = []
     for box in result.record.boxes:
         mask = masks.get(box.index)
         if mask is None:
@@ -92,7 +92,7 @@ def tight_boxes(result: ImageResult) -> list[tuple[Box, str, BoxXYXY | None]]:
         if tight is None:
             out.append((box, EMPTY, None))
             continue
-        decoded = (int(result.width), int(result.height))
+        decoded = result.decoded_size
         if declared is not None and declared != decoded:
             tight = rescale(tight, decoded, declared)
         out.append((box, TIGHT, tight))
@@ -111,9 +111,10 @@ class TightBoxWriter(Writer):
     def __init__(self, output_dir: str | Path, labels: LabelMap | None = None, *,
                  reader: dict[str, Any]) -> None:
         super().__init__(output_dir, labels)
-        self.source = reader.get("source")
-        if self.source not in SOURCES:
-            raise ValueError(f"tight boxes cannot be written for source {self.source!r}")
+        source = reader.get("source")
+        if source not in SOURCES:
+            raise ValueError(f"tight boxes cannot be written for source {source!r}")
+        self.source: str = source
         self.input = Path(reader.get("input", ""))
         self.origin = int(reader.get("origin", 0))
         self.root = self.output_dir / FOLDER / self.source
@@ -206,15 +207,16 @@ class TightBoxWriter(Writer):
         if bndbox is None:
             bndbox = etree.SubElement(obj, "bndbox")
         given = [bndbox.findtext(tag) for tag in _COORDS]
-        if status == TIGHT:
-            _set_coords(bndbox, tuple(v + self.origin for v in tight))
+        if status == TIGHT and tight is not None:
+            _set_coords(bndbox, _shifted(tight, self.origin))
         elif any(v is None for v in given) and box.xyxy is not None:
-            _set_coords(bndbox, tuple(v + self.origin for v in box.xyxy))
+            _set_coords(bndbox, _shifted(box.xyxy, self.origin))
         etree.SubElement(obj, "tight_box_status").text = status
         keep = etree.SubElement(obj, "input_bndbox")
-        for tag, text in zip(_COORDS, given, strict=True):
-            etree.SubElement(keep, tag).text = (text.strip() if text is not None else
-                                                str(box.xyxy[_COORDS.index(tag)] + self.origin))
+        for i, (tag, text) in enumerate(zip(_COORDS, given, strict=True)):
+            if text is None:
+                text = str(box.xyxy[i] + self.origin) if box.xyxy is not None else ""
+            etree.SubElement(keep, tag).text = text.strip()
 
     # ------------------------------------------------------------------ Kaggle LOC CSV
 
@@ -229,6 +231,8 @@ class TightBoxWriter(Writer):
                 values, statuses = [], []
                 for box, status, tight in rows:
                     xyxy = tight if tight is not None else box.xyxy
+                    if xyxy is None:  # readers give Kaggle boxes pixel coordinates
+                        raise ValueError(f"box {box.box_id!r} has no pixel coordinates")
                     values += [box.label, *(str(int(v) + self.origin) for v in xyxy)]
                     statuses.append(status)
                 out.writerow([result.record.image_id, " ".join(values), " ".join(statuses)])
@@ -254,10 +258,10 @@ class TightBoxWriter(Writer):
         with open(self.input, encoding="utf-8") as f:
             data = json.load(f)
         run: dict[str, ImageResult] = {}
-        for result in results():
-            coco_id = result.record.meta.get("coco_id")
+        for done in results():
+            coco_id = done.record.meta.get("coco_id")
             if coco_id is not None:
-                run[_key(coco_id)] = result
+                run[_key(coco_id)] = done
         by_image: dict[str, list[dict[str, Any]]] = {}
         for ann in data.get("annotations") or []:
             if isinstance(ann, dict) and isinstance(ann.get("image_id"), int | str):
@@ -265,8 +269,10 @@ class TightBoxWriter(Writer):
         out = {k: v for k, v in data.items() if k not in ("images", "annotations")}
         out["images"], out["annotations"] = [], []
         for image in data.get("images") or []:
-            key = _key(image.get("id")) if isinstance(image, dict) else None
-            result = run.get(key) if key is not None else None
+            if not isinstance(image, dict):
+                continue
+            key = _key(image.get("id"))
+            result = run.get(key)
             if result is None:
                 continue
             out["images"].append(image)
@@ -312,6 +318,12 @@ def _mark_refused(obj: etree._Element) -> None:
         etree.SubElement(keep, tag).text = (obj.findtext(f"bndbox/{tag}") or "").strip()
 
 
+def _shifted(box: BoxXYXY, origin: int) -> BoxXYXY:
+    """A library box in a format's pixel indices counted from ``origin`` (0 or 1)."""
+    x0, y0, x1, y1 = box
+    return (x0 + origin, y0 + origin, x1 + origin, y1 + origin)
+
+
 def _set_coords(bndbox: etree._Element, values: tuple[int, int, int, int]) -> None:
     for tag, value in zip(_COORDS, values, strict=True):
         node = bndbox.find(tag)
@@ -324,14 +336,14 @@ def _openimages_row(result: ImageResult, box: Box, status: str,
                     tight: BoxXYXY | None) -> list[str]:
     """One row: official columns (edges ``XMin, XMax, YMin, YMax``), then the extra ones."""
     given = box.xyxy_norm
-    if given is None and box.xyxy is not None and result.width:
-        given = tuple(v / s for v, s in zip(
-            (box.xyxy[0], box.xyxy[1], box.xyxy[2] + 1, box.xyxy[3] + 1),
-            (result.width, result.height, result.width, result.height), strict=True))
+    if given is None and box.xyxy is not None and result.width and result.height:
+        x0, y0, x1, y1 = box.xyxy
+        w, h = result.width, result.height
+        given = (x0 / w, y0 / h, (x1 + 1) / w, (y1 + 1) / h)
     given_text = [repr(float(v)) for v in given] if given is not None else [""] * 4
     if tight is not None:
         x0, y0, x1, y1 = tight
-        w, h = int(result.width), int(result.height)
+        w, h = result.decoded_size
         numerator, decimals = normalized_edges([x0, y0, x1 + 1, y1 + 1], [w, h, w, h])
         edges = [decimal_text(int(n), int(d)) for n, d in zip(numerator, decimals, strict=True)]
     else:

@@ -237,3 +237,45 @@ def export(run_dir: str | Path, output: str | Path, **options: Any) -> dict[str,
     from .quality.export import export as export_run
 
     return export_run(run_dir, output, **options)
+
+
+def redo(run_dir: str | Path, request: Any, *, workers: int = 1, progress: bool = True,
+         device: str | None = None, lease_timeout_s: float | None = None,
+         copy_images: bool = False, write_tight_boxes: bool | None = None) -> dict[str, Any]:
+    """Convert again the boxes of the merged run ``run_dir`` that ``request``
+    (``quality.redo.RedoRequest``) chooses, as the resumable conversion ``<run>/redo/<name>/``,
+    then merge the run so that the new masks replace the old ones (``jobs.redo``).
+
+    Running it again with the same request resumes it. ``write_tight_boxes``: default, as the
+    run's last merge did. Returns ``{"name", "dir", "selected", "images", "problems",
+    "complete", "redo": the redo conversion's summary, "run": the run's merge counts (when
+    complete), "exit_code"}``. Raises ``quality.redo.RedoError`` (or ``ExportError``) when the
+    redo cannot be made as asked.
+    """
+    import json
+
+    from .jobs.layout import JobLayout
+    from .jobs.plan import PlanMismatchError
+    from .quality.redo import RedoError, prepare
+
+    folder, settings, about = prepare(run_dir, request)
+    try:
+        summary = convert(settings, folder, workers=workers, progress=progress, device=device,
+                          lease_timeout_s=lease_timeout_s)
+    except PlanMismatchError as e:
+        raise RedoError(f"redo {about['name']!r} was started with other settings; choose "
+                        f"another --name ({e})") from None
+    out = {**about, "dir": str(folder), "complete": summary["complete"], "redo": summary}
+    if not summary["complete"]:
+        return {**out, "exit_code": summary["exit_code"]}
+    if write_tight_boxes is None:
+        try:
+            manifest = json.loads(JobLayout(run_dir).manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            manifest = {}
+        write_tight_boxes = "tight-boxes" in (manifest.get("outputs") or {})
+    manifest = merge(run_dir, copy_images=copy_images, write_tight_boxes=write_tight_boxes)
+    counts = manifest["counts"]
+    return {**out, "run": counts, "redos": manifest.get("redos", []),
+            "exit_code": job_exit(complete=True, stopped=False,
+                                  errors=summary.get("errors", 0))}

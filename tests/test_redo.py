@@ -156,9 +156,11 @@ def test_later_redos_apply_on_top_and_a_removed_redo_gives_the_old_masks_back(
         run: Path, pristine: Path) -> None:
     before = by_key(pristine / "masks.jsonl")
     api.redo(run, RedoRequest(flags=("loose",), name="first", **ITERATE), progress=False)
-    low = {k for k, m in by_key(run / "masks.jsonl").items() if m["score"] < 0.6}
-    api.redo(run, RedoRequest(engine="grabcut", engine_options={"iterations": 2},
-                              min_score=0.6, name="second"), progress=False)
+    after_first = by_key(run / "masks.jsonl")
+    low = {k for k, m in after_first.items() if m["score"] < 0.6}
+    second = RedoRequest(engine="grabcut", engine_options={"iterations": 2}, min_score=0.6,
+                         name="second")
+    api.redo(run, second, progress=False)
     after = by_key(run / "masks.jsonl")
     twice = low & set(redo_masks(run, "first"))
     assert twice  # a mask the first redo made, redone by the second
@@ -178,6 +180,14 @@ def test_later_redos_apply_on_top_and_a_removed_redo_gives_the_old_masks_back(
     with pytest.raises(RedoError, match="other settings"):
         api.redo(run, RedoRequest(flags=("loose",), name="first", engine="grabcut"),
                  progress=False)
+    # A redo made for an earlier conversion of the run (planned again since) is not applied.
+    info_file = run / "redo" / "second" / "redo.json"
+    info_file.write_text(json.dumps(dict(json.loads(info_file.read_text()),
+                                         run_plan_id="0123456789abcdef")))
+    merge(run)
+    assert by_key(run / "masks.jsonl") == after_first
+    with pytest.raises(RedoError, match="earlier conversion"):
+        api.redo(run, second, progress=False)
     shutil.rmtree(run / "redo")
     merge(run, verify_files=True)
     assert by_key(run / "masks.jsonl") == before

@@ -156,6 +156,9 @@ def prepare(run_dir: str | Path, request: RedoRequest) -> tuple[Path, Settings, 
     check_component(name, "redo name")
     folder = redo_root(run) / name
     earlier = {i["name"]: i for i in list_redos(run)}
+    if name in earlier and earlier[name].get("run_plan_id") != plan.get("plan_id"):
+        raise RedoError(f"redo {name!r} was made for an earlier conversion in {run} (planned "
+                        f"again since): remove {folder} or choose another --name")
     sequence = (int(earlier[name]["sequence"]) if name in earlier
                 else 1 + max((int(i.get("sequence", 0)) for i in earlier.values()), default=0))
     chosen, problems = choose(run_results(run, paths, plan, before=sequence), plan, request)

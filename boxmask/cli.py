@@ -653,7 +653,9 @@ def export_cmd(run_dir: Path, output: Path, formats: tuple[str, ...], verdicts: 
                                                   "taken over (default 300).")
 @click.option("--progress/--no-progress", default=None,
               help="Show the progress bar (default: when stderr is a terminal).")
-@click.option("--copy-images", is_flag=True, help=COPY_IMAGES_HELP)
+@click.option("--copy-images/--link-images", default=None,
+              help="Open Images data/: copies or links to the images when merging (default: "
+                   "as the run's last merge).")
 @click.option("--write-tight-boxes/--no-write-tight-boxes", default=None,
               help="Write tight-boxes/ again when merging (default: if the run has them).")
 def redo_cmd(run_dir: Path, verdicts: Path | None, sample_dir: Path | None, verdict: str,
@@ -661,7 +663,8 @@ def redo_cmd(run_dir: Path, verdicts: Path | None, sample_dir: Path | None, verd
              precision: str | None, batch_size: int | None, engine_option: tuple[str, ...],
              inside_point: str, inside_option: tuple[str, ...], stage1_weights: str | None,
              name: str | None, workers: int, device: str | None, lease_timeout: float | None,
-             progress: bool | None, copy_images: bool, write_tight_boxes: bool | None) -> None:
+             progress: bool | None, copy_images: bool | None,
+             write_tight_boxes: bool | None) -> None:
     """Convert again the masks of a merged run that were judged bad (--from), carry --flag or
     score below --min-score, with another engine or inside-point policy, as a resumable job in
     RUN/redo/NAME; then merge the run, the new masks replacing the old ones in every output (the

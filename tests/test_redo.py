@@ -180,6 +180,15 @@ def test_later_redos_apply_on_top_and_a_removed_redo_gives_the_old_masks_back(
     with pytest.raises(RedoError, match="other settings"):
         api.redo(run, RedoRequest(flags=("loose",), name="first", engine="grabcut"),
                  progress=False)
+    # Another redo under a freed name, on the same images: the per-image files follow it.
+    shutil.rmtree(run / "redo" / "second")
+    second.engine_options = {"iterations": 3}
+    api.redo(run, second, progress=False)
+    now = by_key(run / "masks.jsonl")
+    assert any(now[k]["rle"] != after[k]["rle"] for k in redo_masks(run, "second"))
+    for fmt, got in format_masks(run).items():
+        for key, mask in got.items():
+            assert np.array_equal(mask, masks.decode_rle(now[key]["rle"])), (fmt, key)
     # A redo made for an earlier conversion of the run (planned again since) is not applied.
     info_file = run / "redo" / "second" / "redo.json"
     info_file.write_text(json.dumps(dict(json.loads(info_file.read_text()),

@@ -21,17 +21,17 @@ not segment (an error, or an image whose decoded size changed) keeps its mask. E
 format and the sidecar then hold the replacing masks; a replaced mask's sidecar line names its
 ``redo``, its engine and inside-point policy, and keeps ``history``: its earlier versions, oldest
 first, each ``{"version", "redo" (null for the run's own), "engine", "inside_policy", "score",
-"flags", "mask_xyxy", "rle_sha256" (of the RLE counts), "replaced_by", "replaced_at"}``.
+"flags", "mask_xyxy", "rle_sha256" (``rle_sha256``), "replaced_by", "replaced_at"}``.
 
 Per-image files (PNGs) of the images with replaced masks are written again in the run's format
 folders, and the done marker of their shard is brought up to date (``files_sha256`` of the files
-as they now are, with ``redo``: the redos applied, the images rewritten and the checksum before
-any redo), so that ``merge --verify`` and resumed workers find the files as recorded. Re-merging
-rewrites nothing when the applied redos have not changed; a redo removed from ``redo/`` gives the
-images it had changed their run masks back. Merging is idempotent: the same redos give the same
-bytes. Should merge be killed between rewriting an image's files and updating its shard's marker,
-the next merge rewrites them again (a ``merge --verify`` in between would convert that shard again
-instead).
+as they now are, with ``redo``: the redos applied, the images rewritten, a digest of the
+replacing masks and the checksum before any redo), so that ``merge --verify`` and resumed
+workers find the files as recorded. Re-merging rewrites nothing when the replacing masks have not
+changed; a redo removed from ``redo/`` gives the images it had changed their run masks back.
+Merging is idempotent: the same redos give the same bytes. Should merge be killed between
+rewriting an image's files and updating its shard's marker, the next merge rewrites them again
+(a ``merge --verify`` in between would convert that shard again instead).
 
 Replacing masks are held in memory while merging: one RLE per redone box.
 """
@@ -241,6 +241,7 @@ def apply_redos(layout: JobLayout, plan: dict[str, Any], paths: Sequence[Path]) 
         changed: list[ImageResult] = []
         names: list[str] = []
         redone = set()
+        digest = hashlib.sha256()
         rewritten_before = set(before.get("images", ()))
         for r in _iter_results([path]):
             r, n = apply(r, replacements, engine, policy)
@@ -248,9 +249,14 @@ def apply_redos(layout: JobLayout, plan: dict[str, Any], paths: Sequence[Path]) 
                 redone.add(r.record.image_id)
                 names += [m.origin["redo"] for m in r.masks
                           if m.origin and m.origin["redo"] not in names]
+                for m in r.masks:
+                    if m.origin:
+                        digest.update(f"{r.record.image_id}\t{m.box_id}\t"
+                                      f"{rle_sha256(m.rle)}\n".encode())
             if n or r.record.image_id in rewritten_before:
                 changed.append(r)
-        state = {"applied": sorted(names), "images": sorted(redone)}
+        state = {"applied": sorted(names), "images": sorted(redone),
+                 "masks_sha256": digest.hexdigest()[:16] if redone else None}
         if {k: before.get(k) for k in state} == state or (not before and not redone):
             continue
         if writers is None:

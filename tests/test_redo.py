@@ -217,10 +217,7 @@ def write_verdicts(run: Path, path: Path, verdicts: dict[int, str]) -> set[tuple
 def test_a_redo_from_verdicts_and_an_export_after_it(run: Path, tmp_path: Path) -> None:
     verdicts = run / "review" / "verdicts.jsonl"
     bad = write_verdicts(run, verdicts, {0: "bad", 1: "good", 2: "bad", 3: "unsure"})
-    proc = subprocess.run(cli("redo", str(run), "--from", str(verdicts), "--engine", "grabcut",
-                              "--inside-point", "iterate", "--no-progress"),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    api.redo(run, RedoRequest(verdicts_file=str(verdicts), **ITERATE), progress=False)
     (folder,) = (run / "redo").iterdir()
     assert set(redo_masks(run, folder.name)) == bad
     assert all(v == ["verdict:bad"] for s in lines(folder / "selection.jsonl")
@@ -290,8 +287,10 @@ def test_a_redo_killed_midway_resumes_to_the_same_output(pristine: Path,
     assert plan is not None and len(plan["shards"]) == 2
     assert len(list(done.glob("*.json"))) < 2, "the redo ended before it could be killed"
     assert not JobLayout(killed / "redo" / "low").manifest.exists()
-    api.redo(killed, RedoRequest(min_score=0.77, engine="grabcut",
-                                 engine_options={"iterations": 2}, name="low"), progress=False)
+    proc = subprocess.run(cli("redo", str(killed), *args), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "redo low: 5 masks of 5 images chosen" in proc.stderr
     a, b = outputs(whole), outputs(killed)
     assert a.keys() == b.keys()
     for rel in a:

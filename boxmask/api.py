@@ -237,3 +237,50 @@ def export(run_dir: str | Path, output: str | Path, **options: Any) -> dict[str,
     from .quality.export import export as export_run
 
     return export_run(run_dir, output, **options)
+
+
+def redo(run_dir: str | Path, request: Any, *, workers: int = 1, progress: bool = True,
+         device: str | None = None, lease_timeout_s: float | None = None,
+         copy_images: bool | None = None,
+         write_tight_boxes: bool | None = None) -> dict[str, Any]:
+    """Convert again the boxes of the merged run ``run_dir`` that ``request``
+    (``quality.redo.RedoRequest``) chooses, as the resumable conversion ``<run>/redo/<name>/``,
+    then merge the run so that the new masks replace the old ones (``jobs.redo``).
+
+    Running it again with the same request resumes it. ``copy_images`` and
+    ``write_tight_boxes`` (see ``convert``): default, as the run's last merge did. Returns
+    ``{"name", "dir", "selected", "images", "problems", "complete", "redo": the redo
+    conversion's summary, "run": the run's merge counts and "redos": the redos applied (when
+    complete), "exit_code"}``. Raises ``quality.redo.RedoError`` (or ``ExportError``) when the
+    redo cannot be made as asked.
+    """
+    import json
+
+    from .jobs.layout import JobLayout
+    from .jobs.plan import PlanMismatchError
+    from .quality.redo import RedoError, prepare
+
+    folder, settings, about = prepare(run_dir, request)
+    try:
+        summary = convert(settings, folder, workers=workers, progress=progress, device=device,
+                          lease_timeout_s=lease_timeout_s)
+    except PlanMismatchError as e:
+        raise RedoError(f"redo {about['name']!r} was started with other settings; choose "
+                        f"another --name ({e})") from None
+    out = {**about, "dir": str(folder), "complete": summary["complete"], "redo": summary}
+    if not summary["complete"]:
+        return {**out, "exit_code": summary["exit_code"]}
+    try:
+        last = json.loads(JobLayout(run_dir).manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        last = {}
+    outputs = last.get("outputs") or {}
+    if write_tight_boxes is None:
+        write_tight_boxes = "tight-boxes" in outputs
+    if copy_images is None:
+        copy_images = (outputs.get("openimages") or {}).get("images") == "copies"
+    manifest = merge(run_dir, copy_images=copy_images, write_tight_boxes=write_tight_boxes)
+    counts = manifest["counts"]
+    return {**out, "run": counts, "redos": manifest.get("redos", []),
+            "exit_code": job_exit(complete=True, stopped=False,
+                                  errors=summary.get("errors", 0))}

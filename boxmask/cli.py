@@ -619,6 +619,106 @@ def export_cmd(run_dir: Path, output: Path, formats: tuple[str, ...], verdicts: 
                   or "none") + f") in {output}")
 
 
+@cli.command("redo")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--from", "verdicts", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Redo the masks given --verdict in this verdicts.jsonl (from the review page).")
+@click.option("--sample", "sample_dir", type=click.Path(exists=True, file_okay=False,
+                                                       path_type=Path),
+              help="The review report folder the verdicts were made on (sample.jsonl); "
+                   "default: the folder of --from.")
+@click.option("--verdict", "verdict", default="bad", show_default=True, metavar="V,...",
+              help="Which verdicts of --from to redo, comma-separated (bad, unsure, good).")
+@click.option("--flag", "flags", default="", metavar="FLAG,...",
+              help="Also redo the masks carrying any of these quality flags (e.g. loose,leaks).")
+@click.option("--min-score", type=float, help="Also redo the masks scoring below this.")
+@click.option("--engine", required=True, type=click.Choice(ENGINES), help="Engine of the redo.")
+@click.option("--weights", help="Network weights of iog, u2net or fused.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]),
+              help="Network arithmetic of iog, u2net or fused.")
+@click.option("--batch-size", type=int, help="Network crops per forward pass.")
+@click.option("--engine-option", "engine_option", multiple=True, metavar="KEY=VALUE",
+              help="Any other engine setting (repeatable), e.g. iterations=10.")
+@click.option("--inside-point", type=click.Choice(POLICIES), default="center", show_default=True,
+              help="Inside-point policy of the redo (as for convert).")
+@click.option("--inside-option", "inside_option", multiple=True, metavar="KEY=VALUE",
+              help="A setting of the inside-point policy (repeatable), e.g. max_rounds=5.")
+@click.option("--stage1-weights", help="Checkpoint of the first-stage network "
+                                        "(--inside-point stage1).")
+@click.option("--name", help="Name of the redo, its folder RUN/redo/NAME (default: the engine "
+                             "and a digest of the criteria and settings).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes.")
+@click.option("--device", help="Device for the engine: auto, cpu, cuda, cuda:1 (default auto).")
+@click.option("--lease-timeout", type=float, help="Seconds before a silent worker's shard is "
+                                                  "taken over (default 300).")
+@click.option("--progress/--no-progress", default=None,
+              help="Show the progress bar (default: when stderr is a terminal).")
+@click.option("--copy-images/--link-images", default=None,
+              help="Open Images data/: copies or links to the images when merging (default: "
+                   "as the run's last merge).")
+@click.option("--write-tight-boxes/--no-write-tight-boxes", default=None,
+              help="Write tight-boxes/ again when merging (default: if the run has them).")
+def redo_cmd(run_dir: Path, verdicts: Path | None, sample_dir: Path | None, verdict: str,
+             flags: str, min_score: float | None, engine: str, weights: str | None,
+             precision: str | None, batch_size: int | None, engine_option: tuple[str, ...],
+             inside_point: str, inside_option: tuple[str, ...], stage1_weights: str | None,
+             name: str | None, workers: int, device: str | None, lease_timeout: float | None,
+             progress: bool | None, copy_images: bool | None,
+             write_tight_boxes: bool | None) -> None:
+    """Convert again the masks of a merged run that were judged bad (--from), carry --flag or
+    score below --min-score, with another engine or inside-point policy, as a resumable job in
+    RUN/redo/NAME; then merge the run, the new masks replacing the old ones in every output (the
+    sidecar keeps each replaced mask's history). Run the same command again to resume.
+
+    \b
+    Example:
+      boxmask redo out/ --from review/verdicts.jsonl --flag leaks --engine grabcut \\
+          --inside-point iterate
+    """
+    from .api import redo as redo_api
+    from .quality.redo import RedoRequest
+
+    engine_options = _parse_kv(engine_option)
+    for key, value in (("weights", weights), ("precision", precision),
+                       ("batch_size", batch_size)):
+        if value is not None:
+            if engine not in NETWORK_ENGINES:
+                raise click.UsageError(f"--{key.replace('_', '-')} applies to the network "
+                                       f"engines ({', '.join(NETWORK_ENGINES)}) only")
+            engine_options[key] = value
+    if engine == "iog" and "weights" not in engine_options:
+        from .weights import DEFAULT_WEIGHTS
+
+        engine_options["weights"] = DEFAULT_WEIGHTS
+    request = RedoRequest(
+        engine=engine, engine_options=engine_options, inside_point=inside_point,
+        inside_options=_inside_options(inside_point, inside_option, stage1_weights),
+        verdicts_file=None if verdicts is None else str(verdicts.absolute()),
+        sample_dir=None if sample_dir is None else str(sample_dir.absolute()),
+        verdicts=tuple(v.strip() for v in verdict.split(",") if v.strip()),
+        flags=tuple(f.strip() for f in flags.split(",") if f.strip()),
+        min_score=min_score, name=name)
+    progress = sys.stderr.isatty() if progress is None else progress
+    try:
+        out = redo_api(run_dir, request, workers=workers, progress=progress, device=device,
+                       lease_timeout_s=lease_timeout, copy_images=copy_images,
+                       write_tight_boxes=write_tight_boxes)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+    for problem in out["problems"]:
+        click.echo(f"warning: {problem}", err=True)
+    click.echo(f"redo {out['name']}: {out['selected']} masks of {out['images']} images chosen "
+               f"({out['dir']})", err=True)
+    if not out["complete"]:
+        _print_summary(out["redo"], Path(out["dir"]))
+        sys.exit(out["exit_code"])
+    r = out["redo"]
+    click.echo(f"{r['masks']} new masks ({r['errors']} errors) merged into {run_dir} in place "
+               f"of the old ones (redos applied: {', '.join(x['name'] for x in out['redos'])})",
+               err=True)
+    sys.exit(out["exit_code"])
+
+
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
 @click.option("--gt", "gt_path", required=True, type=click.Path(exists=True, path_type=Path),

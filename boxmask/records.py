@@ -150,9 +150,14 @@ class MaskResult:
     clicks: list[Click] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     """Box-consistency and shape metrics (``boxmask.quality.metrics``) and flags."""
+    origin: dict[str, Any] | None = None
+    """Set on a mask that replaced the run's own (``boxmask.jobs.redo``): ``{"redo": name,
+    "engine": ..., "inside_policy": ...}``; None for a mask of the run itself."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """The earlier versions of a replaced mask, oldest first (``boxmask.jobs.redo``)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d = {
             "box_id": self.box_id,
             "label": self.label,
             "index": self.index,
@@ -162,6 +167,11 @@ class MaskResult:
             "clicks": [c.to_json() for c in self.clicks],
             "metrics": self.metrics,
         }
+        if self.origin is not None:
+            d["origin"] = self.origin
+        if self.history:
+            d["history"] = self.history
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> MaskResult:
@@ -174,6 +184,8 @@ class MaskResult:
             score=float(d["score"]),
             clicks=[Click.from_json(c) for c in d.get("clicks", [])],
             metrics=dict(d.get("metrics", {})),
+            origin=d.get("origin"),
+            history=list(d.get("history", [])),
         )
 
 

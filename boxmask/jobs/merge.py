@@ -10,6 +10,9 @@ marker that does not match its results file (or, with ``verify_files``, its per-
 removed, so that the shard is converted again. Once every shard is done and no worker holds a
 lease, merge removes what killed processes left behind: superseded attempt files, temporary files
 of processes that no longer exist, lease tombstones.
+
+The run's complete redos (``boxmask redo``, ``boxmask.jobs.redo``) are applied: their masks
+replace the run's own in every output and the sidecar.
 """
 
 from __future__ import annotations
@@ -231,9 +234,9 @@ def _merge(layout: JobLayout, allow_partial: bool, verify_files: bool,
         raise IncompleteJobError(msg + f"; run `boxmask work {layout.root}` (or re-run convert), "
                                        "or merge with --partial for a preview")
 
-    def results() -> Iterator[ImageResult]:
-        return iter_results(paths)
+    from .redo import apply_redos  # the masks of the run's redos replace its own
 
+    results, redos = apply_redos(layout, plan, paths)
     started = time.time()
     labels = LabelMap.load(layout.labels) if layout.labels.exists() else LabelMap()
     files, outputs = write_formats(layout.root, results, labels, plan, settings.formats,
@@ -268,6 +271,8 @@ def _merge(layout: JobLayout, allow_partial: bool, verify_files: bool,
         "files": sorted(files),
         "outputs": outputs,
     }
+    if redos:
+        manifest["redos"] = redos
     atomic_write_text(layout.manifest, json.dumps(manifest, indent=1, ensure_ascii=False))
     return manifest
 

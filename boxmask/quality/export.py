@@ -7,7 +7,8 @@ A mask is dropped when any of these holds (each is a *reason*):
 * ``flag:<name>``: it carries one of ``drop_flags`` (``boxmask.quality.metrics.FLAGS``).
 
 Everything else is written as merge writes it: the run's done shards' results (``state/results``,
-checked against their done markers) stream through the same format writers and the same sidecar
+checked against their done markers, with the masks of the run's redos in place of those they
+replaced, ``boxmask.jobs.redo``) stream through the same format writers and the same sidecar
 writer (``boxmask.jobs.merge.write_formats``), with the dropped masks left out of every image.
 Kept masks are the run's own bytes (same RLE, score, clicks, metrics); an image whose masks were
 all dropped stays in the output with no mask (as an image whose boxes all failed), and the run's
@@ -24,7 +25,8 @@ Verdicts are matched to masks by ``(image_id, box_id)``. When the review report 
 on is known (``sample_dir``, or the verdicts' folder when it holds ``sample.jsonl``), verdicts
 made on another sample are refused, and a verdict whose mask has changed since the review (its
 RLE differs from the sampled one, e.g. after a redo) is not applied and is listed in
-``problems``. Verdicts of which none names a mask of the run are refused (another run).
+``problems``. Verdicts on a sample drawn from another run (its ``plan_id``), or of which none
+names a mask of the run, are refused.
 """
 
 from __future__ import annotations
@@ -45,12 +47,13 @@ from .. import __version__
 from ..atomic import atomic_open, atomic_write_text
 from ..hashing import sha256_file
 from ..jobs.layout import JobLayout
-from ..jobs.merge import done_marker, iter_results, write_formats
+from ..jobs.merge import done_marker, write_formats
 from ..jobs.plan import load_plan, plan_settings
+from ..jobs.redo import run_results as redone_results
 from ..labels import LabelMap
 from ..records import ImageResult, MaskResult
 from ..safepath import UnsafePathError
-from ..writers import FORMATS, create_writer
+from ..writers import FORMATS, ResultsFactory, create_writer
 from .metrics import FLAGS
 from .review import read_sample, read_verdicts
 
@@ -116,11 +119,11 @@ def results_files(run_dir: str | Path) -> tuple[dict[str, Any], list[Path]]:
     return plan, paths
 
 
-def _run_masks(paths: Sequence[Path], wanted: set[MaskKey]) -> dict[MaskKey, dict[str, Any]]:
+def _run_masks(results: ResultsFactory, wanted: set[MaskKey]) -> dict[MaskKey, dict[str, Any]]:
     """``{(image_id, box_id): {"label", "rle"}}`` of the run's masks among ``wanted`` (one
     streaming pass; only those are held)."""
     out = {}
-    for r in iter_results(list(paths)):
+    for r in results():
         for m in r.masks:
             key = (r.record.image_id, m.box_id)
             if key in wanted:
@@ -128,12 +131,27 @@ def _run_masks(paths: Sequence[Path], wanted: set[MaskKey]) -> dict[MaskKey, dic
     return out
 
 
-def bad_masks(verdicts_path: str | Path, paths: Sequence[Path],
+def bad_masks(verdicts_path: str | Path, results: ResultsFactory, plan: dict[str, Any],
               sample_dir: str | Path | None = None) -> tuple[set[MaskKey], list[str]]:
     """The masks judged ``bad`` in ``verdicts_path`` that are masks of the run, and the problems
     met (unreadable lines, verdicts not applied). See the module docstring for the checks.
 
     Raises ``ExportError`` when the verdicts belong to another sample or another run.
+    """
+    judged, problems = judged_masks(verdicts_path, results, plan, sample_dir)
+    return {k for k, v in judged.items() if v == "bad"}, problems
+
+
+def judged_masks(verdicts_path: str | Path, results: ResultsFactory, plan: dict[str, Any],
+                 sample_dir: str | Path | None = None) -> tuple[dict[MaskKey, str], list[str]]:
+    """``({(image_id, box_id): verdict}, problems)``: the verdicts of ``verdicts_path`` that
+    apply to masks of the run as ``results`` has them (the run of ``plan``). A verdict is not
+    applied (and is listed in ``problems``) when its mask is not in the run, has another label,
+    or changed since it was sampled.
+
+    Raises ``ExportError`` when the verdicts belong to another sample, or to another run: the
+    sample records the ``plan_id`` of the run it was drawn from (reports written before it did
+    are checked by their masks: none of the verdicts may name a mask of the run).
     """
     verdicts_path = Path(verdicts_path)
     lines, problems = read_verdicts(verdicts_path)
@@ -146,12 +164,16 @@ def bad_masks(verdicts_path: str | Path, paths: Sequence[Path],
             raise ExportError(f"{verdicts_path} holds verdicts on another sample "
                               f"({', '.join(sorted(map(str, other)))}) than {folder} "
                               f"({design['sample_id']})")
+        if design.get("plan_id") not in (None, plan.get("plan_id")):
+            raise ExportError(f"the review sample {folder} was drawn from another run (plan "
+                              f"{design['plan_id']}, this run's is {plan.get('plan_id')}): its "
+                              "verdicts do not apply here")
         sampled = {int(i["sample_index"]): i for i in items}
     elif sample_dir is not None:
         raise ExportError(f"no sample.jsonl in {folder}")
-    masks = _run_masks(paths, {(str(v.get("image_id")), str(v.get("box_id")))
-                               for v in lines.values()})
-    bad: set[MaskKey] = set()
+    masks = _run_masks(results, {(str(v.get("image_id")), str(v.get("box_id")))
+                                 for v in lines.values()})
+    judged: dict[MaskKey, str] = {}
     matched = 0
     for k, v in sorted(lines.items()):
         key = (str(v.get("image_id")), str(v.get("box_id")))
@@ -170,14 +192,13 @@ def bad_masks(verdicts_path: str | Path, paths: Sequence[Path],
                             "was reviewed; verdict not applied")
             continue
         matched += 1
-        if v.get("verdict") == "bad":
-            bad.add(key)
+        judged[key] = str(v.get("verdict"))
     if lines and not matched:
         raise ExportError(f"none of the {len(lines)} verdicts of {verdicts_path} names a mask of "
                           "this run as reviewed: verdicts of another run?")
     for p in problems:
         log.warning("%s", p)
-    return bad, problems
+    return judged, problems
 
 
 def _kept(result: ImageResult, dropped: set[MaskKey]) -> ImageResult:
@@ -231,7 +252,8 @@ def export(run_dir: str | Path, output: str | Path, *, formats: Sequence[str] | 
     bad_fmt = [f for f in formats if f not in FORMATS]
     if bad_fmt:
         raise ExportError(f"unknown formats {', '.join(bad_fmt)}; choose from {', '.join(FORMATS)}")
-    bad, problems = (bad_masks(verdicts, paths, sample_dir) if verdicts is not None
+    run_results = redone_results(run, paths, plan)
+    bad, problems = (bad_masks(verdicts, run_results, plan, sample_dir) if verdicts is not None
                      else (set(), []))
     criteria = Criteria(bad, min_score, tuple(drop_flags))
     labels = LabelMap.load(JobLayout(run).labels) if JobLayout(run).labels.exists() \
@@ -245,7 +267,7 @@ def export(run_dir: str | Path, output: str | Path, *, formats: Sequence[str] | 
         by_reason: Counter[str] = Counter()
         counts: Counter[str] = Counter()
         with atomic_open(stage / DROPPED_FILE, "w") as f:
-            for r in iter_results(paths):
+            for r in run_results():
                 counts["images"] += 1
                 counts["masks_in_run"] += len(r.masks)
                 for m in r.masks:
@@ -261,7 +283,7 @@ def export(run_dir: str | Path, output: str | Path, *, formats: Sequence[str] | 
                 _write_images(_kept(r, dropped), writers)
 
         def results() -> Iterator[ImageResult]:
-            for r in iter_results(paths):
+            for r in run_results():
                 yield _with_files(_kept(r, dropped), writers, stage)
 
         files, outputs = write_formats(stage, results, labels, plan, formats,

@@ -24,7 +24,9 @@
   ``reason``, ``reviewed_at``, ``run``, ``sample_id``); ``boxmask.quality.review`` turns them into
   an error-rate estimate, ``<run>/review.json``, shown on the page when it belongs to this sample.
 * ``sample_design.json``: ``{"design": ..., "summary": ...}``: the strata, their sizes and
-  allocations, the ``sample_id``, and the run summary shown on the page.
+  allocations, the ``sample_id``, the ``plan_id`` of the run (when it has a plan: verdicts on
+  the sample are refused by ``boxmask export`` and ``boxmask redo`` of another run), and the run
+  summary shown on the page.
 
 The page needs no server and loads nothing from the network: open ``index.html`` from disk.
 The same run, arguments and seed give the same files.
@@ -45,6 +47,7 @@ from typing import Any
 from ..atomic import atomic_write_text
 from ..imageio import DEFAULT_MAX_PIXELS
 from ..jobs.layout import JobLayout
+from ..jobs.plan import load_plan
 from .metrics import (
     FRAGMENTED_LARGEST,
     FRAGMENTED_MIN_COMPONENTS,
@@ -138,6 +141,9 @@ def sample_run(run_dir: str | Path, output: str | Path, *, n: int = 200,
                       max_pixels=int(settings.get("max_pixels") or DEFAULT_MAX_PIXELS))
     _remove_stale_thumbs(out / "thumbs", {Path(i["thumb"]).name for i in items})
     sample.design["sample_id"] = sample_id(items)
+    plan = load_plan(src.run_dir)
+    if plan is not None and plan.get("plan_id"):  # ties verdicts on this sample to the run
+        sample.design["plan_id"] = plan["plan_id"]
 
     atomic_write_text(out / "sample.jsonl", "".join(
         json.dumps(i, ensure_ascii=False, separators=(",", ":")) + "\n" for i in items),

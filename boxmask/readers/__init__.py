@@ -13,14 +13,17 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "kaggle-loc": (".kaggle_loc", "KaggleLOCReader"),
     "openimages": (".openimages", "OpenImagesReader"),
     "coco": (".coco", "COCOReader"),
+    "records": (".records", "RecordsReader"),
 }
 """Source name -> (module, class), imported on first use."""
 
-SOURCES = tuple(_CLASSES)
+SOURCES = ("ilsvrc-loc", "kaggle-loc", "openimages", "coco")
+"""The dataset formats a user converts. ``open_reader`` also reads ``records`` (image records
+boxmask wrote itself, ``records.py``: the input of ``boxmask redo``'s sub-jobs)."""
 
 
 def reader_class(source: str) -> type[Reader]:
-    """The reader class of ``source`` (one of ``SOURCES``)."""
+    """The reader class of ``source`` (one of ``SOURCES``, or ``records``)."""
     if source not in _CLASSES:
         raise ValueError(f"unknown source {source!r}; choose from {', '.join(SOURCES)}")
     module, cls = _CLASSES[source]
@@ -29,7 +32,7 @@ def reader_class(source: str) -> type[Reader]:
 
 def open_reader(source: str, input_path: str | Path, images_root: str | Path | None = None,
                 **options: Any) -> Reader:
-    """Build the reader for ``source`` (one of ``SOURCES``)."""
+    """Build the reader for ``source`` (one of ``SOURCES``, or ``records``)."""
     return reader_class(source)(input_path, images_root, **options)
 
 

@@ -14,6 +14,10 @@ Always written, whatever the output formats:
   id}}``: the IDs written for this mask by each format whose IDs can differ from the source
   IDs above; the Open Images output prefixes IDs that a CSV reader would turn into numbers
   (``{"openimages": {"ImageID": "img-139", "LabelName": "class-18", "BoxID": "box-1768"}}``)).
+  A mask that ``boxmask redo`` replaced has the redo's ``engine`` and ``inside_policy`` and two
+  more keys at the end: ``redo`` (the name of the redo that made it) and ``history`` (its earlier
+  versions, oldest first: ``{"version", "redo", "engine", "inside_policy", "score", "flags",
+  "mask_xyxy", "rle_sha256", "replaced_by", "replaced_at"}``; see ``boxmask.jobs.redo``).
 * ``<output>/errors.jsonl``: one line per error record, keys ``image_id, box_id, stage, reason,
   source`` (null where unknown).
 
@@ -73,7 +77,8 @@ class SidecarWriter(Writer):
 
     def mask_line(self, result: ImageResult, mask: MaskResult) -> dict[str, Any]:
         record = result.record
-        return {
+        origin = mask.origin or {}
+        line = {
             "image_id": record.image_id,
             "image_path": record.image_path,
             "width": result.width,
@@ -84,8 +89,8 @@ class SidecarWriter(Writer):
             "label_name": self.labels.name(mask.label),
             "box_xyxy": [int(v) for v in mask.box_xyxy],
             "mask_xyxy": _list(masklib.rle_box(mask.rle)),
-            "engine": self.engine,
-            "inside_policy": self.inside_policy,
+            "engine": origin.get("engine", self.engine),
+            "inside_policy": origin.get("inside_policy", self.inside_policy),
             "clicks": [c.to_json() for c in mask.clicks],
             "score": round(float(mask.score), 6),
             "metrics": mask.metrics,
@@ -93,6 +98,10 @@ class SidecarWriter(Writer):
             "files": self._files(result, mask),
             "written_ids": self._written_ids(result, mask),
         }
+        if mask.origin is not None:
+            line["redo"] = origin.get("redo")
+            line["history"] = mask.history
+        return line
 
     def _files(self, result: ImageResult, mask: MaskResult) -> dict[str, str]:
         written = set(result.files)

@@ -255,8 +255,8 @@ def apply_redos(layout: JobLayout, plan: dict[str, Any], paths: Sequence[Path]) 
                                       f"{rle_sha256(m.rle)}\n".encode())
             if n or r.record.image_id in rewritten_before:
                 changed.append(r)
-        state = {"applied": sorted(names), "images": sorted(redone),
-                 "masks_sha256": digest.hexdigest()[:16] if redone else None}
+        state: dict[str, Any] = {"applied": sorted(names), "images": sorted(redone),
+                                 "masks_sha256": digest.hexdigest()[:16] if redone else None}
         if {k: before.get(k) for k in state} == state or (not before and not redone):
             continue
         if writers is None:

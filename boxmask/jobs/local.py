@@ -3,8 +3,12 @@ share the cores. Each worker is a ``boxmask work`` subprocess, exactly what a cl
 
 A worker killed by a signal (SIGKILL from the out-of-memory killer, a crash) while work is left
 is replaced, up to ``max_restarts`` times in all; its shard is taken over at once by the next
-claim (a lease of a process that ended on this host is stale immediately). A worker that exits
-with an error (exit code 1: disk full, a plan mismatch) is not restarted: it would fail again.
+claim (a lease of a process that ended on this host is stale immediately). Such a death, seen
+by this live launcher while it was not stopping, is recorded as *observed*: it counts against
+the image the worker was on (``boxmask.jobs.deaths``). When the launcher dies with its workers
+(the whole process group killed) nobody observes anything, and nothing counts. A worker that
+exits with an error (exit code 1: disk full, a plan mismatch) is not restarted: it would fail
+again.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .deaths import local_process, record_observed_deaths
 from .progress import Progress
 from .status import job_status
 
@@ -95,12 +100,21 @@ def run_local_workers(out_dir: str | Path, n: int, *, progress: bool = True,
                 p.send_signal(signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    seen_dead: set[int] = set()
     try:
         while True:
             for i, p in enumerate(procs):
                 code = p.poll()
-                if code is None or code >= 0 or stopping or restarts_left <= 0:
+                if code is None or code >= 0 or stopping:
                     continue  # running, ended by itself, or we are stopping
+                if p.pid not in seen_dead:
+                    seen_dead.add(p.pid)
+                    record_observed_deaths(
+                        out_dir, local_process(p.pid), f"launcher pid {os.getpid()}",
+                        f"worker process {p.pid} killed by {_signal_name(-code)} while the "
+                        "other workers ran")
+                if restarts_left <= 0:
+                    continue
                 st = job_status(out_dir)
                 if st["complete"] or not st["shards"]["pending"] + st["shards"]["stale"]:
                     continue
@@ -118,3 +132,10 @@ def run_local_workers(out_dir: str | Path, n: int, *, progress: bool = True,
             signal.signal(s, h)
         bar.close()
     return [p.returncode for p in procs]
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from .device import set_threads
 from .engines import create_engine
 from .engines.base import Engine, Prediction, SegmentRequest
 from .exitcodes import (  # noqa: F401 - re-exported for API users
@@ -31,6 +30,7 @@ from .jobs.status import job_status
 from .jobs.worker import Worker, WorkerReport
 from .points import create_policy
 from .records import Click
+from .threads import set_threads
 
 log = logging.getLogger(__name__)
 

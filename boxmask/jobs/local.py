@@ -46,6 +46,20 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(n)]
 
 
+def uses_network(out_dir: str | Path) -> bool:
+    """Whether the job's engine or inside-point policy runs a network (and so wants GPUs);
+    True when there is no plan to tell. Deciding it from the plan spares the GrabCut and box
+    engines the import of torch."""
+    from ..engines import NETWORK_ENGINES
+    from .plan import load_plan, plan_settings
+
+    plan = load_plan(out_dir)
+    if plan is None:
+        return True
+    settings = plan_settings(plan)
+    return settings.engine in NETWORK_ENGINES or settings.inside_point in ("u2net", "stage1")
+
+
 def worker_commands(out_dir: str | Path, n: int, *, device: str | None = None,
                     lease_timeout_s: float | None = None,
                     extra_args: list[str] | None = None) -> list[tuple[list[str], dict[str, str]]]:
@@ -54,7 +68,7 @@ def worker_commands(out_dir: str | Path, n: int, *, device: str | None = None,
     GPUs: worker i sees only GPU ``i % n_gpus`` (``CUDA_VISIBLE_DEVICES``), several workers per
     GPU when ``n`` exceeds the GPUs. CPU: each worker gets ``cores // n`` threads (at least 1).
     """
-    gpus = visible_gpus() if device in (None, "auto", "cuda") else []
+    gpus = visible_gpus() if device in (None, "auto", "cuda") and uses_network(out_dir) else []
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     commands = []
     for i in range(n):

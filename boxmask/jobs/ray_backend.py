@@ -68,7 +68,7 @@ class RayWorker:
             overrides["device"] = "cuda"
         threads = options.pop("threads", None)
         if threads:
-            from ..device import set_threads
+            from ..threads import set_threads
 
             set_threads(int(threads))
         report = run_worker(self.out_dir, worker_id=self.worker_id, stop=self.stop_requested,

@@ -137,7 +137,7 @@ def run_local_workers(out_dir: str | Path, n: int, *, progress: bool = True,
                 procs[i] = subprocess.Popen(commands[i][0], env=commands[i][1])
             if all(p.poll() is not None for p in procs):
                 break
-            time.sleep(poll_s)
+            _wait_for_an_exit(procs, poll_s)
             st = job_status(out_dir)
             bar.set_counts(st["items"]["done"], st["masks_in_done_shards"],
                            st["errors_in_done_shards"], st["boxes"]["done_in_done_shards"])
@@ -146,6 +146,16 @@ def run_local_workers(out_dir: str | Path, n: int, *, progress: bool = True,
             signal.signal(s, h)
         bar.close()
     return [p.returncode for p in procs]
+
+
+def _wait_for_an_exit(procs: list[subprocess.Popen], timeout_s: float) -> None:
+    """Sleep ``timeout_s`` seconds, or less when one of the running ``procs`` ends."""
+    running = [p for p in procs if p.poll() is None]
+    end = time.monotonic() + timeout_s
+    while running and time.monotonic() < end:
+        if any(p.poll() is not None for p in running):
+            return
+        time.sleep(0.05)
 
 
 def _signal_name(signum: int) -> str:

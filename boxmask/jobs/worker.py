@@ -339,7 +339,7 @@ class Worker:
                 claimed = self.claim_next(report)
                 if claimed is None:
                     if self.wait_for_others and self._others_active():
-                        self.stop.event.wait(min(self.heartbeat_s, 0.5))
+                        self.stop.event.wait(min(self.heartbeat_s, 0.2))
                         continue
                     break
                 sid, lease = claimed

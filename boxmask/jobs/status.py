@@ -14,7 +14,7 @@ from typing import Any
 
 from .deaths import read_failures, skipped_items
 from .layout import JobLayout
-from .lease import DEFAULT_TIMEOUT_S, read_lease, stale_reason
+from .lease import DEFAULT_TIMEOUT_S, fs_now, read_lease, stale_reason
 from .merge import done_marker
 from .plan import load_plan
 from .worker import NoPlanError, valid_prefix
@@ -50,7 +50,7 @@ def job_status(out_dir: str | Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) 
     plan = load_plan(out_dir)
     if plan is None:
         raise NoPlanError(f"{out_dir} has no plan.json")
-    now = time.time()
+    now = fs_now(layout.leases_dir) if layout.leases_dir.is_dir() else time.time()
     counts = {"done": 0, "leased": 0, "stale": 0, "pending": 0}
     items_done = images_done = boxes_done = masks = errors = skipped = 0
     leases: list[dict[str, Any]] = []

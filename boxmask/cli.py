@@ -298,6 +298,9 @@ def convert(ctx: click.Context, workers: int, device: str | None, force: bool,
     except PlanMismatchError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_FATAL)
+    except OSError as e:  # disk full, read-only, a lost mount: finished shards stay done
+        log.debug("convert failed", exc_info=True)
+        _fail(e)
     _print_summary(summary, out_dir)
     sys.exit(summary["exit_code"])
 
@@ -358,6 +361,9 @@ def work(out_dir: Path, worker_id: str | None, device: str | None, batch_size: i
                           lease_timeout_s=lease_timeout, wait_for_others=wait,
                           max_shards=max_shards, max_attempts=max_attempts,
                           retry_failed=retry_failed)
+    except OSError as e:  # disk full, read-only, a lost mount: one line; -v for the traceback
+        log.debug("worker failed", exc_info=True)
+        _fail(e)
     except Exception as e:  # a fatal worker error: the lease is released, the shard resumes later
         log.exception("worker failed")
         _fail(e)

@@ -26,7 +26,7 @@ from boxmask.api import convert
 from boxmask.jobs.layout import JobLayout
 from boxmask.jobs.lease import LeaseInfo, read_lease, try_acquire
 from boxmask.jobs.merge import merge
-from boxmask.jobs.worker import read_shard_items, run_worker, valid_prefix
+from boxmask.jobs.worker import read_shard_items, run_worker
 
 FAULT_INJECT = H.ROOT / "tests" / "fault_inject"
 
@@ -200,30 +200,27 @@ def results_of(layout: JobLayout, shard: int) -> Path:
     return layout.results_dir / json.loads(layout.done_file(shard).read_text())["results"]
 
 
-def test_a_torn_last_results_line_redoes_only_that_image(box_baseline, tmp_path):
+@pytest.mark.parametrize("damage", ["torn last line", "garbage in a line"])
+def test_a_damaged_results_file_of_a_done_shard_is_detected_and_that_shard_redone(
+        box_baseline, tmp_path, damage):
+    """A done shard's results must match the sha256 in its marker: a half-written last line or
+    garbage bytes are found by merge, and only that shard is converted again (its lines cannot
+    be trusted one by one). Unfinished shards resume after their last valid line instead
+    (``test_jobs_worker.py``)."""
     layout = converted(tmp_path / "out")
     path = results_of(layout, 2)
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) - 40])  # half-written last line
-    merge_again = merge(tmp_path / "out", allow_partial=True)
-    assert merge_again["shards"]["merged"] == 4  # detected: the shard is not merged as it is
+    if damage == "torn last line":
+        path.write_bytes(data[:len(data) - 40])
+    else:
+        lines = data.splitlines(keepends=True)
+        lines[3] = b"\x00\xff garbage \x13" + lines[3][14:]
+        path.write_bytes(b"".join(lines))
+    partial = merge(tmp_path / "out", allow_partial=True)
+    assert partial["shards"]["merged"] == 4 and not partial["complete"]
     assert (layout.done_dir / "000002.json.damaged").exists()
     report = run_worker(tmp_path / "out", wait_for_others=False)
-    assert report.shards_done == [2] and report.images == 1
-    merge(tmp_path / "out")
-    assert output_files(tmp_path / "out") == output_files(box_baseline)
-
-
-def test_garbage_in_a_results_file_redoes_the_images_from_the_damage_on(box_baseline, tmp_path):
-    layout = converted(tmp_path / "out")
-    path = results_of(layout, 1)
-    lines = path.read_bytes().splitlines(keepends=True)
-    lines[3] = b"\x00\xff garbage \x13" + lines[3][14:]
-    path.write_bytes(b"".join(lines))
-    assert valid_prefix(path)[0] == 3
-    merge(tmp_path / "out", allow_partial=True)
-    report = run_worker(tmp_path / "out", wait_for_others=False)
-    assert report.shards_done == [1] and report.images == 7
+    assert report.shards_done == [2] and report.images == 10
     merge(tmp_path / "out")
     assert output_files(tmp_path / "out") == output_files(box_baseline)
 

@@ -79,12 +79,9 @@ def verified_results_file(layout: JobLayout, plan: dict[str, Any], shard: dict[s
                           verify_files: bool = False) -> Path | None:
     """The results file of a done shard if it matches its marker; else None.
 
-    A marker that does not match is set aside (renamed to ``*.damaged``) so that the shard is
-    worked on again. Its results file stays an attempt to resume from when only the results were
-    damaged (a torn or garbled line: the images after the damage are converted again); when the
-    per-image files do not match (``verify_files``) or the marker belongs to another plan it is
-    renamed to ``*.damaged`` too (kept for inspection, never resumed from), and the whole shard is
-    converted again, rewriting its per-image files.
+    A marker that does not match is set aside (renamed to ``*.damaged``) with its results file
+    (kept for inspection, never resumed from: a damaged file cannot show which of its lines are
+    intact), so that the shard alone is converted again, rewriting its per-image files.
     """
     marker = done_marker(layout, shard["id"])
     if marker is None:
@@ -93,12 +90,10 @@ def verified_results_file(layout: JobLayout, plan: dict[str, Any], shard: dict[s
     path = layout.results_dir / marker["results"]
     if problem is None:
         return path
-    resumable = problem.startswith("its results file")
-    log.error("shard %d: done marker set aside, %s; the shard will be converted again%s",
-              shard["id"], problem, " from the damage on" if resumable else "")
-    if not resumable:
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(path, path.with_name(path.name + ".damaged"))
+    log.error("shard %d: done marker set aside, %s; the shard will be converted again",
+              shard["id"], problem)
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(path, path.with_name(path.name + ".damaged"))
     done = layout.done_file(shard["id"])
     with contextlib.suppress(FileNotFoundError):
         os.replace(done, done.with_name(done.name + ".damaged"))

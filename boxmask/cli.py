@@ -353,6 +353,7 @@ def work(out_dir: Path, worker_id: str | None, device: str | None, batch_size: i
     on a cluster). SIGTERM, SIGUSR1 or Ctrl-C stop it cleanly after the current batch.
     """
     from .api import work as run_work
+    from .jobs.plan import PlanMismatchError
 
     progress = sys.stderr.isatty() if progress is None else progress
     try:
@@ -361,8 +362,8 @@ def work(out_dir: Path, worker_id: str | None, device: str | None, batch_size: i
                           lease_timeout_s=lease_timeout, wait_for_others=wait,
                           max_shards=max_shards, max_attempts=max_attempts,
                           retry_failed=retry_failed)
-    except OSError as e:  # disk full, read-only, a lost mount: one line; -v for the traceback
-        log.debug("worker failed", exc_info=True)
+    except (OSError, PlanMismatchError) as e:  # disk full, read-only, a lost mount, a changed
+        log.debug("worker failed", exc_info=True)  # input: one line; -v for the traceback
         _fail(e)
     except Exception as e:  # a fatal worker error: the lease is released, the shard resumes later
         log.exception("worker failed")

@@ -279,3 +279,21 @@ def test_lease_ages_are_measured_by_the_filesystem_clock_not_a_skewed_host_clock
         f"00000{i}.json" for i in (1, 2, 3, 4)]  # ...the dead one was, with the rest
     assert [json.loads(p.read_text())["worker"] for p in layout.failures_dir.glob("*")] == ["dead"]
     held.release()
+
+
+def test_an_input_file_that_changed_after_planning_is_refused_with_a_clear_error(tiny, tmp_path):
+    ann, images, _ = tiny
+    mine = tmp_path / "instances.json"
+    shutil.copy2(ann, mine)
+    out = tmp_path / "out"
+    assert boxmask("plan", *options(mine, images, out, plan=True)).returncode == 0
+    coco = json.loads(mine.read_text())
+    coco["annotations"][0]["bbox"][0] += 1  # one box edited after planning
+    mine.write_text(json.dumps(coco))
+    for args in (["convert", *options(mine, images, out)], ["work", str(out), "--no-progress"]):
+        r = boxmask(*args)
+        assert r.returncode == 1
+        one_line_error(r.stderr, "changed after it was planned")
+    assert not list(JobLayout(out).results_dir.glob("*"))  # nothing converted from stale shards
+    again = boxmask("convert", *options(mine, images, out), "--force")
+    assert again.returncode == 0, again.stderr

@@ -67,6 +67,7 @@ from .lease import (
 )
 from .plan import (
     PlanMismatchError,
+    check_input,
     check_version,
     describe_differences,
     load_plan,
@@ -208,6 +209,7 @@ class Worker:
             raise NoPlanError(f"{out_dir} has no plan.json: run `boxmask plan` or "
                               "`boxmask convert` first")
         check_version(plan)
+        check_input(plan)
         self.plan = plan
         self._plan_stat = _stat_key(self.layout.plan)
         self.settings = plan_settings(plan)

@@ -297,3 +297,28 @@ def test_an_input_file_that_changed_after_planning_is_refused_with_a_clear_error
     assert not list(JobLayout(out).results_dir.glob("*"))  # nothing converted from stale shards
     again = boxmask("convert", *options(mine, images, out), "--force")
     assert again.returncode == 0, again.stderr
+
+
+def test_an_image_that_kills_its_worker_is_skipped_alone_and_retried_on_request(tiny, tmp_path):
+    """A worker dies (SIGKILL) whenever it loads one image, while the launcher and the other
+    worker run on: the launcher sees each death, the worker after a death converts one image
+    at a time so that the deaths pin that image, and after 3 of them that image alone is
+    skipped; convert merges the rest and exits 3. ``--retry-failed`` then converts it."""
+    ann, images, reference = tiny
+    out = tmp_path / "out"
+    assert boxmask("plan", *options(ann, images, out, plan=True)).returncode == 0
+    layout = JobLayout(out)
+    culprit = read_shard_items(layout.shard_file(1))[1].image_id  # not first in its shard
+    env = H.child_env()
+    env["PYTHONPATH"] = f"{FAULT_INJECT}{os.pathsep}{env['PYTHONPATH']}"
+    cmd = H.convert_command(ann, images, out, workers=2)[4:]  # convert and its options
+    crashing = boxmask(*cmd, env={**env, "BOXMASK_TEST_CRASH_IMAGE": culprit})
+    assert crashing.returncode == 3, crashing.stderr
+    errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    assert [(e["image_id"], e["stage"]) for e in errors] == [(culprit, "worker")]
+    status = json.loads(boxmask("status", str(out), "--json").stdout)
+    assert status["deaths"]["observed"] >= 3 and status["items_skipped"] == 1
+    assert len((out / "masks.jsonl").read_text().splitlines()) == 7  # every other box merged
+    retried = boxmask(*cmd, "--retry-failed")
+    assert retried.returncode == 0, retried.stderr
+    assert H.check_output(out, reference) == []

@@ -31,6 +31,7 @@ Durability rules, in the order a worker applies them:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -419,7 +420,14 @@ class Worker:
                 written += 1
                 report.items_skipped.append(skipped.record.image_id)
                 report.errors += len(skipped.errors)
-            for result in self._results(items[written:]):
+            careful = self._careful_count(sid, written)
+            if careful:
+                log.warning("shard %d: a worker died at item %d; converting the next %d items "
+                            "one at a time, so that a death pins the image that causes it", sid,
+                            written, careful)
+            results = itertools.chain(self._careful_results(items[written:written + careful]),
+                                      self._results(items[written + careful:]))
+            for result in results:
                 lease.check()
                 out.write((json.dumps(result.to_json(), ensure_ascii=False) + "\n").encode())
                 out.flush()
@@ -491,6 +499,34 @@ class Worker:
     # -- conversion ---------------------------------------------------------------------------
     def _batch_boxes(self) -> int:
         return max(int(self.engine.batch_boxes), 1)
+
+    def _careful_count(self, sid: int, position: int) -> int:
+        """How many items from ``position`` on to convert one at a time: the items that were in
+        flight (decoding ahead, in the engine's batch) when an attempt died at ``position``, or 0
+        when none died there. One at a time, a death happens at the image that causes it, so only
+        that image collects deaths, never its innocent neighbours."""
+        if not self.layout.failure_files(sid):
+            return 0
+        if not any(r.get("items_done") == position for r in read_failures(self.layout, sid)):
+            return 0
+        return self.prefetch + self._batch_boxes()
+
+    def _careful_results(self, items: list[ImageRecord | ErrorRecord]
+                         ) -> Iterator[ImageResult]:
+        """Results of ``items`` in order, each decoded, segmented and written before the next
+        is touched (no decoding ahead, batches of one)."""
+        for item in items:
+            if self.stop.is_set():
+                return
+            if isinstance(item, ErrorRecord):
+                yield steps.error_result(item)
+                continue
+            loaded = steps.load(item, self.images_root, self.settings)
+            steps.segment(self._policy, self.engine, [loaded])
+            if not self._plan_unchanged():
+                raise PlanMismatchError(f"the plan of {self.layout.root} changed while this "
+                                        "worker ran (planned again?); stopping")
+            yield steps.finish(loaded, self._writers)
 
     def _results(self, items: list[ImageRecord | ErrorRecord]) -> Iterator[ImageResult]:
         """Results of ``items`` in order: decode ahead in threads, segment in batches.

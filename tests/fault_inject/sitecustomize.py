@@ -3,6 +3,8 @@ their ``PYTHONPATH``, so Python imports this module at start-up in every child p
 
 * ``BOXMASK_TEST_SLOW_IMAGE=<image id>:<seconds>``: loading that image first sleeps, so that a
   test can stop the job while a worker is on it.
+* ``BOXMASK_TEST_CRASH_IMAGE=<image id>``: loading that image kills the process (SIGKILL), as
+  an image that crashes the decoder or the engine would.
 * ``BOXMASK_TEST_CLOCK_SKEW=<seconds>``: ``time.time()`` of this process runs that far ahead
   (negative: behind), as on a host whose clock is off.
 
@@ -24,15 +26,21 @@ if _skew:
     time.time = lambda: _real_time() + _skew  # noqa: E731
 
 _slow = os.environ.get("BOXMASK_TEST_SLOW_IMAGE")
+_crash = os.environ.get("BOXMASK_TEST_CRASH_IMAGE")
 
 
 def _patch_steps(module) -> None:
-    image_id, _, seconds = _slow.rpartition(":")
+    slow_id, _, seconds = (_slow or "").rpartition(":")
     real_load = module.load
 
     def load(item, *args, **kwargs):
-        if getattr(item, "image_id", None) == image_id:
+        image_id = getattr(item, "image_id", None)
+        if _slow and image_id == slow_id:
             time.sleep(float(seconds))
+        if _crash and image_id == _crash:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
         return real_load(item, *args, **kwargs)
 
     module.load = load
@@ -57,5 +65,5 @@ class _PatchSteps(importlib.abc.MetaPathFinder):
         return spec
 
 
-if _slow:
+if _slow or _crash:
     sys.meta_path.insert(0, _PatchSteps())

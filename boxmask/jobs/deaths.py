@@ -15,7 +15,9 @@ saw it:
   SIGKILL of the whole process group, a scheduler's cancel, a time limit, a lost node. It is not
   the item's fault and does not count, except as a backstop.
 
-The item at a position is **skipped** when ``max_observed`` (3) different attempts died there
+After any death at a position the next attempt converts the items that were in flight one at a
+time (``Worker._careful_count``), so that the deaths that follow happen at the item that causes
+them. The item at a position is **skipped** when ``max_observed`` (3) different attempts died there
 observed, or ``UNOBSERVED_BACKSTOP`` (10) attempts died there in all. Skipping writes the item's
 result line with one error of stage ``worker`` (so it appears in ``errors.jsonl``) and the shard
 goes on with the next item: the job still completes and merges everything else, and ``convert``

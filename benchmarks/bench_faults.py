@@ -1,7 +1,7 @@
 """Fault harness figures: convert -> kill at a random moment -> re-run, many times; prints the
 number of trials and failures (by kind of kill, moment and phase reached) as JSON.
 
-    python benchmarks/bench_faults.py --trials 200 --workers 2 [--seed N] [--keep DIR]
+    python benchmarks/bench_faults.py --trials 200 --workers 2 [--max-kills 3] [--seed N]
 
 Each trial converts a tiny COCO set (8 small images, GrabCut, 4 shards) in a fresh folder; see
 ``tests/fault_harness.py`` for the kinds, moments and checks. Failed trials are listed with their
@@ -29,6 +29,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=200)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--max-kills", type=int, default=3,
+                    help="Each trial kills 1..N runs (random) before the final re-run.")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--keep", type=Path, help="Keep the folders of failed trials here.")
     args = ap.parse_args()
@@ -42,10 +44,12 @@ def main() -> None:
         trials = []
         for i, (kind, moment) in enumerate(H.plan_trials(args.trials, rng)):
             out = folder / f"trial{i}"
-            t = H.run_trial(ann, images, reference, out, kind, moment, rng, args.workers)
+            kills = rng.randint(1, args.max_kills)
+            t = H.run_trial(ann, images, reference, out, kind, moment, rng, args.workers,
+                            kills=kills)
             trials.append(t)
             if not t.ok:
-                print(json.dumps({"trial": i, "kind": kind, "moment": moment,
+                print(json.dumps({"trial": i, "kind": kind, "moment": moment, "kills": kills,
                                   "reached": t.reached, "first_exit": t.first_exit,
                                   "problems": t.problems, "stderr": t.rerun_stderr[-1500:]}),
                       flush=True)

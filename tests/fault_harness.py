@@ -13,7 +13,9 @@ process group, and stops it:
   ``writing`` (results are being written), ``merge`` (the merge lock is held) and ``after-merge``
   (the manifest exists), each followed by a random delay of up to ``jitter_s``.
 
-After the kill it waits for the first run to end, runs the same command again and checks: the
+A trial may repeat convert -> kill up to three times (the same kind at the same moment: several
+pre-emptions of a job on the same images) before the re-run. After each kill it waits for the
+run's processes to end; then it runs the same command again and checks: the
 re-run exits 0; every output file equals the uninterrupted run byte for byte (``errors.jsonl``
 included, so it holds only the input's own errors); every box appears once in the sidecar; no
 temporary file, lease or superseded results file remains.
@@ -178,7 +180,9 @@ class Trial:
     kind: str
     moment: str
     reached: str = ""
-    """The phase the run was in when the kill was sent."""
+    """The phase the run was in when the (last) kill was sent."""
+    kills: int = 1
+    """Rounds of convert -> kill before the re-run."""
     first_exit: int | None = None
     rerun_exit: int | None = None
     problems: list[str] = field(default_factory=list)
@@ -240,32 +244,36 @@ def check_output(out: Path, reference: Path) -> list[str]:
 
 
 def run_trial(ann: Path, images: Path, reference: Path, out: Path, kind: str, moment: str,
-              rng: random.Random, workers: int = 2, jitter_s: float = 0.05) -> Trial:
-    """One convert -> kill -> re-run trial into the fresh folder ``out``."""
-    trial = Trial(kind, moment)
+              rng: random.Random, workers: int = 2, jitter_s: float = 0.05,
+              kills: int = 1) -> Trial:
+    """One trial into the fresh folder ``out``: ``kills`` rounds of convert -> kill (the same
+    kind at the same moment each round, e.g. three pre-emptions of the whole job while it is on
+    the same images), then a plain re-run, checked against ``reference``."""
+    trial = Trial(kind, moment, kills=kills)
     started = time.monotonic()
     cmd = convert_command(ann, images, out, workers)
     env = child_env()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        wait_for_moment(out, proc, moment, rng)
-        time.sleep(rng.uniform(0.0, jitter_s))
-        trial.reached = phase(out)
-        kill(proc, kind, rng)
+    for _ in range(kills):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            trial.first_exit = proc.wait(timeout=180)
-        except subprocess.TimeoutExpired:
-            trial.problems.append("the interrupted run did not end within 180 s")
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        deadline = time.monotonic() + 60
-        while group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.01)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            wait_for_moment(out, proc, moment, rng)
+            time.sleep(rng.uniform(0.0, jitter_s))
+            trial.reached = phase(out)
+            kill(proc, kind, rng)
+            try:
+                trial.first_exit = proc.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                trial.problems.append("an interrupted run did not end within 180 s")
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            deadline = time.monotonic() + 60
+            while group_alive(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     trial.rerun_exit = rerun.returncode
     trial.rerun_stderr = rerun.stderr[-4000:]
@@ -292,11 +300,12 @@ def summarize(trials: list[Trial]) -> dict:
     def by(key: str) -> dict:
         out: dict[str, list[int]] = {}
         for t in trials:
-            c = out.setdefault(getattr(t, key), [0, 0])
+            c = out.setdefault(str(getattr(t, key)), [0, 0])
             c[0] += 1
             c[1] += not t.ok
         return {k: {"trials": v[0], "failures": v[1]} for k, v in sorted(out.items())}
 
     return {"trials": len(trials), "failures": sum(not t.ok for t in trials),
             "by_kind": by("kind"), "by_moment": by("moment"), "by_phase_reached": by("reached"),
+            "by_kills": by("kills"),
             "seconds_per_trial": round(sum(t.seconds for t in trials) / max(len(trials), 1), 2)}

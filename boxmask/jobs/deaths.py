@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -76,6 +77,23 @@ def read_failures(layout: JobLayout, shard_id: int) -> list[dict[str, Any]]:
     for p in layout.failure_files(shard_id):
         with contextlib.suppress(OSError, ValueError):
             out.append(json.loads(p.read_text(encoding="utf-8")))
+    return out
+
+
+def read_all_failures(layout: JobLayout) -> dict[int, list[dict[str, Any]]]:
+    """Every failure record of the job by shard id, from one listing of the failures folder."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    try:
+        names = sorted(os.listdir(layout.failures_dir))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        shard = name.partition(".")[0]
+        if not shard.isdigit() or not name.endswith(".json"):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            record = json.loads((layout.failures_dir / name).read_text(encoding="utf-8"))
+            out.setdefault(int(shard), []).append(record)
     return out
 
 
@@ -146,15 +164,17 @@ def record_observed_deaths(out_dir: str | Path, died: Callable[[dict[str, Any]],
     if plan is None:
         return []
     found: dict[tuple[int, str], tuple[str, str | None, int | None, int | None]] = {}
-    for shard in plan["shards"]:
-        sid = shard["id"]
-        if layout.done_file(sid).exists():
+    n_shards = len(plan["shards"])
+    for path in sorted(layout.leases_dir.glob("*.lease")):
+        sid = int(path.name.split(".")[0]) if path.name.split(".")[0].isdigit() else -1
+        if not 0 <= sid < n_shards or layout.done_file(sid).exists():
             continue
-        info, _ = read_lease(layout.lease_file(sid))
+        info, _ = read_lease(path)
         if info is not None and died({"worker_id": info.worker_id, "host": info.host,
                                       "pid": info.pid}):
             found[(sid, info.token)] = (info.worker_id, info.host, info.pid, None)
-        for r in read_failures(layout, sid):
+    for sid, records in read_all_failures(layout).items():
+        for r in records:
             if not r.get("observed") and died({"worker_id": r.get("worker"),
                                                "host": r.get("host"), "pid": r.get("pid")}):
                 found.setdefault((sid, str(r["attempt"])),

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .deaths import read_failures, skipped_items
+from .deaths import read_all_failures, skipped_items
 from .layout import JobLayout
 from .lease import DEFAULT_TIMEOUT_S, fs_now, read_lease, stale_reason
 from .merge import done_marker
@@ -59,9 +59,9 @@ def job_status(out_dir: str | Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) 
     attempts = layout.all_attempt_files()
     observed: set[tuple[int, str]] = set()
     dead: set[tuple[int, str]] = set()
-    for shard in plan["shards"] if layout.failures_dir.is_dir() else []:
-        for r in read_failures(layout, shard["id"]):
-            key = (shard["id"], str(r.get("attempt")))
+    for sid, records in read_all_failures(layout).items():
+        for r in records:
+            key = (sid, str(r.get("attempt")))
             dead.add(key)
             if r.get("observed"):
                 observed.add(key)

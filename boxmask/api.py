@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from .device import set_threads
 from .engines import create_engine
 from .engines.base import Engine, Prediction, SegmentRequest
 from .exitcodes import (  # noqa: F401 - re-exported for API users
@@ -31,6 +30,7 @@ from .jobs.status import job_status
 from .jobs.worker import Worker, WorkerReport
 from .points import create_policy
 from .records import Click
+from .threads import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,16 @@ def prepare_plan(settings: Settings, out_dir: str | Path, *, force: bool = False
     return plan, engine
 
 
+def _reopen(out_dir: str | Path, retry_failed: bool) -> None:
+    """Re-open the shards earlier versions marked failed; with ``retry_failed`` also the done
+    shards that skipped items (``boxmask.jobs.deaths``)."""
+    from .jobs.deaths import reopen_legacy_failed, retry_skipped
+
+    reopened = retry_skipped(out_dir) if retry_failed else reopen_legacy_failed(out_dir)
+    if reopened:
+        log.info("re-opened %d shard(s) to convert their skipped items again", len(reopened))
+
+
 def work(out_dir: str | Path, *, engine: Engine | None = None, progress: bool = True,
          threads: int | None = None, retry_failed: bool = False,
          **options: Any) -> WorkerReport:
@@ -79,16 +89,12 @@ def work(out_dir: str | Path, *, engine: Engine | None = None, progress: bool = 
 
     ``options`` go to ``boxmask.jobs.worker.Worker`` (``worker_id``, ``engine_overrides``,
     ``lease_timeout_s``, ``max_attempts``, ``wait_for_others``, ...) plus ``max_shards``.
-    ``retry_failed`` re-opens shards marked failed before starting.
+    ``retry_failed`` converts again the items skipped after repeated worker deaths
+    (``boxmask.jobs.deaths``); shards earlier versions marked failed are re-opened in any case.
     """
     if threads:
         set_threads(threads)
-    if retry_failed:
-        from .jobs.worker import reset_failed
-
-        reopened = reset_failed(out_dir)
-        if reopened:
-            log.info("re-opened %d failed shards", len(reopened))
+    _reopen(out_dir, retry_failed)
     status = job_status(out_dir)
     bar = Progress(status["items"]["total"], status["items"]["done"], enabled=progress)
     max_shards = options.pop("max_shards", None)
@@ -113,17 +119,15 @@ def convert(settings: Settings, out_dir: str | Path, *, workers: int = 1, force:
     (``tight-boxes/<source>/``, see ``boxmask.writers.tightboxes``).
 
     The summary is the manifest's counts plus ``exit_code`` (``EXIT_OK``, ``EXIT_PARTIAL`` when
-    some items failed, ``EXIT_STOPPED`` when interrupted before the end, ``EXIT_FATAL`` when
-    shards are left undone, e.g. failed ones: see ``status["failed"]``).
+    some items failed, among them items skipped because workers kept dying on them,
+    ``EXIT_STOPPED`` when interrupted before the end, ``EXIT_FATAL`` when shards are left
+    undone). ``retry_failed``: convert the skipped items of earlier runs again.
     """
     plan, engine = prepare_plan(settings, out_dir, force=force)
     worker_options: dict[str, Any] = {}
     if lease_timeout_s is not None:
         worker_options["lease_timeout_s"] = lease_timeout_s
-    if retry_failed:
-        from .jobs.worker import reset_failed
-
-        reset_failed(out_dir)
+    _reopen(out_dir, retry_failed)
     stopped = False
     if workers <= 1:
         try:

@@ -228,14 +228,6 @@ def _fail(e: Exception) -> None:
 def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     if not summary.get("complete"):
         st = summary["status"]
-        if st.get("failed"):
-            click.echo(f"{len(st['failed'])} shard(s) failed: their workers died repeatedly "
-                       f"({st['items']['done']}/{st['items']['total']} items done):", err=True)
-            for f in st["failed"]:
-                click.echo(f"  shard {f.get('shard')}: {f.get('items_done')} items done, stuck "
-                           f"at {f.get('next_items')}: {f.get('last_reason')}", err=True)
-            click.echo("re-run with --retry-failed to try them again", err=True)
-            return
         click.echo(f"stopped: {st['items']['done']}/{st['items']['total']} items done; run the "
                    f"same command again to resume ({out_dir})", err=True)
         return
@@ -248,6 +240,10 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     click.echo(f"outputs: {out_dir.resolve()}", err=True)
     if errs:
         click.echo(f"errors listed in {(out_dir / 'errors.jsonl').resolve()}", err=True)
+    skipped = summary["errors_by_stage"].get("worker", 0)
+    if skipped:
+        click.echo(f"{skipped} image(s) skipped because their worker died on them again and "
+                   "again (stage worker); --retry-failed tries them again", err=True)
 
 
 COPY_IMAGES_HELP = ("--format openimages: copy the images into openimages/data/ (default: "
@@ -269,7 +265,8 @@ TIGHT_BOXES_HELP = ("Also write the source annotations back with every box repla
 @click.option("--lease-timeout", type=float, help="Seconds before a silent worker's shard is "
                                                   "taken over (default 300).")
 @click.option("--retry-failed", is_flag=True,
-              help="Re-open shards an earlier run marked failed (their workers kept dying).")
+              help="Convert again the images an earlier run skipped because their workers kept "
+                   "dying on them (errors of stage worker).")
 @click.option("--progress/--no-progress", default=None,
               help="Show the progress bar (default: when stderr is a terminal).")
 @click.option("--copy-images", is_flag=True, help=COPY_IMAGES_HELP)
@@ -301,6 +298,9 @@ def convert(ctx: click.Context, workers: int, device: str | None, force: bool,
     except PlanMismatchError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_FATAL)
+    except OSError as e:  # disk full, read-only, a lost mount: finished shards stay done
+        log.debug("convert failed", exc_info=True)
+        _fail(e)
     _print_summary(summary, out_dir)
     sys.exit(summary["exit_code"])
 
@@ -338,9 +338,10 @@ def plan(ctx: click.Context, force: bool, **params: Any) -> None:
               help="When no shard is free, wait for other workers' shards (and take over those "
                    "whose worker died) instead of exiting.")
 @click.option("--max-attempts", type=int, default=3, show_default=True,
-              help="A shard whose workers die this many times at the same image is marked "
-                   "failed and skipped.")
-@click.option("--retry-failed", is_flag=True, help="Re-open shards marked failed.")
+              help="An image on which workers were seen dying this many times is skipped "
+                   "(recorded as an error of stage worker); the rest of its shard goes on.")
+@click.option("--retry-failed", is_flag=True,
+              help="Convert again the images skipped after repeated worker deaths.")
 @click.option("--progress/--no-progress", default=None,
               help="Show the progress bar (default: when stderr is a terminal).")
 def work(out_dir: Path, worker_id: str | None, device: str | None, batch_size: int | None,
@@ -352,6 +353,7 @@ def work(out_dir: Path, worker_id: str | None, device: str | None, batch_size: i
     on a cluster). SIGTERM, SIGUSR1 or Ctrl-C stop it cleanly after the current batch.
     """
     from .api import work as run_work
+    from .jobs.plan import PlanMismatchError
 
     progress = sys.stderr.isatty() if progress is None else progress
     try:
@@ -360,6 +362,9 @@ def work(out_dir: Path, worker_id: str | None, device: str | None, batch_size: i
                           lease_timeout_s=lease_timeout, wait_for_others=wait,
                           max_shards=max_shards, max_attempts=max_attempts,
                           retry_failed=retry_failed)
+    except (OSError, PlanMismatchError) as e:  # disk full, read-only, a lost mount, a changed
+        log.debug("worker failed", exc_info=True)  # input: one line; -v for the traceback
+        _fail(e)
     except Exception as e:  # a fatal worker error: the lease is released, the shard resumes later
         log.exception("worker failed")
         _fail(e)
@@ -469,13 +474,18 @@ def status(out_dir: Path, as_json: bool, lease_timeout: float) -> None:
         return
     sh, it = st["shards"], st["items"]
     click.echo(f"shards: {sh['done']}/{sh['total']} done, {sh['leased']} leased, "
-               f"{sh['stale']} stale, {sh.get('failed', 0)} failed, {sh['pending']} pending")
+               f"{sh['stale']} stale, {sh['pending']} pending")
     click.echo(f"items:  {it['done']}/{it['total']} done; in done shards: "
                f"{st['images']['done_in_done_shards']} images, "
                f"{st['boxes']['done_in_done_shards']} boxes, {st['masks_in_done_shards']} masks, "
                f"{st['errors_in_done_shards']} errors")
     if st.get("failed_attempts"):
-        click.echo(f"worker deaths recorded: {st['failed_attempts']}")
+        d = st["deaths"]
+        click.echo(f"worker deaths: {d['observed']} observed (count against their image), "
+                   f"{d['taken_over']} found stale (the job was stopped or lost: not counted)")
+    if st.get("items_skipped"):
+        click.echo(f"skipped images: {st['items_skipped']} (errors of stage worker; "
+                   "`--retry-failed` converts them again)")
     if st["rate_items_per_s"]:
         eta = st["eta_s"]
         click.echo(f"rate:   {st['rate_items_per_s']:.2f} items/s"
@@ -485,9 +495,9 @@ def status(out_dir: Path, as_json: bool, lease_timeout: float) -> None:
         click.echo(f"  shard {lease['shard']}: {lease['worker']} on {lease['host']}, heartbeat "
                    f"{lease['heartbeat_age_s']} s ago{reason}, "
                    f"{lease['items_done']}/{lease['items']} items")
-    for f in st.get("failed", []):
-        click.echo(f"  shard {f.get('shard')} FAILED: {f.get('last_reason')} "
-                   "(`boxmask work --retry-failed` re-opens it)")
+    for f in st.get("skipped", [])[:20]:
+        click.echo(f"  skipped {f['image_id']} (shard {f['shard']}, item {f['item']}): "
+                   f"{f['reason']}")
     click.echo("complete" + (", merged" if st["merged"] else ", not merged yet")
                if st["complete"] else "not complete")
 

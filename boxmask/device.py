@@ -6,7 +6,6 @@ Shared by every network engine (IOG, U²-Net), the inside-point policies and tra
 
 from __future__ import annotations
 
-import os
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -77,9 +76,7 @@ def runtime(device: str | torch.device | None, precision: str,
 
 
 def set_threads(n: int) -> None:
-    """Limit torch and OpenCV to ``n`` threads in this process."""
-    import cv2
+    """Limit torch and OpenCV to ``n`` threads in this process (``boxmask.threads``)."""
+    from .threads import set_threads as limit
 
-    torch.set_num_threads(n)
-    cv2.setNumThreads(n)
-    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    limit(n)

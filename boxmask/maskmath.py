@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray, void: np.ndarray | None = None) -> float:
@@ -47,6 +46,8 @@ def depth(mask: np.ndarray, sampling: Sequence[float] | None = None,
     ``border_is_background``: the array's outside counts as background (a mask touching the
     border is shallow there), as for an object cut at a crop's edge.
     """
+    from scipy.ndimage import distance_transform_edt  # slow to import: only when needed
+
     m = np.asarray(mask, dtype=bool)
     if not border_is_background:
         return distance_transform_edt(m, sampling=sampling)

@@ -68,10 +68,8 @@ from typing import Any
 import numpy as np
 
 from .boxes import int_box
-from .device import resolve_device
 from .engines.base import Engine, Prediction, SegmentRequest, default_inside_points
 from .hashing import sha256_file
-from .stage1 import load_stage1, stage1_inside_points
 
 POLICIES = ("center", "iterate", "grabcut", "u2net", "stage1")
 RUNTIME_OPTIONS = frozenset({"device", "batch_size"})
@@ -356,6 +354,9 @@ class Stage1Policy(_ChosenOncePolicy):
         self.path = path
         self.sha256 = sha256_file(path)
         self.batch_size = max(int(batch_size), 1)
+        from .device import resolve_device  # torch: imported only by the policies that need it
+        from .stage1 import load_stage1
+
         self.net = load_stage1(path, resolve_device(device))
 
     def describe(self) -> dict[str, Any]:
@@ -364,6 +365,8 @@ class Stage1Policy(_ChosenOncePolicy):
                 "input_size": int(getattr(cfg, "input_size", 512))}
 
     def choose(self, request: SegmentRequest) -> tuple[np.ndarray, list[str]]:
+        from .stage1 import stage1_inside_points
+
         points = stage1_inside_points(self.net, request.image, request.boxes, self.batch_size)
         return points, ["stage1"] * len(points)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from jobs_support import (
     FORMATS,
+    ROOT,
     SAMPLE,
     convert_once,
     output_files,
@@ -28,9 +29,10 @@ from jobs_support import (
 )
 
 from boxmask.atomic import is_temp
+from boxmask.jobs.deaths import local_process, record_observed_deaths
 from boxmask.jobs.layout import JobLayout
-from boxmask.jobs.lease import read_lease
-from boxmask.jobs.merge import IncompleteJobError, merge
+from boxmask.jobs.lease import pid_alive, read_lease
+from boxmask.jobs.merge import merge
 from boxmask.jobs.plan import load_plan
 from boxmask.jobs.status import job_status
 from boxmask.jobs.worker import read_shard_items, reset_failed, run_worker, valid_prefix
@@ -39,6 +41,11 @@ TRIALS = 10
 
 settings = partial(sample_settings, shard_size=2)
 GRABCUT = {"engine": "grabcut", "limit": 8, "shard_size": 4}
+CONVERT_GRABCUT = ["-q", "convert", "--source", "ilsvrc-loc", "--input", str(SAMPLE), "--engine",
+                   "grabcut", "--limit", "8", "--shard-size", "4", "--no-progress",
+                   *(f"--format={f}" for f in FORMATS)]
+"""``convert`` arguments of the ``GRABCUT`` settings (``--output`` to be added)."""
+FAULT_INJECT = ROOT / "tests" / "fault_inject"
 
 
 def wait_for(condition, timeout: float = 60.0, poll: float = 0.005) -> None:
@@ -73,6 +80,7 @@ def assert_converted_exactly_once(out: Path, baseline: Path) -> None:
     theirs = json.loads((baseline / "manifest.json").read_text())
     assert ours["counts"] == theirs["counts"]
     assert ours["complete"] and ours["shards"]["failed"] == []
+    assert ours["counts"]["errors_by_stage"].get("worker", 0) == 0
     assert not [p for p in out.rglob("*") if is_temp(p)]
     assert sorted(p.name for p in layout.results_dir.iterdir()) == sorted(
         json.loads(layout.done_file(s["id"]).read_text())["results"] for s in plan["shards"])
@@ -196,11 +204,12 @@ def test_a_worker_whose_lease_was_stolen_while_frozen_corrupts_nothing(grabcut_b
     assert_converted_exactly_once(out, grabcut_baseline)
 
 
-def test_a_shard_that_kills_its_worker_every_time_is_marked_failed(grabcut_baseline, tmp_path):
-    out = tmp_path / "out"
-    plan_into(out, settings(**GRABCUT))
+def _kill_three_workers_on_shard_0(out: Path, observed: bool) -> list[str]:
+    """Three workers in a row are SIGKILLed as soon as they hold shard 0 (before any progress);
+    with ``observed`` each death is recorded as a launcher that saw it records it. Returns the
+    ids of shard 0's items."""
     layout = JobLayout(out)
-    # Three workers in a row die (SIGKILL) as soon as they hold shard 0, before any progress.
+
     def holds_shard_0(p: subprocess.Popen) -> bool:
         info, _ = read_lease(layout.lease_file(0))
         return info is not None and info.pid == p.pid
@@ -210,21 +219,73 @@ def test_a_shard_that_kills_its_worker_every_time_is_marked_failed(grabcut_basel
         wait_for(lambda p=p: holds_shard_0(p))
         p.kill()
         p.wait()
+        if observed:
+            assert record_observed_deaths(out, local_process(p.pid), "test", "killed") != []
+    return [i.image_id for i in read_shard_items(layout.shard_file(0))]
+
+
+def test_an_image_its_workers_were_seen_dying_on_3_times_is_skipped_and_the_rest_merged(
+        grabcut_baseline, tmp_path):
+    out = tmp_path / "out"
+    plan_into(out, settings(**GRABCUT))
+    ids = _kill_three_workers_on_shard_0(out, observed=True)
     report = run_worker(out, wait_for_others=False)
-    assert report.shards_failed == [0] and report.shards_done == [1]
+    assert report.items_skipped == [ids[0]] and report.shards_done == [0, 1]
     st = job_status(out)
-    assert st["shards"]["failed"] == 1 and st["shards"]["done"] == 1
-    assert st["failed"][0]["attempts"] == 3 and st["failed"][0]["items_done"] == 0
-    assert "ended without releasing" in st["failed"][0]["last_reason"]
-    with pytest.raises(IncompleteJobError, match="failed repeatedly"):
-        merge(out)
-    partial = merge(out, allow_partial=True)
-    assert partial["shards"]["failed"] == [0] and not partial["complete"]
-    # Workers skip a failed shard until it is re-opened.
-    assert run_worker(out, wait_for_others=False).images == 0
+    assert st["complete"] and st["items_skipped"] == 1
+    assert st["deaths"] == {"observed": 3, "taken_over": 0}
+    assert [(f["shard"], f["item"], f["image_id"]) for f in st["skipped"]] == [(0, 0, ids[0])]
+    manifest = merge(out)  # everything else is merged; the skipped image is an error
+    assert manifest["complete"] and manifest["counts"]["errors_by_stage"] == {"worker": 1}
+    errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    assert [(e["image_id"], e["stage"]) for e in errors] == [(ids[0], "worker")]
+    # --retry-failed converts the shard again from its skipped image on (here its first).
     assert reset_failed(out) == [0]
-    assert run_worker(out, wait_for_others=False).shards_done == [0]
+    assert run_worker(out, wait_for_others=False).images == 4
     merge(out)
+    assert_converted_exactly_once(out, grabcut_baseline)
+
+
+def test_workers_killed_without_anyone_seeing_it_do_not_count_against_the_image(
+        grabcut_baseline, tmp_path):
+    """Deaths found only as stale leases (the whole job killed, cancelled, out of time) are not
+    the image's fault: three of them at the same image skip nothing."""
+    out = tmp_path / "out"
+    plan_into(out, settings(**GRABCUT))
+    _kill_three_workers_on_shard_0(out, observed=False)
+    report = run_worker(out, wait_for_others=False)
+    assert report.items_skipped == [] and sorted(report.shards_done) == [0, 1]
+    assert job_status(out)["deaths"]["taken_over"] == 3
+    merge(out)
+    assert_converted_exactly_once(out, grabcut_baseline)
+
+
+def test_a_convert_killed_whole_3_times_on_one_image_resumes_to_the_full_output(
+        grabcut_baseline, tmp_path):
+    """The process group of a 2-worker convert is SIGKILLed three times while a worker is on
+    the same image; a plain re-run then completes with exit 0 and the uninterrupted output."""
+    out = tmp_path / "out"
+    plan_into(out, settings(**GRABCUT))
+    layout = JobLayout(out)
+    slow = read_shard_items(layout.shard_file(0))[1].image_id
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FAULT_INJECT), str(ROOT)]),
+           "BOXMASK_TEST_SLOW_IMAGE": f"{slow}:120"}
+
+    def on_the_slow_image() -> bool:
+        info, _ = read_lease(layout.lease_file(0))
+        return (info is not None and valid_prefix(layout.attempt_file(0, info.token))[0] == 1
+                and pid_alive(info.pid))
+
+    for _ in range(3):
+        p = start_boxmask(*CONVERT_GRABCUT, "--workers", "2", "--output", str(out), env=env,
+                          start_new_session=True)
+        wait_for(on_the_slow_image, timeout=120, poll=0.05)
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    again = run_boxmask(*CONVERT_GRABCUT, "--workers", "2", "--output", str(out), timeout=300)
+    assert again.returncode == 0, again.stderr
+    deaths = job_status(out)["deaths"]
+    assert deaths["observed"] == 0 and deaths["taken_over"] >= 3, deaths
     assert_converted_exactly_once(out, grabcut_baseline)
 
 

@@ -71,3 +71,38 @@ def test_sigterm_stops_the_ray_workers_and_a_second_run_finishes_the_job(local_r
     images = sum(r["images"] for r in first["reports"] + second["reports"])
     assert images == 8  # nothing converted twice
     assert output_files(out) == output_files(single)
+
+
+def test_a_killed_ray_worker_process_is_replaced_and_its_death_observed(local_ray, tmp_path):
+    """SIGKILL of one actor's process while it holds a shard: the driver sees the actor die,
+    records the death as observed (it counts against that image, once), starts a replacement,
+    and the job completes with the output of a single process."""
+    grabcut = {"engine": "grabcut", "limit": 8, "shard_size": 2}
+    single = convert_once(tmp_path / "single", settings(**grabcut))
+    out = tmp_path / "ray"
+    plan_into(out, settings(**grabcut))
+    layout = JobLayout(out)
+    killed: list[int] = []
+
+    def kill_a_lease_holder() -> None:
+        from boxmask.jobs.lease import read_lease
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for path in layout.leases_dir.glob("*.lease"):
+                info, _ = read_lease(path)
+                if info is not None and info.worker_id.startswith("ray-"):
+                    os.kill(info.pid, signal.SIGKILL)
+                    killed.append(info.pid)
+                    return
+            time.sleep(0.01)
+
+    threading.Thread(target=kill_a_lease_holder, daemon=True).start()
+    result = submit_ray(out, 2, poll_s=0.1)
+    assert len(killed) == 1
+    assert result["manifest"]["complete"], result["reports"]
+    assert output_files(out) == output_files(single)
+    failures = [json.loads(p.read_text()) for p in layout.failures_dir.glob("*.observed.json")]
+    assert [f["pid"] for f in failures] == killed
+    assert failures[0]["observed_by"].startswith("ray driver")
+    assert result["status"]["deaths"]["observed"] == 1 and result["status"]["items_skipped"] == 0

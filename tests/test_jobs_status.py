@@ -1,4 +1,4 @@
-"""Status: what a user sees while a job runs, crashed, or has failed shards."""
+"""Status: what a user sees while a job runs, crashed, or had workers die on its images."""
 
 from __future__ import annotations
 
@@ -23,8 +23,7 @@ def settings() -> Settings:
 def test_a_fresh_plan_is_all_pending(tmp_path):
     plan_into(tmp_path, settings())
     st = job_status(tmp_path)
-    assert st["shards"] == {"total": 5, "done": 0, "leased": 0, "stale": 0, "failed": 0,
-                            "pending": 5}
+    assert st["shards"] == {"total": 5, "done": 0, "leased": 0, "stale": 0, "pending": 5}
     assert st["items"] == {"total": 50, "done": 0, "remaining": 50}
     assert st["boxes"]["total"] == 82
     assert st["rate_items_per_s"] is None and st["eta_s"] is None
@@ -39,14 +38,12 @@ def test_status_of_a_running_crashed_and_failing_job(tmp_path):
     held = try_acquire(layout.lease_file(2), "me", 600)
     # Shard 3: its worker process ended without releasing the lease.
     lease_taken_by_an_ended_process(layout.lease_file(3), "crashed")
-    # Shard 4: given up after repeated crashes at item 0.
+    # Shard 4: three deaths at item 0, one of them seen by a launcher.
     for token in ("a1", "a2", "a3"):
         record_failure(layout, 4, token, "w", "worker process 1 ended", 0)
-    layout.failed_file(4).write_text(json.dumps({"shard": 4, "items_done": 0, "attempts": [
-        {"reason": "worker process 1 ended"}] * 3, "next_items": ["x"]}))
+    record_failure(layout, 4, "a3", "w", "killed by SIGSEGV", 0, observed_by="launcher")
     st = job_status(tmp_path)
-    assert st["shards"] == {"total": 5, "done": 2, "leased": 1, "stale": 1, "failed": 1,
-                            "pending": 0}
+    assert st["shards"] == {"total": 5, "done": 2, "leased": 1, "stale": 1, "pending": 1}
     assert st["items"]["done"] == 20
     assert st["images"]["done_in_done_shards"] == 20
     assert st["boxes"]["done_in_done_shards"] == sum(
@@ -54,28 +51,27 @@ def test_status_of_a_running_crashed_and_failing_job(tmp_path):
     leases = {lease["shard"]: lease for lease in st["leases"]}
     assert leases[2]["worker"] == "me" and not leases[2]["stale"]
     assert leases[3]["stale"] and "ended without releasing" in leases[3]["stale_reason"]
-    assert st["failed"] == [{"shard": 4, "items_done": 0, "next_items": ["x"], "attempts": 3,
-                             "last_reason": "worker process 1 ended"}]
     assert st["failed_attempts"] == 3
+    assert st["deaths"] == {"observed": 1, "taken_over": 2}
+    assert st["items_skipped"] == 0 and st["skipped"] == []
     assert st["rate_items_per_s"] > 0
-    # ETA covers the items that workers can still do (not the failed shard's).
-    assert st["eta_s"] == round(20 / st["rate_items_per_s"], 1)
+    assert st["eta_s"] == round(30 / st["rate_items_per_s"], 1)
     held.release()
 
 
-def test_failed_shards_before_unfinished_ones(tmp_path):
-    """Failed shards 0 and 1, then a stale shard and pending ones: every shard is still counted."""
+def test_shards_an_earlier_version_marked_failed_are_pending_again(tmp_path):
+    from boxmask.jobs.deaths import reopen_legacy_failed
+
     plan_into(tmp_path, settings())
     layout = JobLayout(tmp_path)
+    layout.make_dirs()
     for shard in (0, 1):
         record_failure(layout, shard, f"t{shard}", "w", f"worker of shard {shard} ended", 0)
         layout.failed_file(shard).write_text(json.dumps({"shard": shard, "items_done": 0}))
-    lease_taken_by_an_ended_process(layout.lease_file(2), "crashed")
+    assert reopen_legacy_failed(tmp_path) == [0, 1]
     st = job_status(tmp_path)
-    assert st["shards"] == {"total": 5, "done": 0, "leased": 0, "stale": 1, "failed": 2,
-                            "pending": 2}
-    assert [(f["shard"], f["attempts"], f["last_reason"]) for f in st["failed"]] == [
-        (0, 1, "worker of shard 0 ended"), (1, 1, "worker of shard 1 ended")]
+    assert st["shards"] == {"total": 5, "done": 0, "leased": 0, "stale": 0, "pending": 5}
+    assert st["deaths"] == {"observed": 0, "taken_over": 2}
 
 
 def test_partial_results_count_as_done_items(tmp_path):

@@ -13,9 +13,11 @@
                                attempt (<token> = the attempt's lease token)
   state/done/000000.json       shard 0 finished: counts and checksums, names the results file
   state/failures/000000.<token>.json
-                               an attempt on shard 0 that ended abnormally (its worker died, hung
-                               past the lease timeout, or raised), with the position it reached
-  state/failed/000000.json     shard 0 given up after repeated failures at the same position
+                               an attempt on shard 0 that ended abnormally (its lease was taken
+                               over: its worker died or hung), with the position it reached;
+                               <token>.observed.json when a live process saw the worker die
+  state/failed/000000.json     written by earlier versions only (a shard given up as a whole);
+                               re-opened by the next run
   state/merge.lease            held while a process merges
   logs/                        cluster job logs
   <format>/...                 per-image outputs of each format, then its index files after merge
@@ -139,6 +141,10 @@ class JobLayout:
 
     def failure_file(self, shard_id: int, token: str) -> Path:
         return self.failures_dir / f"{self.shard_name(shard_id)}.{token}.json"
+
+    def observed_failure_file(self, shard_id: int, token: str) -> Path:
+        """The record of an attempt whose worker a live process saw die (``jobs.deaths``)."""
+        return self.failures_dir / f"{self.shard_name(shard_id)}.{token}.observed.json"
 
     def failure_files(self, shard_id: int) -> list[Path]:
         return sorted(self.failures_dir.glob(f"{self.shard_name(shard_id)}.*.json"))

@@ -7,6 +7,10 @@ mtime is renewed by a heartbeat thread, and it is removed on release. A lease is
 heartbeat is older than the timeout, or at once when it was taken on this host (same hostname and
 pid namespace) by a process that no longer exists (a killed local worker).
 
+Lease ages are measured by the clock that stamps the lease files' mtimes: on NFS or Lustre the
+file server's, not this host's (``fs_now``), so hosts whose clocks disagree still agree on which
+lease is stale. The heartbeat sets the mtime to "now" on the server (``utime`` without times).
+
 A stale lease is taken over by renaming it to a unique tombstone (one winner) and creating a fresh
 one. The winner checks that what it moved is the lease it judged stale (same token, same
 heartbeat); a lease renewed in between is put back. Release renames the lease away first and
@@ -131,6 +135,38 @@ def owner_is_gone(info: LeaseInfo) -> bool:
     return info.pid_start is not None and start != info.pid_start
 
 
+FS_CLOCK_REFRESH_S = 30.0
+"""How often ``fs_now`` measures the filesystem clock's offset again."""
+_fs_offsets: dict[str, tuple[float, float]] = {}
+
+
+def fs_now(folder: Path) -> float:
+    """The current time by the clock that stamps mtimes in ``folder`` (seconds since the epoch).
+
+    This host's ``time.time()`` corrected by the offset to the filesystem's clock, measured by
+    stamping a probe file with the current time (``utime`` without times: the server's time on
+    NFS) and re-measured every ``FS_CLOCK_REFRESH_S`` seconds. Where the probe cannot be written
+    (a read-only folder) the offset is taken as 0.
+    """
+    key = str(folder)
+    cached = _fs_offsets.get(key)
+    mono = time.monotonic()
+    if cached is None or mono - cached[1] > FS_CLOCK_REFRESH_S:
+        probe = Path(folder) / f".clock-{socket.gethostname()}-{os.getpid()}"
+        offset = cached[0] if cached else 0.0
+        try:
+            before = time.time()
+            probe.touch()
+            os.utime(probe)
+            after = time.time()
+            offset = probe.stat().st_mtime - (before + after) / 2
+            probe.unlink()
+        except OSError:
+            pass
+        _fs_offsets[key] = cached = (offset, mono)
+    return time.time() + cached[0]
+
+
 def stale_reason(info: LeaseInfo | None, mtime: float | None, timeout_s: float,
                  now: float | None = None) -> str | None:
     """Why the lease is stale (a sentence), or None when it is live or absent."""
@@ -245,7 +281,7 @@ def try_acquire(path: Path, worker_id: str, timeout_s: float = DEFAULT_TIMEOUT_S
     if _create(path, info):
         return Lease(path, info)
     old, mtime = read_lease(path)
-    reason = stale_reason(old, mtime, timeout_s)
+    reason = stale_reason(old, mtime, timeout_s, fs_now(path.parent))
     if reason is None:
         return None
     undo = on_stale(old, mtime, reason) if on_stale is not None else None

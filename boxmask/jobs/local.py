@@ -3,8 +3,12 @@ share the cores. Each worker is a ``boxmask work`` subprocess, exactly what a cl
 
 A worker killed by a signal (SIGKILL from the out-of-memory killer, a crash) while work is left
 is replaced, up to ``max_restarts`` times in all; its shard is taken over at once by the next
-claim (a lease of a process that ended on this host is stale immediately). A worker that exits
-with an error (exit code 1: disk full, a plan mismatch) is not restarted: it would fail again.
+claim (a lease of a process that ended on this host is stale immediately). Such a death, seen
+by this live launcher while it was not stopping, is recorded as *observed*: it counts against
+the image the worker was on (``boxmask.jobs.deaths``). When the launcher dies with its workers
+(the whole process group killed) nobody observes anything, and nothing counts. A worker that
+exits with an error (exit code 1: disk full, a plan mismatch) is not restarted: it would fail
+again.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .deaths import local_process, record_observed_deaths
 from .progress import Progress
 from .status import job_status
 
@@ -41,6 +46,20 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(n)]
 
 
+def uses_network(out_dir: str | Path) -> bool:
+    """Whether the job's engine or inside-point policy runs a network (and so wants GPUs);
+    True when there is no plan to tell. Deciding it from the plan spares the GrabCut and box
+    engines the import of torch."""
+    from ..engines import NETWORK_ENGINES
+    from .plan import load_plan, plan_settings
+
+    plan = load_plan(out_dir)
+    if plan is None:
+        return True
+    settings = plan_settings(plan)
+    return settings.engine in NETWORK_ENGINES or settings.inside_point in ("u2net", "stage1")
+
+
 def worker_commands(out_dir: str | Path, n: int, *, device: str | None = None,
                     lease_timeout_s: float | None = None,
                     extra_args: list[str] | None = None) -> list[tuple[list[str], dict[str, str]]]:
@@ -49,7 +68,7 @@ def worker_commands(out_dir: str | Path, n: int, *, device: str | None = None,
     GPUs: worker i sees only GPU ``i % n_gpus`` (``CUDA_VISIBLE_DEVICES``), several workers per
     GPU when ``n`` exceeds the GPUs. CPU: each worker gets ``cores // n`` threads (at least 1).
     """
-    gpus = visible_gpus() if device in (None, "auto", "cuda") else []
+    gpus = visible_gpus() if device in (None, "auto", "cuda") and uses_network(out_dir) else []
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     commands = []
     for i in range(n):
@@ -95,12 +114,21 @@ def run_local_workers(out_dir: str | Path, n: int, *, progress: bool = True,
                 p.send_signal(signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    seen_dead: set[int] = set()
     try:
         while True:
             for i, p in enumerate(procs):
                 code = p.poll()
-                if code is None or code >= 0 or stopping or restarts_left <= 0:
+                if code is None or code >= 0 or stopping:
                     continue  # running, ended by itself, or we are stopping
+                if p.pid not in seen_dead:
+                    seen_dead.add(p.pid)
+                    record_observed_deaths(
+                        out_dir, local_process(p.pid), f"launcher pid {os.getpid()}",
+                        f"worker process {p.pid} killed by {_signal_name(-code)} while the "
+                        "other workers ran")
+                if restarts_left <= 0:
+                    continue
                 st = job_status(out_dir)
                 if st["complete"] or not st["shards"]["pending"] + st["shards"]["stale"]:
                     continue
@@ -109,7 +137,7 @@ def run_local_workers(out_dir: str | Path, n: int, *, progress: bool = True,
                 procs[i] = subprocess.Popen(commands[i][0], env=commands[i][1])
             if all(p.poll() is not None for p in procs):
                 break
-            time.sleep(poll_s)
+            _wait_for_an_exit(procs, poll_s)
             st = job_status(out_dir)
             bar.set_counts(st["items"]["done"], st["masks_in_done_shards"],
                            st["errors_in_done_shards"], st["boxes"]["done_in_done_shards"])
@@ -118,3 +146,20 @@ def run_local_workers(out_dir: str | Path, n: int, *, progress: bool = True,
             signal.signal(s, h)
         bar.close()
     return [p.returncode for p in procs]
+
+
+def _wait_for_an_exit(procs: list[subprocess.Popen], timeout_s: float) -> None:
+    """Sleep ``timeout_s`` seconds, or less when one of the running ``procs`` ends."""
+    running = [p for p in procs if p.poll() is None]
+    end = time.monotonic() + timeout_s
+    while running and time.monotonic() < end:
+        if any(p.poll() is not None for p in running):
+            return
+        time.sleep(0.05)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

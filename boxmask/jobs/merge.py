@@ -36,7 +36,7 @@ from ..records import ImageResult
 from ..writers import ResultsFactory, create_writer
 from ..writers.sidecar import SidecarWriter
 from .layout import JobLayout
-from .lease import DEFAULT_TIMEOUT_S, holding, pid_alive, read_lease, stale_reason
+from .lease import DEFAULT_TIMEOUT_S, fs_now, holding, pid_alive, read_lease, stale_reason
 from .plan import load_plan, plan_settings
 from .worker import NoPlanError, read_failed, scan_done_results
 
@@ -82,9 +82,9 @@ def verified_results_file(layout: JobLayout, plan: dict[str, Any], shard: dict[s
                           verify_files: bool = False) -> Path | None:
     """The results file of a done shard if it matches its marker; else None.
 
-    A marker that does not match is removed and its results file renamed to ``*.damaged`` (kept
-    for inspection, never resumed from), so that the shard is converted again from scratch,
-    rewriting its per-image files.
+    A marker that does not match is set aside (renamed to ``*.damaged``) with its results file
+    (kept for inspection, never resumed from: a damaged file cannot show which of its lines are
+    intact), so that the shard alone is converted again, rewriting its per-image files.
     """
     marker = done_marker(layout, shard["id"])
     if marker is None:
@@ -93,11 +93,13 @@ def verified_results_file(layout: JobLayout, plan: dict[str, Any], shard: dict[s
     path = layout.results_dir / marker["results"]
     if problem is None:
         return path
-    log.error("shard %d: done marker discarded, %s; the shard will be converted again",
+    log.error("shard %d: done marker set aside, %s; the shard will be converted again",
               shard["id"], problem)
     with contextlib.suppress(FileNotFoundError):
         os.replace(path, path.with_name(path.name + ".damaged"))
-    layout.done_file(shard["id"]).unlink(missing_ok=True)
+    done = layout.done_file(shard["id"])
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(done, done.with_name(done.name + ".damaged"))
     return None
 
 
@@ -171,7 +173,7 @@ def _live_leases(layout: JobLayout, plan: dict[str, Any], timeout_s: float) -> b
         info, mtime = read_lease(path)
         if mtime is None:
             continue
-        if stale_reason(info, mtime, timeout_s) is None:
+        if stale_reason(info, mtime, timeout_s, fs_now(path.parent)) is None:
             live = True
         else:
             path.unlink(missing_ok=True)

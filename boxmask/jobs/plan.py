@@ -163,6 +163,38 @@ def check_version(plan: dict[str, Any]) -> None:
             "to discard it and start over.")
 
 
+def input_fingerprint(settings: Settings) -> dict[str, Any] | None:
+    """Size and mtime of the input when it is one file (a COCO JSON, a CSV), else None (a
+    folder of annotations is not fingerprinted)."""
+    path = Path(settings.input)
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    if not path.is_file():
+        return None
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def check_input(plan: dict[str, Any]) -> None:
+    """Raise ``PlanMismatchError`` when the plan's input file changed since it was planned (its
+    shards no longer describe it). An input this host cannot see (a worker node without the
+    annotations) is not checked: workers need only the shards."""
+    planned = plan.get("input")
+    if not planned:
+        return
+    try:
+        st = Path(planned["path"]).stat()
+    except OSError:
+        return
+    if (st.st_size, st.st_mtime_ns) != (planned["size"], planned["mtime_ns"]):
+        raise PlanMismatchError(
+            f"the input {planned['path']} changed after it was planned (size "
+            f"{planned['size']} -> {st.st_size} bytes, modified "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(st.st_mtime))}): the planned "
+            "shards no longer describe it. Restore it, or use --force to plan it again.")
+
+
 def check_contract(plan: dict[str, Any], requested: dict[str, Any]) -> None:
     """Raise ``PlanMismatchError`` listing the differences when ``requested`` != the plan (or
     the plan was made by another boxmask version)."""
@@ -356,6 +388,7 @@ def make_plan(settings: Settings, out_dir: str | Path,
         if d.exists():
             shutil.rmtree(d)
     layout.make_dirs()
+    fingerprint = input_fingerprint(settings)
     reader = open_reader(settings.source, settings.input, settings.images_root,
                          labels_file=settings.labels_file, **settings.reader_options)
     started = time.time()
@@ -375,6 +408,9 @@ def make_plan(settings: Settings, out_dir: str | Path,
     finally:
         sink.finish()
 
+    if input_fingerprint(settings) != fingerprint:
+        raise PlanMismatchError(f"the input {settings.input} changed while it was being "
+                                "planned; plan again once it is complete")
     keys = ("items", "images", "boxes", "read_errors")
     totals = {k: sum(s[k] for s in sink.shards) for k in keys}
     labels.save(layout.labels)
@@ -386,6 +422,7 @@ def make_plan(settings: Settings, out_dir: str | Path,
         "planning_seconds": round(time.time() - started, 3),
         "contract": contract(settings, engine_description),
         "reader": reader.describe(),
+        "input": fingerprint,
         "totals": {**totals, "shards": len(sink.shards)},
         "shards": sink.shards,
     }
@@ -412,6 +449,7 @@ def open_plan(settings: Settings, out_dir: str | Path, engine_description: dict[
     plan = load_plan(out_dir)
     if plan is not None and not force:
         check_contract(plan, requested)
+        check_input(plan)
         return plan
     seen = plan.get("plan_id") if plan is not None else None
     layout = JobLayout(out_dir)
@@ -425,5 +463,6 @@ def open_plan(settings: Settings, out_dir: str | Path, engine_description: dict[
             plan = None
         if plan is not None:  # planned by another launcher while we waited for the lock
             check_contract(plan, requested)
+            check_input(plan)
             return plan
         return make_plan(settings, out_dir, engine_description)

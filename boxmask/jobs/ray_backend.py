@@ -11,7 +11,8 @@ threads.
 Stopping: SIGINT/SIGTERM to the driver asks every actor to stop after its current batch (their
 shards resume later). An actor that dies (node lost, out of memory) is replaced while work is
 left; its shard is taken over when its lease goes stale (at once on the same node, after the
-lease timeout on another).
+lease timeout on another). The driver saw that death happen while the job ran on, so it is
+recorded as *observed* and counts against the image the actor was on (``boxmask.jobs.deaths``).
 
 ``ray`` is an optional dependency: ``pip install 'boxmask[ray]'``.
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..exitcodes import worker_exit
+from .deaths import record_observed_deaths
 from .lease import DEFAULT_TIMEOUT_S
 from .status import job_status
 from .worker import StopRequested, run_worker
@@ -66,7 +68,7 @@ class RayWorker:
             overrides["device"] = "cuda"
         threads = options.pop("threads", None)
         if threads:
-            from ..device import set_threads
+            from ..threads import set_threads
 
             set_threads(int(threads))
         report = run_worker(self.out_dir, worker_id=self.worker_id, stop=self.stop_requested,
@@ -119,14 +121,18 @@ def run_ray_workers(out_dir: str | Path, workers: int, *, address: str | None = 
     restarts_left = 2 * workers if max_restarts is None else max_restarts
     started = 0
     running: dict[Any, Any] = {}  # run() ref -> actor
+    worker_ids: dict[Any, str] = {}  # run() ref -> the actor's worker id
     reports: list[dict[str, Any]] = []
     stopping = threading.Event()
 
     def start_one() -> None:
         nonlocal started
-        actor = actor_cls.remote(out_dir, f"{tag}-{started}", options)
+        worker_id = f"{tag}-{started}"
+        actor = actor_cls.remote(out_dir, worker_id, options)
         started += 1
-        running[actor.run.remote()] = actor
+        ref = actor.run.remote()
+        running[ref] = actor
+        worker_ids[ref] = worker_id
 
     def request_stop(signum: int, frame: Any) -> None:
         log.warning("stopping the Ray workers after their current batch")
@@ -148,6 +154,11 @@ def run_ray_workers(out_dir: str | Path, workers: int, *, address: str | None = 
                     report = ray.get(ref)
                 except ray.exceptions.RayActorError as e:
                     log.error("a Ray worker died: %s", e)
+                    if not stopping.is_set():
+                        dead_id = worker_ids.get(ref)
+                        record_observed_deaths(
+                            out_dir, lambda owner, w=dead_id: owner.get("worker_id") == w,
+                            f"ray driver {tag}", f"Ray actor {dead_id} died while the job ran")
                     if (not stopping.is_set() and restarts_left > 0
                             and not job_status(out_dir, lease_timeout_s)["complete"]):
                         restarts_left -= 1

@@ -1,6 +1,7 @@
-"""Status of a conversion: shards done / leased / stale / failed / pending, progress, rate, ETA.
+"""Status of a conversion: shards done / leased / stale / pending, progress, rate, ETA, worker
+deaths and skipped items.
 
-Reads only the plan, done and failed markers, failure records, lease files and the partial
+Reads only the plan, done markers, failure records, lease files and the partial
 results of unfinished shards; safe to run while workers are running, from any machine that sees
 the output directory.
 """
@@ -11,11 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .deaths import read_all_failures, skipped_items
 from .layout import JobLayout
-from .lease import DEFAULT_TIMEOUT_S, read_lease, stale_reason
+from .lease import DEFAULT_TIMEOUT_S, fs_now, read_lease, stale_reason
 from .merge import done_marker
 from .plan import load_plan
-from .worker import NoPlanError, read_failed, read_failures, valid_prefix
+from .worker import NoPlanError, valid_prefix
 
 
 def busy_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -34,27 +36,35 @@ def job_status(out_dir: str | Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) 
     """A JSON-able snapshot of the job's progress.
 
     ``shards``: total, done, leased (live lease), stale (lease whose worker died or hung; the next
-    worker takes it over), failed (given up, see ``failed``), pending. ``items`` / ``images`` /
+    worker takes it over), pending. ``items`` / ``images`` /
     ``boxes``: done counts (items = images + read errors; partial shards count their valid
     results lines). ``rate_items_per_s``: items of done shards per second of busy time (the union
     of the shards' working intervals, so pauses between runs do not count); ``eta_s`` = remaining
-    items / rate. ``failed_attempts``: recorded failed attempts (crashed or hung workers).
+    items / rate. ``failed_attempts``: attempts that ended abnormally (dead or hung workers);
+    ``deaths``: those of them ``observed`` (a live process saw the worker die: they count against
+    the item, see ``boxmask.jobs.deaths``) and ``taken_over`` (found stale, e.g. the whole job was
+    killed: they do not count). ``skipped``: items skipped in done shards after repeated deaths
+    (``{"shard", "item", "image_id", "reason"}``; ``--retry-failed`` converts them again).
     """
     layout = JobLayout(out_dir)
     plan = load_plan(out_dir)
     if plan is None:
         raise NoPlanError(f"{out_dir} has no plan.json")
-    now = time.time()
-    counts = {"done": 0, "leased": 0, "stale": 0, "failed": 0, "pending": 0}
-    items_done = images_done = boxes_done = masks = errors = failed_attempts = 0
+    now = fs_now(layout.leases_dir) if layout.leases_dir.is_dir() else time.time()
+    counts = {"done": 0, "leased": 0, "stale": 0, "pending": 0}
+    items_done = images_done = boxes_done = masks = errors = skipped = 0
     leases: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
     intervals: list[tuple[float, float]] = []
     rate_items = 0
     attempts = layout.all_attempt_files()
-    if layout.failures_dir.is_dir():
-        failed_attempts = sum(1 for p in layout.failures_dir.iterdir() if p.suffix == ".json"
-                              and not p.name.startswith("."))
+    observed: set[tuple[int, str]] = set()
+    dead: set[tuple[int, str]] = set()
+    for sid, records in read_all_failures(layout).items():
+        for r in records:
+            key = (sid, str(r.get("attempt")))
+            dead.add(key)
+            if r.get("observed"):
+                observed.add(key)
     for shard in plan["shards"]:
         sid = shard["id"]
         marker = done_marker(layout, sid)
@@ -65,21 +75,13 @@ def job_status(out_dir: str | Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) 
             boxes_done += marker.get("boxes", 0)
             masks += marker.get("masks", 0)
             errors += marker.get("errors", 0)
+            skipped += marker.get("skipped", 0)
             if "started" in marker and "finished" in marker:
                 intervals.append((marker["started"], marker["finished"]))
                 rate_items += marker["items"]
             continue
         partial = max((valid_prefix(p)[0] for p in attempts.get(sid, [])), default=0)
         items_done += partial
-        failed_marker = read_failed(layout, sid)
-        if failed_marker is not None:
-            counts["failed"] += 1
-            failures = failed_marker.get("attempts") or read_failures(layout, sid)
-            failed.append({"shard": sid, "items_done": failed_marker.get("items_done"),
-                           "next_items": failed_marker.get("next_items", []),
-                           "attempts": len(failures),
-                           "last_reason": failures[-1].get("reason") if failures else None})
-            continue
         info, mtime = read_lease(layout.lease_file(sid))
         if mtime is None:
             counts["pending"] += 1
@@ -94,12 +96,10 @@ def job_status(out_dir: str | Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) 
     busy = busy_seconds(intervals)
     rate = rate_items / busy if busy > 0 else None
     remaining = totals["items"] - items_done
-    workable = remaining - sum(plan["shards"][f["shard"]]["items"] - (f["items_done"] or 0)
-                               for f in failed)
-    if workable <= 0:
+    if remaining <= 0:
         eta: float | None = 0
     else:
-        eta = round(workable / rate, 1) if rate else None
+        eta = round(remaining / rate, 1) if rate else None
     return {
         "output": str(Path(out_dir)),
         "shards": {"total": len(plan["shards"]), **counts},
@@ -109,11 +109,13 @@ def job_status(out_dir: str | Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) 
         "boxes_planned": totals["boxes"],
         "masks_in_done_shards": masks,
         "errors_in_done_shards": errors,
-        "failed_attempts": failed_attempts,
+        "failed_attempts": len(dead),
+        "deaths": {"observed": len(observed), "taken_over": len(dead - observed)},
+        "items_skipped": skipped,
+        "skipped": skipped_items(out_dir) if skipped else [],
         "rate_items_per_s": round(rate, 3) if rate else None,
         "eta_s": eta,
         "leases": leases,
-        "failed": failed,
         "complete": counts["done"] == len(plan["shards"]),
         "merged": layout.manifest.exists(),
     }

@@ -3,9 +3,11 @@
 Each step turns failures into error records on the image's ``ImageResult`` so that one bad image
 or box never stops the rest of the dataset:
 
-* ``load``: decode the image (stage ``decode``), map every box into the decoded image's pixels and
-  validate it (stage ``box``). When the annotation's declared size differs from the decoded image
-  (e.g. ImageNet JPEGs resized after annotation), boxes are rescaled and a warning is kept.
+* ``load``: decode the image (stage ``decode``; when the whole images root is gone it raises
+  ``ImagesRootMissing`` instead, so that a lost mount stops the job), map every box into the
+  decoded image's pixels and validate it (stage ``box``). When the annotation's declared size
+  differs from the decoded image (e.g. ImageNet JPEGs resized after annotation), boxes are
+  rescaled and a warning is kept.
 * ``segment``: run the inside-point policy and the engine on a batch of loaded images (stage
   ``engine``; a failing batch is retried image by image so one bad image does not sink the batch).
 * ``finish``: encode masks as RLE, compute quality metrics, write per-image files (stage ``write``).
@@ -32,6 +34,10 @@ from ..writers.base import Writer
 from .plan import Settings
 
 log = logging.getLogger(__name__)
+
+
+class ImagesRootMissing(OSError):
+    """The images root disappeared while the job ran: a fatal error, never an image's error."""
 
 
 @dataclass
@@ -103,6 +109,9 @@ def load(record: ImageRecord, images_root: Path, settings: Settings) -> LoadedIm
         decoded = decode_image(path, max_pixels=settings.max_pixels, exif=settings.exif,
                                declared_size=declared)
     except ImageDecodeError as e:
+        if not images_root.is_dir():  # not this image: the whole images root is gone
+            raise ImagesRootMissing(f"the images root {images_root} is gone (unmounted, moved "
+                                    "or deleted?); stopping: mount it again and resume") from e
         result.errors.append(ErrorRecord("decode", str(e), record.image_id, None,
                                          record.image_path))
         return loaded

@@ -6,9 +6,10 @@ Durability rules, in the order a worker applies them:
   another boxmask version or with other engine settings refuses to start.
 * A shard is claimed with a lease (``boxmask.jobs.lease``); a heartbeat keeps it. A shard whose
   lease went stale (its worker died or hung) is taken over, and the abandoned attempt is recorded
-  as a failure at the position it reached. After ``max_attempts`` failures at the same position
-  (a worker crashes on the same images again and again) the shard is marked failed instead of
-  being tried again: ``status`` and ``merge`` report it, ``reset_failed`` re-opens it.
+  with the position it reached. Deaths a live process saw (``boxmask.jobs.deaths``) count
+  against the item at that position; after ``max_attempts`` of them (or 10 deaths of any kind)
+  that one item is skipped: its result line carries an error of stage ``worker`` and the shard
+  goes on. A stop of the whole job (all workers killed, cancelled, timed out) counts for nothing.
 * Each lease attempt writes its own results file ``state/results/<shard>.<token>.jsonl``, one line
   per input item, in item order, flushed after every line. It starts as an atomic copy of the
   longest valid prefix among earlier attempts (complete JSON lines of the right images whose
@@ -30,7 +31,7 @@ Durability rules, in the order a worker applies them:
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import itertools
 import json
 import logging
 import os
@@ -45,16 +46,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_open, atomic_write_text
+from ..atomic import atomic_open
 from ..engines import create_engine, engine_class
 from ..engines.base import Engine
-from ..hashing import sha256_file
 from ..labels import LabelMap
 from ..points import InsidePointPolicy, create_policy
 from ..records import ErrorRecord, ImageRecord, ImageResult
 from ..software import software_versions
 from ..writers import create_writer
-from . import steps
+from . import deaths, steps
+from .deaths import read_failures, record_failure, reopen_legacy_failed  # noqa: F401
 from .layout import JobLayout
 from .lease import (
     DEFAULT_TIMEOUT_S,
@@ -67,6 +68,7 @@ from .lease import (
 )
 from .plan import (
     PlanMismatchError,
+    check_input,
     check_version,
     describe_differences,
     load_plan,
@@ -74,11 +76,12 @@ from .plan import (
     read_shard_items,
     runtime_engine_options,
 )
+from .results import item_id, scan_done_results, valid_prefix  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_ATTEMPTS = 3
-"""Failed attempts at the same position after which a shard is marked failed."""
+DEFAULT_MAX_ATTEMPTS = deaths.DEFAULT_MAX_OBSERVED
+"""Observed worker deaths at the same item after which the item is skipped."""
 
 DEFAULT_BATCH_PIXELS = 50_000_000
 """A batch of decoded images handed to the engine stops growing past this many pixels."""
@@ -92,8 +95,8 @@ class NoPlanError(RuntimeError):
 class WorkerReport:
     worker_id: str
     shards_done: list[int] = field(default_factory=list)
-    shards_failed: list[int] = field(default_factory=list)
-    """Shards this worker marked failed (too many failed attempts at the same position)."""
+    items_skipped: list[str] = field(default_factory=list)
+    """Image ids this worker skipped: their workers kept dying on them (``jobs.deaths``)."""
     shards_lost: list[int] = field(default_factory=list)
     """Shards whose lease this worker lost to another worker (their work is not lost)."""
     images: int = 0
@@ -110,71 +113,6 @@ class WorkerReport:
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-# -- results files ----------------------------------------------------------------------------
-
-def item_id(item: ImageRecord | ErrorRecord) -> str:
-    """The image id a result line of ``item`` carries (``""`` for an error without one)."""
-    return item.image_id if isinstance(item, ImageRecord) else (item.image_id or "")
-
-
-def valid_prefix(path: Path, expected_ids: list[str] | None = None,
-                 root: Path | None = None) -> tuple[int, int]:
-    """``(lines, bytes)`` of the longest valid prefix of a results file, read streaming.
-
-    A line is valid when it ends with a newline, parses as JSON, carries the expected image id
-    (line ``i`` <-> ``expected_ids[i]``, when given) and, with ``root``, every per-image file it
-    lists exists under ``root``. A torn last line (killed mid-write), garbage after a crash or a
-    line for the wrong image ends the prefix. A missing file has an empty prefix.
-    """
-    n = nbytes = 0
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return 0, 0
-    with f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                d = json.loads(raw)
-            except ValueError:
-                break
-            if not isinstance(d, dict) or not isinstance(d.get("record"), dict):
-                break
-            if expected_ids is not None and (n >= len(expected_ids)
-                                             or d["record"].get("image_id") != expected_ids[n]):
-                break
-            if root is not None and not all((root / rel).is_file() for rel in d.get("files", [])):
-                break
-            n += 1
-            nbytes += len(raw)
-    return n, nbytes
-
-
-def scan_done_results(path: Path, root: Path) -> dict[str, Any]:
-    """Counts and checksums of a complete results file, in one streaming pass: ``items``,
-    ``images``, ``boxes``, ``masks``, ``errors``, ``warnings``, ``results_sha256``, ``files``
-    (per-image files listed) and ``files_sha256`` (sha256 over ``path\\tsha256\\n`` of each of
-    them, in order). Raises ``FileNotFoundError`` when a listed file is missing."""
-    counts = dict.fromkeys(("items", "images", "boxes", "masks", "errors", "warnings", "files"), 0)
-    results_hash, files_hash = hashlib.sha256(), hashlib.sha256()
-    with open(path, "rb") as f:
-        for raw in f:
-            results_hash.update(raw)
-            d = json.loads(raw)
-            counts["items"] += 1
-            counts["images"] += 1 if d["record"].get("image_path") else 0
-            counts["boxes"] += len(d["record"].get("boxes", []))
-            counts["masks"] += len(d.get("masks", []))
-            counts["errors"] += len(d.get("errors", []))
-            counts["warnings"] += len(d.get("warnings", []))
-            for rel in d.get("files", []):
-                counts["files"] += 1
-                files_hash.update(f"{rel}\t{sha256_file(root / rel)}\n".encode())
-    return {**counts, "results_sha256": results_hash.hexdigest(),
-            "files_sha256": files_hash.hexdigest()}
 
 
 def check_policy(plan: dict[str, Any], policy: InsidePointPolicy) -> None:
@@ -200,24 +138,8 @@ def check_engine(plan: dict[str, Any], engine: Engine) -> None:
 
 # -- failures -----------------------------------------------------------------------------------
 
-def record_failure(layout: JobLayout, shard_id: int, token: str, worker: str, reason: str,
-                   items_done: int, host: str | None = None, pid: int | None = None) -> None:
-    """Record that the attempt ``token`` on a shard ended abnormally after ``items_done`` items."""
-    record = {"shard": shard_id, "attempt": token, "worker": worker, "host": host, "pid": pid,
-              "reason": reason, "items_done": items_done, "recorded": time.time()}
-    atomic_write_text(layout.failure_file(shard_id, token), json.dumps(record))
-
-
-def read_failures(layout: JobLayout, shard_id: int) -> list[dict[str, Any]]:
-    out = []
-    for p in layout.failure_files(shard_id):
-        with contextlib.suppress(OSError, ValueError):
-            out.append(json.loads(p.read_text(encoding="utf-8")))
-    return out
-
-
 def read_failed(layout: JobLayout, shard_id: int) -> dict[str, Any] | None:
-    """The failed marker of a shard, or None."""
+    """The whole-shard failed marker an earlier version wrote, or None."""
     try:
         return json.loads(layout.failed_file(shard_id).read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
@@ -225,24 +147,11 @@ def read_failed(layout: JobLayout, shard_id: int) -> dict[str, Any] | None:
 
 
 def reset_failed(out_dir: str | Path, shard_ids: list[int] | None = None) -> list[int]:
-    """Re-open failed shards (all, or ``shard_ids``): remove their failed markers and failure
-    records so that workers try them again. Returns the shards re-opened."""
-    layout = JobLayout(out_dir)
-    plan = load_plan(out_dir)
-    if plan is None:
+    """Convert skipped items again (``deaths.retry_skipped``); returns the shards re-opened.
+    ``shard_ids`` is accepted for compatibility and ignored."""
+    if load_plan(out_dir) is None:
         raise NoPlanError(f"{out_dir} has no plan.json")
-    wanted = None if shard_ids is None else set(shard_ids)
-    reopened = []
-    for shard in plan["shards"]:
-        sid = shard["id"]
-        if wanted is not None and sid not in wanted:
-            continue
-        if layout.failed_file(sid).exists():
-            reopened.append(sid)
-        layout.failed_file(sid).unlink(missing_ok=True)
-        for p in layout.failure_files(sid):
-            p.unlink(missing_ok=True)
-    return reopened
+    return deaths.retry_skipped(out_dir)
 
 
 # -- stopping -----------------------------------------------------------------------------------
@@ -301,6 +210,7 @@ class Worker:
             raise NoPlanError(f"{out_dir} has no plan.json: run `boxmask plan` or "
                               "`boxmask convert` first")
         check_version(plan)
+        check_input(plan)
         self.plan = plan
         self._plan_stat = _stat_key(self.layout.plan)
         self.settings = plan_settings(plan)
@@ -357,13 +267,13 @@ class Worker:
     def _is_finished(self, shard_id: int) -> bool:
         if shard_id in self._finished:
             return True
-        if self.layout.done_file(shard_id).exists() or self.layout.failed_file(shard_id).exists():
+        if readable_done_marker(self.layout, shard_id):
             self._finished.add(shard_id)
             return True
         return False
 
     def claim_next(self, report: WorkerReport | None = None) -> tuple[int, Lease] | None:
-        """Lease the first shard that is not done, not failed and not held by a live worker."""
+        """Lease the first shard that is not done and not held by a live worker."""
         for shard in self.plan["shards"]:
             sid = shard["id"]
             if self._is_finished(sid):
@@ -375,9 +285,6 @@ class Worker:
                 continue
             self._finished.discard(sid)
             if self._is_finished(sid):  # finished between our check and the lease
-                lease.release()
-                continue
-            if self._give_up(sid, shard, report):
                 lease.release()
                 continue
             return sid, lease
@@ -405,32 +312,11 @@ class Worker:
                        pid=old.pid if old else None)
         return lambda: self.layout.failure_file(sid, token).unlink(missing_ok=True)
 
-    def _give_up(self, sid: int, shard: dict[str, Any], report: WorkerReport | None) -> bool:
-        """Mark the shard failed (and return True) once ``max_attempts`` recorded failures are at
-        the position the shard has reached (its workers died there again and again)."""
+    def _skip_reason(self, sid: int, position: int) -> str | None:
+        """Why the item at ``position`` of shard ``sid`` is to be skipped, or None."""
         if not self.layout.failure_files(sid):
-            return False
-        position = self._best_prefix(sid)
-        here = [f for f in read_failures(self.layout, sid) if f.get("items_done") == position]
-        if len(here) < self.max_attempts:
-            return False
-        items = read_shard_items(self.layout.shard_file(sid), shard.get("sha256"))
-        marker = {
-            "shard": sid,
-            "plan_id": self.plan.get("plan_id"),
-            "items_done": position,
-            "next_items": [item_id(i) for i in items[position:position + 5]],
-            "attempts": here,
-            "marked_by": self.worker_id,
-            "marked": time.time(),
-        }
-        atomic_write_text(self.layout.failed_file(sid), json.dumps(marker, indent=1))
-        self._finished.add(sid)
-        log.error("shard %d failed %d times at item %d (next: %s); marked failed", sid,
-                  len(here), position, ", ".join(marker["next_items"]) or "-")
-        if report is not None:
-            report.shards_failed.append(sid)
-        return True
+            return None
+        return deaths.skip_reason(read_failures(self.layout, sid), position, self.max_attempts)
 
     def _others_active(self) -> bool:
         for shard in self.plan["shards"]:
@@ -456,7 +342,7 @@ class Worker:
                 claimed = self.claim_next(report)
                 if claimed is None:
                     if self.wait_for_others and self._others_active():
-                        self.stop.event.wait(min(self.heartbeat_s, 0.5))
+                        self.stop.event.wait(min(self.heartbeat_s, 0.2))
                         continue
                     break
                 sid, lease = claimed
@@ -490,7 +376,7 @@ class Worker:
             own = self.layout.attempt_file(sid, lease.token)
             record_failure(self.layout, sid, lease.token, self.worker_id, reason,
                            self._best_prefix(sid) if own.exists() else 0,
-                           host=lease.info.host, pid=lease.info.pid)
+                           host=lease.info.host, pid=lease.info.pid, observed_by="worker")
 
     def _start_attempt(self, sid: int, lease: Lease, expected: list[str]) -> tuple[Path, int]:
         """Create this attempt's results file as a copy of the longest valid earlier prefix."""
@@ -523,7 +409,25 @@ class Worker:
             log.info("shard %d: resuming after %d of %d items", sid, start, len(items))
         written = start
         with open(results_path, "ab") as out:
-            for result in self._results(items[start:]):
+            while written < len(items):  # items its workers kept dying on
+                reason = self._skip_reason(sid, written)
+                if reason is None:
+                    break
+                skipped = deaths.skipped_result(items[written], reason)
+                log.error("shard %d: skipping %s, %s", sid, skipped.record.image_id, reason)
+                out.write((json.dumps(skipped.to_json(), ensure_ascii=False) + "\n").encode())
+                out.flush()
+                written += 1
+                report.items_skipped.append(skipped.record.image_id)
+                report.errors += len(skipped.errors)
+            careful = self._careful_count(sid, written)
+            if careful:
+                log.warning("shard %d: a worker died at item %d; converting the next %d items "
+                            "one at a time, so that a death pins the image that causes it", sid,
+                            written, careful)
+            results = itertools.chain(self._careful_results(items[written:written + careful]),
+                                      self._results(items[written + careful:]))
+            for result in results:
                 lease.check()
                 out.write((json.dumps(result.to_json(), ensure_ascii=False) + "\n").encode())
                 out.flush()
@@ -596,6 +500,34 @@ class Worker:
     def _batch_boxes(self) -> int:
         return max(int(self.engine.batch_boxes), 1)
 
+    def _careful_count(self, sid: int, position: int) -> int:
+        """How many items from ``position`` on to convert one at a time: the items that were in
+        flight (decoding ahead, in the engine's batch) when an attempt died at ``position``, or 0
+        when none died there. One at a time, a death happens at the image that causes it, so only
+        that image collects deaths, never its innocent neighbours."""
+        if not self.layout.failure_files(sid):
+            return 0
+        if not any(r.get("items_done") == position for r in read_failures(self.layout, sid)):
+            return 0
+        return self.prefetch + self._batch_boxes()
+
+    def _careful_results(self, items: list[ImageRecord | ErrorRecord]
+                         ) -> Iterator[ImageResult]:
+        """Results of ``items`` in order, each decoded, segmented and written before the next
+        is touched (no decoding ahead, batches of one)."""
+        for item in items:
+            if self.stop.is_set():
+                return
+            if isinstance(item, ErrorRecord):
+                yield steps.error_result(item)
+                continue
+            loaded = steps.load(item, self.images_root, self.settings)
+            steps.segment(self._policy, self.engine, [loaded])
+            if not self._plan_unchanged():
+                raise PlanMismatchError(f"the plan of {self.layout.root} changed while this "
+                                        "worker ran (planned again?); stopping")
+            yield steps.finish(loaded, self._writers)
+
     def _results(self, items: list[ImageRecord | ErrorRecord]) -> Iterator[ImageResult]:
         """Results of ``items`` in order: decode ahead in threads, segment in batches.
 
@@ -649,6 +581,25 @@ class Worker:
                 for f in pending:
                     if isinstance(f, Future):
                         f.cancel()
+
+
+def readable_done_marker(layout: JobLayout, shard_id: int) -> bool:
+    """True when the shard's done marker exists and parses; an unreadable one (damaged on
+    disk) is set aside as ``<name>.damaged`` so that the shard is worked on again."""
+    path = layout.done_file(shard_id)
+    try:
+        marker = json.loads(path.read_bytes())
+        if isinstance(marker, dict) and isinstance(marker.get("results"), str):
+            return True
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        pass
+    log.error("shard %d: done marker %s is unreadable; set aside, the shard resumes from its "
+              "results", shard_id, path.name)
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(path, path.with_name(path.name + ".damaged"))
+    return False
 
 
 def _stat_key(path: Path) -> tuple[int, int, int] | None:

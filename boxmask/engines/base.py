@@ -80,6 +80,10 @@ class Engine(ABC):
     def segment(self, requests: Sequence[SegmentRequest]) -> list[list[Prediction]]:
         """One list of predictions per request, one prediction per box, in box order."""
 
+    def expect(self, crops: int) -> None:  # noqa: B027 - optional hook
+        """Hear the job's number of boxes before the first ``segment`` (what ``SIZE_HINT``
+        passes to a new engine), for an engine built before the plan was known."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (worker threads, GPU memory)."""
 

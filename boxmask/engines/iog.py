@@ -46,13 +46,13 @@ Options (constructor)
 * ``precision``: ``"fp32"`` (on CUDA with TF32 disabled, process-wide:
   ``torch.backends.fp32_precision = "ieee"``), ``"bf16"`` or ``"fp16"`` (autocast). On the CPU,
   bf16/fp16 need native support (AVX512-BF16/AMX, AMX-FP16); otherwise the engine refuses.
-* ``mode``: ``"eager"``; ``"freeze"``: BatchNorm folded into the convolutions
-  (``boxmask.models.runtime``, with ``torch.fx.experimental.optimization.fuse``;
-  ``torch.jit.freeze`` is deprecated in torch 2.14 and needs a minute to trace this network);
-  ``"compile"``: ``torch.compile`` of the folded network (45-75 s the first time); ``"auto"``:
-  ``compile`` when ``expected_crops`` is at least ``COMPILE_MIN_CROPS`` for the device
-  (``expected_crops``: the job's number of boxes; workers pass it), else ``freeze``. Results of
-  all modes agree within fp32 rounding.
+* ``mode``: the inference form of ``boxmask.models.runtime``: ``"eager"``; ``"fold"``: BatchNorm
+  folded into the convolutions (no start-up cost); ``"freeze"``: TorchScript trace + freeze on the
+  first batch (its cost: about one forward); ``"compile"``: ``torch.compile`` with inductor
+  freezing (about a minute the first time on a 2-core CPU, less once its kernels are in the
+  inductor cache); ``"auto"``: ``compile`` when ``expected_crops`` is at least
+  ``COMPILE_MIN_CROPS`` for the device (``expected_crops``: the job's number of boxes; workers
+  pass it, or ``expect``), else ``freeze``. Results of all modes agree within fp32 rounding.
 * ``channels_last`` (default True), ``threshold`` (0.5), ``stability_delta`` (0.25),
   ``preprocess`` (``"auto"``: torch on CUDA, numpy on CPU; ``"numpy"``, ``"torch"``),
   ``workers`` (paste-back threads, default 2), ``num_threads`` (torch CPU threads).
@@ -91,15 +91,15 @@ from .base import Engine, Prediction, SegmentRequest, default_inside_points
 
 logger = logging.getLogger(__name__)
 
-MODES = ("auto", "eager", "freeze", "compile")
+MODES = ("auto", "eager", "fold", "freeze", "compile")
 PREPROCESS = ("auto", "numpy", "torch")
 DEFAULT_BATCH_SIZE = {"cpu": 2, "cuda": 32}
 PIPELINE_BATCHES = 4
 """Forward batches per ``segment`` call that a caller should aim for (``batch_boxes``)."""
-COMPILE_MIN_CROPS = {"cuda": 50_000, "cpu": 5_000}
-"""``mode="auto"`` compiles from this many crops on: torch.compile costs 45-75 s the first time
-and gains about 10 % on this network on a CPU (``benchmarks/bench_iog.py --compile``), more on a
-GPU with large batches."""
+COMPILE_MIN_CROPS = {"cuda": 50_000, "cpu": 1_000}
+"""``mode="auto"`` compiles from this many crops on, else freezes. CPU: compiling costs about a
+minute on 2 cores and gains a few per cent per crop over ``freeze`` (``benchmarks/bench_iog.py``),
+so it pays for itself from about a thousand crops on; a GPU needs large batches to gain."""
 
 
 # --------------------------------------------------------------------------- single object
@@ -221,7 +221,8 @@ class IOGEngine(Engine):
     def from_network(cls, net: nn.Module, architecture: str = "iog", **options: Any) -> IOGEngine:
         """An engine around an already built network (``architecture``: ``"iog"`` or
         ``"iog-refinement"``); ``describe()`` then names no weights file. The engine takes the
-        network over: it moves it to its device (and in eager mode to channels_last)."""
+        network over: it moves it to its device (and to channels_last unless
+        ``channels_last=False``) and drops it once its inference form is built."""
         self = cls.__new__(cls)
         self._setup(net, architecture, weights=None, sha256=None, **options)
         return self
@@ -250,27 +251,43 @@ class IOGEngine(Engine):
             raise ValueError("batch_size must be at least 1")
         self.use_torch_preprocess = (preprocess == "torch"
                                      or (preprocess == "auto" and self.device.type == "cuda"))
-        if mode == "auto":
-            threshold = COMPILE_MIN_CROPS.get(self.device.type)
-            big = (threshold is not None and expected_crops is not None
-                   and expected_crops >= threshold)
-            mode = "compile" if big else "freeze"
-        self.mode = mode
+        self.requested_mode = mode
+        self.mode = self._choose_mode(expected_crops)
         self._workers = int(workers or 2)
         self._prep_pool: ThreadPoolExecutor | None = None
         self._post_pool: ThreadPoolExecutor | None = None
         self._side_stream: Any = None
         self._main_stream: Any = None
-        self._run = self._build_runner(net.eval().to(self.device))
+        self._net: nn.Module | None = net.eval().to(self.device)
+        self._runner: Callable[..., Tensor] | None = None
         logger.info("IOG engine: %s network on %s, %s, mode %s, %d crops per forward",
                     architecture, self.device, precision, self.mode, self.batch_size)
 
     # -- network -----------------------------------------------------------------------------
-    def _build_runner(self, net: nn.Module) -> Callable[..., Tensor]:
-        def fell_back() -> None:
-            self.mode = "freeze"
+    def _choose_mode(self, expected_crops: int | None) -> str:
+        if self.requested_mode != "auto":
+            return self.requested_mode
+        threshold = COMPILE_MIN_CROPS.get(self.device.type)
+        big = threshold is not None and expected_crops is not None and expected_crops >= threshold
+        return "compile" if big else "freeze"
 
-        return fine_runner(net, self.architecture, self.mode, self.channels_last, fell_back)
+    def expect(self, crops: int) -> None:
+        """Tell the engine how many crops its job has, before the first ``segment``: with
+        ``mode="auto"`` this chooses the inference form (``COMPILE_MIN_CROPS``). Later calls, or
+        an explicit mode, change nothing."""
+        if self._runner is None:
+            self.mode = self._choose_mode(crops)
+
+    def _run(self, *args: Tensor) -> Tensor:
+        if self._runner is None:  # built on first use: planning alone never pays for it
+            def fell_back() -> None:
+                self.mode = "fold"
+
+            assert self._net is not None
+            self._runner = fine_runner(self._net, self.architecture, self.mode,
+                                       self.channels_last, fell_back)
+            self._net = None  # the runner holds what it needs
+        return self._runner(*args)
 
     def forward_batch(self, x: Tensor, guidance: Tensor | None = None) -> Tensor:
         """Fine logits ``[N, 1, 512, 512]`` (float32) of a prepared input batch ``x``

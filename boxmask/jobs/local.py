@@ -47,10 +47,13 @@ def worker_commands(out_dir: str | Path, n: int, *, device: str | None = None,
     """Command lines and environments of ``n`` local workers.
 
     GPUs: worker i sees only GPU ``i % n_gpus`` (``CUDA_VISIBLE_DEVICES``), several workers per
-    GPU when ``n`` exceeds the GPUs. CPU: each worker gets ``cores // n`` threads (at least 1).
+    GPU when ``n`` exceeds the GPUs. CPU: each worker gets ``threads_per_worker(n)`` threads
+    (``boxmask.device``: the cores this process may use, affinity and cgroup quota, divided by
+    ``n``), passed as ``--threads`` (torch and OpenCV) and ``OMP_NUM_THREADS``.
     """
+    from ..device import threads_per_worker
+
     gpus = visible_gpus() if device in (None, "auto", "cuda") else []
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     commands = []
     for i in range(n):
         cmd = [sys.executable, "-m", "boxmask", "work", str(out_dir), "--worker-id",
@@ -60,7 +63,7 @@ def worker_commands(out_dir: str | Path, n: int, *, device: str | None = None,
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
             cmd += ["--device", "cuda"]
         else:
-            threads = max((cores or 1) // n, 1)
+            threads = threads_per_worker(n)
             cmd += ["--threads", str(threads)]
             env["OMP_NUM_THREADS"] = str(threads)
             if device not in (None, "auto"):

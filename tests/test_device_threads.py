@@ -76,3 +76,21 @@ def test_local_cpu_workers_get_their_share_of_threads(monkeypatch):
     for cmd, env in commands:
         assert cmd[cmd.index("--threads") + 1] == "2"
         assert env["OMP_NUM_THREADS"] == "2"
+
+
+def test_default_workers_one_per_core_for_engines_that_scale_by_processes():
+    from types import SimpleNamespace
+
+    import torch
+
+    from boxmask.engines.grabcut import GrabCutEngine
+    from boxmask.jobs.local import default_workers
+
+    grabcut = GrabCutEngine()
+    assert default_workers(grabcut, shards=5, cores=2) == 2
+    assert default_workers(grabcut, shards=1, cores=2) == 1  # a worker takes whole shards
+    assert default_workers(grabcut, shards=0, cores=2) == 1
+    on_gpu = SimpleNamespace(CPU_PARALLEL="processes", device=torch.device("cuda"))
+    assert default_workers(on_gpu, shards=5, cores=8) == 1
+    threaded = SimpleNamespace(CPU_PARALLEL="threads", device=torch.device("cpu"))
+    assert default_workers(threaded, shards=5, cores=8) == 1

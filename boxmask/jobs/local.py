@@ -41,6 +41,21 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(n)]
 
 
+def default_workers(engine: Any, shards: int, cores: int | None = None) -> int:
+    """Local workers for ``engine`` on a job of ``shards`` unfinished shards: one per core
+    (``boxmask.device.available_cores``, or ``cores``) for an engine whose ``CPU_PARALLEL`` is
+    ``"processes"`` and that runs on the CPU, but no more than the shards (a worker takes whole
+    shards); else 1 (one worker with a thread per core, or the GPU)."""
+    from ..device import available_cores
+
+    device = getattr(engine, "device", None)
+    if getattr(engine, "CPU_PARALLEL", "threads") != "processes" or (
+            device is not None and getattr(device, "type", "cpu") != "cpu"):
+        return 1
+    cores = available_cores() if cores is None else cores
+    return max(min(cores, shards), 1)
+
+
 def worker_commands(out_dir: str | Path, n: int, *, device: str | None = None,
                     lease_timeout_s: float | None = None,
                     extra_args: list[str] | None = None) -> list[tuple[list[str], dict[str, str]]]:

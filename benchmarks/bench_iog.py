@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile modes")
     ap.add_argument("--gemm-size", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--engine-only", action="store_true",
+                    help="skip sections 1-2 (GEMM roof, FLOPs, pure forward per mode): only the "
+                         "interleaved engine / official-style comparison")
     ap.add_argument("--quick", action="store_true",
                     help="batch size 2, 1 rep, 4 images: checks the script in about a minute")
     args = ap.parse_args(argv)
@@ -294,34 +297,35 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.init}" + (f" seed {args.seed}" if args.init == "parity" else ""))
     net = make_network(args.init, args.seed).to(device)
 
-    roof = gemm_roof(device, gemm_size, max(args.reps, 3))
-    table(f"GEMM roof ({gemm_size}^3 matmul)", ["dtype", "TFLOP/s"],
-          [[k, v / 1e12] for k, v in roof.items()])
+    if not args.engine_only:
+        roof = gemm_roof(device, gemm_size, max(args.reps, 3))
+        table(f"GEMM roof ({gemm_size}^3 matmul)", ["dtype", "TFLOP/s"],
+              [[k, v / 1e12] for k, v in roof.items()])
 
-    fine_gflop, full_gflop = count_gflop(net, device)
-    print(f"\nFLOPs per 512^2 crop: fine path {fine_gflop:.1f} GFLOP, full 5-output forward "
-          f"{full_gflop:.1f} GFLOP (stated: {REFERENCE_GFLOP})")
+        fine_gflop, full_gflop = count_gflop(net, device)
+        print(f"\nFLOPs per 512^2 crop: fine path {fine_gflop:.1f} GFLOP, full 5-output forward "
+              f"{full_gflop:.1f} GFLOP (stated: {REFERENCE_GFLOP})")
 
-    # -- pure forward
-    pure: dict[tuple[str, int], float] = {}
-    rows = []
-    for name, make in forward_modes(net, device, args.compile, with_bf16).items():
-        precision = "bf16" if "bf16" in name else "fp32"
-        for b in batch_sizes:
-            x = torch.rand(b, 5, 512, 512, device=device) * 255
-            run = make(b)
-            t_first = time.perf_counter()
-            run(x)
-            sync(device)
-            first = time.perf_counter() - t_first
-            seconds = timed(lambda run=run, x=x: run(x), device, args.reps, warmup=0)
-            rate = b / seconds
-            pure[name, b] = rate
-            achieved = rate * fine_gflop * 1e9
-            rows.append([name, b, rate, achieved / 1e12, f"{100 * achieved / roof[precision]:.1f}%",
-                         first])
-    table("Pure forward (fine logits)", ["mode", "batch", "crops/s", "TFLOP/s", "of roof",
-                                         "first call s"], rows)
+        # -- pure forward
+        pure: dict[tuple[str, int], float] = {}
+        rows = []
+        for name, make in forward_modes(net, device, args.compile, with_bf16).items():
+            precision = "bf16" if "bf16" in name else "fp32"
+            for b in batch_sizes:
+                x = torch.rand(b, 5, 512, 512, device=device) * 255
+                run = make(b)
+                t_first = time.perf_counter()
+                run(x)
+                sync(device)
+                first = time.perf_counter() - t_first
+                seconds = timed(lambda run=run, x=x: run(x), device, args.reps, warmup=0)
+                rate = b / seconds
+                pure[name, b] = rate
+                achieved = rate * fine_gflop * 1e9
+                share = f"{100 * achieved / roof[precision]:.1f}%"
+                rows.append([name, b, rate, achieved / 1e12, share, first])
+        table("Pure forward (fine logits)", ["mode", "batch", "crops/s", "TFLOP/s", "of roof",
+                                             "first call s"], rows)
 
     # -- engine end to end, official-style loop, pure forward: interleaved
     # Machines drift (frequency, neighbours): every contender runs on the same chunk of images in
@@ -338,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
             engine = IOGEngine.from_network(copy.deepcopy(net), device=str(device), mode=mode,
                                             precision=precision, batch_size=engine_batch)
             t_first = time.perf_counter()
-            engine.segment(requests[:engine.batch_boxes])  # warm-up (and compilation)
+            engine.segment(requests[:engine.batch_size])  # warm-up: trace, freeze or compile
             sync(device)
             first_call[name] = time.perf_counter() - t_first
             engines[name] = engine

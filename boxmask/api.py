@@ -110,7 +110,8 @@ def convert(settings: Settings, out_dir: str | Path, *, workers: int | None = No
     """Plan (or resume), convert with ``workers`` local workers, merge; return the summary.
 
     ``workers`` None: ``boxmask.jobs.local.default_workers`` (one single-threaded worker per
-    core, up to the unfinished shards, for GrabCut and U²-Net on the CPU; else one).
+    core, up to the unfinished shards and one per 200 boxes, for GrabCut and U²-Net on the CPU;
+    else one).
 
     ``copy_images``: the Open Images output's ``data/`` gets copies of the images, not links.
     ``write_tight_boxes``: also write the source annotations back with tight boxes
@@ -133,7 +134,8 @@ def convert(settings: Settings, out_dir: str | Path, *, workers: int | None = No
         from .jobs.local import default_workers
 
         st = job_status(out_dir)
-        workers = default_workers(engine, st["shards"]["pending"] + st["shards"]["stale"])
+        workers = default_workers(engine, st["shards"]["pending"] + st["shards"]["stale"],
+                                  st["boxes"]["total"] - st["boxes"]["done_in_done_shards"])
     if workers <= 1:
         try:
             report = work(out_dir, engine=engine, progress=progress,

@@ -263,7 +263,7 @@ TIGHT_BOXES_HELP = ("Also write the source annotations back with every box repla
 @click.option("--workers", type=int, default=None,
               help="Local worker processes: one per GPU when there are GPUs, else CPU workers "
                    "sharing the cores. Default: one single-threaded worker per core (up to the "
-                   "shards) for GrabCut and U²-Net on the CPU, else one worker.")
+                   "shards, one per 200 boxes) for GrabCut and U²-Net on the CPU, else one.")
 @click.option("--device", help="Device for the engine: auto, cpu, cuda, cuda:1 (default auto).")
 @click.option("--force", is_flag=True,
               help="Discard an existing conversion in --output that used other settings.")

@@ -87,10 +87,12 @@ def test_default_workers_one_per_core_for_engines_that_scale_by_processes():
     from boxmask.jobs.local import default_workers
 
     grabcut = GrabCutEngine()
-    assert default_workers(grabcut, shards=5, cores=2) == 2
-    assert default_workers(grabcut, shards=1, cores=2) == 1  # a worker takes whole shards
-    assert default_workers(grabcut, shards=0, cores=2) == 1
+    assert default_workers(grabcut, shards=5, boxes=5000, cores=2) == 2
+    assert default_workers(grabcut, shards=1, boxes=5000, cores=2) == 1  # whole shards
+    assert default_workers(grabcut, shards=0, boxes=0, cores=2) == 1
+    assert default_workers(grabcut, shards=5, boxes=50, cores=2) == 1  # not worth a process
+    assert default_workers(grabcut, shards=9, boxes=600, cores=8) == 3
     on_gpu = SimpleNamespace(CPU_PARALLEL="processes", device=torch.device("cuda"))
-    assert default_workers(on_gpu, shards=5, cores=8) == 1
+    assert default_workers(on_gpu, shards=5, boxes=5000, cores=8) == 1
     threaded = SimpleNamespace(CPU_PARALLEL="threads", device=torch.device("cpu"))
-    assert default_workers(threaded, shards=5, cores=8) == 1
+    assert default_workers(threaded, shards=5, boxes=5000, cores=8) == 1

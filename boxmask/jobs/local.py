@@ -41,11 +41,17 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(n)]
 
 
-def default_workers(engine: Any, shards: int, cores: int | None = None) -> int:
-    """Local workers for ``engine`` on a job of ``shards`` unfinished shards: one per core
-    (``boxmask.device.available_cores``, or ``cores``) for an engine whose ``CPU_PARALLEL`` is
-    ``"processes"`` and that runs on the CPU, but no more than the shards (a worker takes whole
-    shards); else 1 (one worker with a thread per core, or the GPU)."""
+MIN_BOXES_PER_WORKER = 200
+"""A worker process costs a few seconds to start (imports, engine load) on a small CPU: the default
+starts another one only for this many boxes (GrabCut: about 30 s of work on one core)."""
+
+
+def default_workers(engine: Any, shards: int, boxes: int, cores: int | None = None) -> int:
+    """Local workers for ``engine`` on a job of ``shards`` unfinished shards holding ``boxes``
+    boxes: one per core (``boxmask.device.available_cores``, or ``cores``) for an engine whose
+    ``CPU_PARALLEL`` is ``"processes"`` and that runs on the CPU, but no more than the shards (a
+    worker takes whole shards) nor one per ``MIN_BOXES_PER_WORKER`` boxes; else 1 (one worker,
+    in this process, with a thread per core, or the GPU)."""
     from ..device import available_cores
 
     device = getattr(engine, "device", None)
@@ -53,7 +59,7 @@ def default_workers(engine: Any, shards: int, cores: int | None = None) -> int:
             device is not None and getattr(device, "type", "cpu") != "cpu"):
         return 1
     cores = available_cores() if cores is None else cores
-    return max(min(cores, shards), 1)
+    return max(min(cores, shards, boxes // MIN_BOXES_PER_WORKER), 1)
 
 
 def worker_commands(out_dir: str | Path, n: int, *, device: str | None = None,

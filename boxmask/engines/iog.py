@@ -96,10 +96,12 @@ PREPROCESS = ("auto", "numpy", "torch")
 DEFAULT_BATCH_SIZE = {"cpu": 2, "cuda": 32}
 PIPELINE_BATCHES = 4
 """Forward batches per ``segment`` call that a caller should aim for (``batch_boxes``)."""
-COMPILE_MIN_CROPS = {"cuda": 50_000, "cpu": 1_000}
-"""``mode="auto"`` compiles from this many crops on, else freezes. CPU: compiling costs about a
-minute on 2 cores and gains a few per cent per crop over ``freeze`` (``benchmarks/bench_iog.py``),
-so it pays for itself from about a thousand crops on; a GPU needs large batches to gain."""
+COMPILE_MIN_CROPS = {"cuda": 50_000, "cpu": 5_000}
+"""``mode="auto"`` compiles from this many crops on, else freezes. CPU: compiling costs 45-75 s on
+2 idle cores (several minutes on a loaded machine; the inductor cache does not shorten it much:
+tracing and the freezing passes run every time) and saves about 2 % per crop over ``freeze``
+(0.014-0.017 s of 0.64-0.76 s, ``benchmarks/bench_iog.py``), so it breaks even at 2,600-5,300
+crops; a GPU needs large batches to gain."""
 
 
 # --------------------------------------------------------------------------- single object

@@ -24,7 +24,7 @@ from test_iog_parity_network import (
     read_case,
 )
 
-from boxmask.engines.iog import COMPILE_MIN_CROPS, IOGEngine
+from boxmask.engines.iog import COMPILE_MIN_CROPS, IOGEngine, small_job_mode
 from boxmask.models import build_iog
 from boxmask.models.checkpoint import build_model
 from boxmask.models.config import IOGConfig
@@ -155,16 +155,28 @@ def engine(**options) -> IOGEngine:
     return IOGEngine.from_network(tiny_net(), device="cpu", **options)
 
 
+SMALL = small_job_mode(torch.device("cpu"))
+
+
 @pytest.mark.parametrize(("crops", "mode"), [
-    (None, "freeze"), (1, "freeze"), (COMPILE_MIN_CROPS["cpu"] - 1, "freeze"),
+    (None, SMALL), (1, SMALL), (COMPILE_MIN_CROPS["cpu"] - 1, SMALL),
     (COMPILE_MIN_CROPS["cpu"], "compile"), (10 * COMPILE_MIN_CROPS["cpu"], "compile")])
 def test_auto_compiles_only_from_the_cpu_threshold(crops, mode):
     assert engine(expected_crops=crops).mode == mode
 
 
+def test_small_jobs_freeze_only_with_avx512_kernels(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert small_job_mode(cpu) == "freeze"
+    assert small_job_mode(torch.device("cuda")) == "fold"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert small_job_mode(cpu) == "fold"
+
+
 def test_expect_chooses_the_form_of_an_engine_built_before_the_plan():
     e = engine()
-    assert e.mode == "freeze"
+    assert e.mode == SMALL
     e.expect(COMPILE_MIN_CROPS["cpu"])
     assert e.mode == "compile"
     fixed = engine(mode="fold")
@@ -176,4 +188,4 @@ def test_the_form_is_kept_once_the_engine_has_run():
     e = engine(batch_size=1)
     e.forward_batch(torch.rand(1, 5, 512, 512) * 255)
     e.expect(10 * COMPILE_MIN_CROPS["cpu"])
-    assert e.mode == "freeze"
+    assert e.mode == SMALL

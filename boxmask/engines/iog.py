@@ -52,7 +52,8 @@ Options (constructor)
   freezing (about a minute the first time on a 2-core CPU, less once its kernels are in the
   inductor cache); ``"auto"``: ``compile`` when ``expected_crops`` is at least
   ``COMPILE_MIN_CROPS`` for the device (``expected_crops``: the job's number of boxes; workers
-  pass it, or ``expect``), else ``freeze``. Results of all modes agree within fp32 rounding.
+  pass it, or ``expect``), else ``small_job_mode``: ``freeze`` on a CPU with AVX-512, ``fold``
+  elsewhere. Results of all modes agree within fp32 rounding.
 * ``channels_last`` (default True), ``threshold`` (0.5), ``stability_delta`` (0.25),
   ``preprocess`` (``"auto"``: torch on CUDA, numpy on CPU; ``"numpy"``, ``"torch"``),
   ``workers`` (paste-back threads, default 2), ``num_threads`` (torch CPU threads).
@@ -102,6 +103,15 @@ COMPILE_MIN_CROPS = {"cuda": 50_000, "cpu": 5_000}
 tracing and the freezing passes run every time) and saves about 2 % per crop over ``freeze``
 (0.014-0.017 s of 0.64-0.76 s, ``benchmarks/bench_iog.py``), so it breaks even at 2,600-5,300
 crops; a GPU needs large batches to gain."""
+
+
+def small_job_mode(device: torch.device) -> str:
+    """The form ``mode="auto"`` uses below ``COMPILE_MIN_CROPS``: ``freeze`` on a CPU with
+    AVX-512 kernels (where oneDNN's frozen channels_last graph measured ahead of the folded
+    network), else ``fold``: on an AVX2-only CPU ``freeze`` measured no faster end to end and its
+    first call costs more; on a GPU the folded network is what has been measured."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return "freeze" if device.type == "cpu" and capability.startswith("AVX512") else "fold"
 
 
 # --------------------------------------------------------------------------- single object
@@ -271,7 +281,7 @@ class IOGEngine(Engine):
             return self.requested_mode
         threshold = COMPILE_MIN_CROPS.get(self.device.type)
         big = threshold is not None and expected_crops is not None and expected_crops >= threshold
-        return "compile" if big else "freeze"
+        return "compile" if big else small_job_mode(self.device)
 
     def expect(self, crops: int) -> None:
         """Tell the engine how many crops its job has, before the first ``segment``: with

@@ -48,9 +48,9 @@ Options (constructor)
   bf16/fp16 need native support (AVX512-BF16/AMX, AMX-FP16); otherwise the engine refuses.
 * ``mode``: the inference form of ``boxmask.models.runtime``: ``"eager"``; ``"fold"``: BatchNorm
   folded into the convolutions (no start-up cost); ``"freeze"``: TorchScript trace + freeze on the
-  first batch (its cost: about one forward); ``"compile"``: ``torch.compile`` with inductor
-  freezing (about a minute the first time on a 2-core CPU, less once its kernels are in the
-  inductor cache); ``"auto"``: ``compile`` when ``expected_crops`` is at least
+  first batch (5-15 s on 2 cores); ``"compile"``: ``torch.compile`` with inductor freezing (45-75
+  s on 2 idle cores, in every new process: the inductor cache keeps the kernels, but tracing and
+  the freezing passes run again); ``"auto"``: ``compile`` when ``expected_crops`` is at least
   ``COMPILE_MIN_CROPS`` for the device (``expected_crops``: the job's number of boxes; workers
   pass it, or ``expect``), else ``small_job_mode``: ``freeze`` on a CPU with AVX-512, ``fold``
   elsewhere. Results of all modes agree within fp32 rounding.
@@ -98,11 +98,11 @@ DEFAULT_BATCH_SIZE = {"cpu": 2, "cuda": 32}
 PIPELINE_BATCHES = 4
 """Forward batches per ``segment`` call that a caller should aim for (``batch_boxes``)."""
 COMPILE_MIN_CROPS = {"cuda": 50_000, "cpu": 5_000}
-"""``mode="auto"`` compiles from this many crops on, else freezes. CPU: compiling costs 45-75 s on
-2 idle cores (several minutes on a loaded machine; the inductor cache does not shorten it much:
-tracing and the freezing passes run every time) and saves about 2 % per crop over ``freeze``
-(0.014-0.017 s of 0.64-0.76 s, ``benchmarks/bench_iog.py``), so it breaks even at 2,600-5,300
-crops; a GPU needs large batches to gain."""
+"""``mode="auto"`` compiles from this many crops on, else uses ``small_job_mode``. CPU: compiling
+costs 45-75 s on 2 idle cores (minutes on a loaded machine; the inductor cache does not shorten it
+much: tracing and the freezing passes run every time) and saves about 2 % per crop over
+``freeze`` (0.014-0.017 s of 0.64-0.76 s in earlier ``benchmarks/bench_iog.py`` runs on 2-core
+AVX-512 CPUs), so it breaks even at 2,600-5,300 crops; a GPU needs large batches to gain."""
 
 
 def small_job_mode(device: torch.device) -> str:

@@ -12,10 +12,11 @@ Forms (``FORMS``)
 * ``fold``: BatchNorm folded into the convolutions (``torch.fx`` conv-BN fusion); no start-up cost.
 * ``freeze``: ``torch.jit.trace`` on the first call, then ``torch.jit.freeze`` (BatchNorm folded,
   weights and attributes inlined as constants); the first call's result is the traced eager
-  forward's, so it costs one forward plus about a second of freezing.
+  forward's; tracing and freezing add 5-15 s on 2 cores, the next two calls are profiling runs.
 * ``compile``: ``torch.compile`` with inductor freezing (folded, prepacked weights); the first call
-  compiles (about a minute on a 2-core CPU), later processes reuse the kernels cached in
-  ``TORCHINDUCTOR_CACHE_DIR`` (default ``<boxmask cache>/inductor``, see ``inductor_cache_dir``).
+  compiles (about a minute on a 2-core CPU, in every new process: the compiled kernels are kept in
+  ``TORCHINDUCTOR_CACHE_DIR``, default ``<boxmask cache>/inductor`` (``inductor_cache_dir``), but
+  tracing and the freezing passes run again).
 """
 
 from __future__ import annotations

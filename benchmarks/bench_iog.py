@@ -10,11 +10,13 @@ Sections
 1. **GEMM roof**: FLOP/s of a large fp32 and bf16 (fp16 too on CUDA) matrix product.
 2. **Pure forward**: crops/s of the fine-logit forward on a fixed random batch, per mode
    (``eager fp32``: contiguous tensors, ``no_grad``, as the official test script;
-   ``eager+cl``: channels_last + inference_mode; ``frozen``: BatchNorm folded, channels_last;
-   ``frozen bf16``: the same under bf16 autocast; ``compile``: with ``--compile``) and batch size,
+   ``eager+cl``: channels_last + inference_mode; ``folded``: BatchNorm folded with fx,
+   channels_last; ``frozen``: TorchScript trace + freeze, channels_last; the bf16 rows under bf16
+   autocast where the CPU runs bf16 natively; ``compile``: with ``--compile``) and batch size,
    with the achieved FLOP/s (FLOPs counted by ``torch.utils.flop_counter`` on the fine path) as a
    share of the roof of the same precision.
-3. **Engine end to end**: ``IOGEngine.segment`` on the decoded COCO-MVal images (boxes from
+3. **Engine end to end**: per inference form (fold, freeze, compile), ``IOGEngine.segment`` on
+   the decoded COCO-MVal images (boxes from
    ``boxes_from_masks.csv``), handed over ``engine.batch_boxes`` boxes per call as a worker does;
    crops/s and its ratio to the pure forward rate of the same mode and batch size.
 4. **Official-style loop**: one instance at a time like the official ``test.py``: numpy
@@ -23,6 +25,9 @@ Sections
 
 Then the targets: end-to-end >= 0.9 x pure forward, engine fp32 >= 1.5 x and bf16 >= 2.5 x the
 official-style loop, bf16 masks vs fp32 mean IoU >= 0.99.
+
+The first line names the CPU and the instruction-set features found in ``/proc/cpuinfo``
+(avx2, avx512f, avx512_bf16, amx) and what torch dispatches to.
 
     python benchmarks/bench_iog.py --quick           # about a minute on a small CPU
     python benchmarks/bench_iog.py --device cuda --batch-sizes 8,16,32,64 --compile
@@ -106,6 +111,35 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
+FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_fp16")
+"""The /proc/cpuinfo flags that decide which kernels the CPU forms get."""
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
+    """(model name, flags) of the first processor in ``path`` (empty where it is unreadable)."""
+    model, flags = "", set()
+    try:
+        for line in Path(path).read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def cpu_model() -> str:
+    return cpu_flags()[0] or "unknown"
+
+
+def cpu_features() -> list[str]:
+    """The ``FEATURES`` this CPU has."""
+    flags = cpu_flags()[1]
+    return [f for f in FEATURES if f in flags]
+
+
 # --------------------------------------------------------------------------- 1. GEMM roof
 
 
@@ -162,8 +196,10 @@ def forward_modes(net: nn.Module, device: torch.device, with_compile: bool,
 
     modes = {"eager fp32": official,
              "eager+cl fp32": engine_mode("eager", "fp32"),
+             "folded fp32": engine_mode("fold", "fp32"),
              "frozen fp32": engine_mode("freeze", "fp32")}
     if with_bf16:
+        modes["folded bf16"] = engine_mode("fold", "bf16")
         modes["frozen bf16"] = engine_mode("freeze", "bf16")
     if with_compile:
         modes["compile fp32"] = engine_mode("compile", "fp32")
@@ -230,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile modes")
     ap.add_argument("--gemm-size", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--engine-only", action="store_true",
+                    help="skip sections 1-2 (GEMM roof, FLOPs, pure forward per mode): only the "
+                         "interleaved engine / official-style comparison")
     ap.add_argument("--quick", action="store_true",
                     help="batch size 2, 1 rep, 4 images: checks the script in about a minute")
     args = ap.parse_args(argv)
@@ -249,40 +288,44 @@ def main(argv: list[str] | None = None) -> None:
     with_bf16 = device.type == "cuda" or cpu_supports("bf16")
     gemm_size = args.gemm_size or (8192 if device.type == "cuda" else 2048)
 
+    print(f"# CPU: {cpu_model()}; features: {', '.join(cpu_features()) or 'none of interest'}; "
+          f"torch dispatches to {torch.backends.cpu.get_cpu_capability()}; bf16 "
+          f"{'native' if cpu_supports('bf16') else 'not native (bf16 rows skipped)'}")
     print(f"# bench_iog: device {device} "
           f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
           f"{torch.get_num_threads()} threads), torch {torch.__version__}, weights "
           f"{args.init}" + (f" seed {args.seed}" if args.init == "parity" else ""))
     net = make_network(args.init, args.seed).to(device)
 
-    roof = gemm_roof(device, gemm_size, max(args.reps, 3))
-    table(f"GEMM roof ({gemm_size}^3 matmul)", ["dtype", "TFLOP/s"],
-          [[k, v / 1e12] for k, v in roof.items()])
+    if not args.engine_only:
+        roof = gemm_roof(device, gemm_size, max(args.reps, 3))
+        table(f"GEMM roof ({gemm_size}^3 matmul)", ["dtype", "TFLOP/s"],
+              [[k, v / 1e12] for k, v in roof.items()])
 
-    fine_gflop, full_gflop = count_gflop(net, device)
-    print(f"\nFLOPs per 512^2 crop: fine path {fine_gflop:.1f} GFLOP, full 5-output forward "
-          f"{full_gflop:.1f} GFLOP (stated: {REFERENCE_GFLOP})")
+        fine_gflop, full_gflop = count_gflop(net, device)
+        print(f"\nFLOPs per 512^2 crop: fine path {fine_gflop:.1f} GFLOP, full 5-output forward "
+              f"{full_gflop:.1f} GFLOP (stated: {REFERENCE_GFLOP})")
 
-    # -- pure forward
-    pure: dict[tuple[str, int], float] = {}
-    rows = []
-    for name, make in forward_modes(net, device, args.compile, with_bf16).items():
-        precision = "bf16" if "bf16" in name else "fp32"
-        for b in batch_sizes:
-            x = torch.rand(b, 5, 512, 512, device=device) * 255
-            run = make(b)
-            t_first = time.perf_counter()
-            run(x)
-            sync(device)
-            first = time.perf_counter() - t_first
-            seconds = timed(lambda run=run, x=x: run(x), device, args.reps, warmup=0)
-            rate = b / seconds
-            pure[name, b] = rate
-            achieved = rate * fine_gflop * 1e9
-            rows.append([name, b, rate, achieved / 1e12, f"{100 * achieved / roof[precision]:.1f}%",
-                         first])
-    table("Pure forward (fine logits)", ["mode", "batch", "crops/s", "TFLOP/s", "of roof",
-                                         "first call s"], rows)
+        # -- pure forward
+        pure: dict[tuple[str, int], float] = {}
+        rows = []
+        for name, make in forward_modes(net, device, args.compile, with_bf16).items():
+            precision = "bf16" if "bf16" in name else "fp32"
+            for b in batch_sizes:
+                x = torch.rand(b, 5, 512, 512, device=device) * 255
+                run = make(b)
+                t_first = time.perf_counter()
+                run(x)
+                sync(device)
+                first = time.perf_counter() - t_first
+                seconds = timed(lambda run=run, x=x: run(x), device, args.reps, warmup=0)
+                rate = b / seconds
+                pure[name, b] = rate
+                achieved = rate * fine_gflop * 1e9
+                share = f"{100 * achieved / roof[precision]:.1f}%"
+                rows.append([name, b, rate, achieved / 1e12, share, first])
+        table("Pure forward (fine logits)", ["mode", "batch", "crops/s", "TFLOP/s", "of roof",
+                                             "first call s"], rows)
 
     # -- engine end to end, official-style loop, pure forward: interleaved
     # Machines drift (frequency, neighbours): every contender runs on the same chunk of images in
@@ -290,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     requests = load_requests(args.images)
     n_official = min(args.official_images or len(requests), len(requests))
     precisions = ("fp32", "bf16") if with_bf16 else ("fp32",)
-    engine_modes = ["freeze"] + (["compile"] if args.compile else [])
+    engine_modes = ["fold", "freeze"] + (["compile"] if args.compile else [])
     engines: dict[str, IOGEngine] = {}
     first_call: dict[str, float] = {}
     for mode in engine_modes:
@@ -299,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
             engine = IOGEngine.from_network(copy.deepcopy(net), device=str(device), mode=mode,
                                             precision=precision, batch_size=engine_batch)
             t_first = time.perf_counter()
-            engine.segment(requests[:engine.batch_boxes])  # warm-up (and compilation)
+            engine.segment(requests[:engine.batch_size])  # warm-up: trace, freeze or compile
             sync(device)
             first_call[name] = time.perf_counter() - t_first
             engines[name] = engine

@@ -108,11 +108,16 @@ def work(out_dir: str | Path, *, engine: Engine | None = None, progress: bool = 
         worker.close()
 
 
-def convert(settings: Settings, out_dir: str | Path, *, workers: int = 1, force: bool = False,
+def convert(settings: Settings, out_dir: str | Path, *, workers: int | None = None,
+            force: bool = False,
             progress: bool = True, lease_timeout_s: float | None = None,
             device: str | None = None, retry_failed: bool = False,
             copy_images: bool = False, write_tight_boxes: bool = False) -> dict[str, Any]:
     """Plan (or resume), convert with ``workers`` local workers, merge; return the summary.
+
+    ``workers`` None: ``boxmask.jobs.local.default_workers`` (one single-threaded worker per
+    core, up to the unfinished shards and one per 200 boxes, for GrabCut and U²-Net on the CPU;
+    else one).
 
     ``copy_images``: the Open Images output's ``data/`` gets copies of the images, not links.
     ``write_tight_boxes``: also write the source annotations back with tight boxes
@@ -129,6 +134,12 @@ def convert(settings: Settings, out_dir: str | Path, *, workers: int = 1, force:
         worker_options["lease_timeout_s"] = lease_timeout_s
     _reopen(out_dir, retry_failed)
     stopped = False
+    if workers is None:
+        from .jobs.local import default_workers
+
+        st = job_status(out_dir)
+        workers = default_workers(engine, st["shards"]["pending"] + st["shards"]["stale"],
+                                  st["boxes"]["total"] - st["boxes"]["done_in_done_shards"])
     if workers <= 1:
         try:
             report = work(out_dir, engine=engine, progress=progress,

@@ -256,9 +256,10 @@ TIGHT_BOXES_HELP = ("Also write the source annotations back with every box repla
 
 @cli.command()
 @source_options
-@click.option("--workers", type=int, default=1, show_default=True,
+@click.option("--workers", type=int, default=None,
               help="Local worker processes: one per GPU when there are GPUs, else CPU workers "
-                   "sharing the cores.")
+                   "sharing the cores. Default: one single-threaded worker per core (up to the "
+                   "shards, one per 200 boxes) for GrabCut and U²-Net on the CPU, else one.")
 @click.option("--device", help="Device for the engine: auto, cpu, cuda, cuda:1 (default auto).")
 @click.option("--force", is_flag=True,
               help="Discard an existing conversion in --output that used other settings.")
@@ -272,7 +273,7 @@ TIGHT_BOXES_HELP = ("Also write the source annotations back with every box repla
 @click.option("--copy-images", is_flag=True, help=COPY_IMAGES_HELP)
 @click.option("--write-tight-boxes", is_flag=True, help=TIGHT_BOXES_HELP)
 @click.pass_context
-def convert(ctx: click.Context, workers: int, device: str | None, force: bool,
+def convert(ctx: click.Context, workers: int | None, device: str | None, force: bool,
             lease_timeout: float | None, retry_failed: bool, progress: bool | None,
             copy_images: bool, write_tight_boxes: bool, **params: Any) -> None:
     """Convert a box dataset into masks: plan, run workers, merge.

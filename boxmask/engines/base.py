@@ -60,13 +60,16 @@ class Engine(ABC):
     What the job machinery needs to know of an engine is declared here, so that workers and the
     planner never name one: ``RUNTIME_OPTIONS`` (constructor options that change speed, not
     masks: a worker may choose them and they stay out of the plan contract), ``SIZE_HINT`` (the
-    constructor option that receives the job's number of boxes, or None) and ``batch_boxes`` (how
-    many boxes to hand to one ``segment`` call).
+    constructor option that receives the job's number of boxes, or None), ``batch_boxes`` (how
+    many boxes to hand to one ``segment`` call) and ``CPU_PARALLEL``: how the engine uses several
+    CPU cores best, ``"threads"`` (one worker, intra-op threads on every core) or
+    ``"processes"`` (one single-threaded worker per core; ``benchmarks/bench_scaling.py``).
     """
 
     name: str = "engine"
     RUNTIME_OPTIONS: frozenset[str] = frozenset()
     SIZE_HINT: str | None = None
+    CPU_PARALLEL: str = "threads"
 
     @property
     def batch_boxes(self) -> int:
@@ -83,6 +86,10 @@ class Engine(ABC):
     @abstractmethod
     def segment(self, requests: Sequence[SegmentRequest]) -> list[list[Prediction]]:
         """One list of predictions per request, one prediction per box, in box order."""
+
+    def expect(self, crops: int) -> None:  # noqa: B027 - optional hook
+        """Hear the job's number of boxes before the first ``segment`` (what ``SIZE_HINT``
+        passes to a new engine), for an engine built before the plan was known."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (worker threads, GPU memory)."""

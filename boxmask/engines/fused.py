@@ -55,7 +55,13 @@ class FusedEngine(Engine):
     """U²-Net, or GrabCut where U²-Net missed the boxed object; see the module docstring."""
 
     name = "fused"
+    CPU_PARALLEL = "processes"
     RUNTIME_OPTIONS = U2NetEngine.RUNTIME_OPTIONS
+
+    @property
+    def device(self) -> Any:
+        """The U²-Net network's ``torch.device``."""
+        return self.u2net.device
 
     def __init__(self, weights: str | Path | None = DEFAULT_WEIGHTS, *,
                  context: float = DEFAULT_CONTEXT, threshold: float = 0.5,

@@ -252,6 +252,8 @@ class _Cut:
 class GrabCutEngine(Engine):
     """OpenCV GrabCut per box, initialised with IOG's clicks (see the module docstring).
 
+    ``cv2.grabCut`` runs on one core: several CPU workers scale, threads do not.
+
     Options (all recorded by ``describe``): ``iterations`` GrabCut rounds; ``margin_frac`` /
     ``margin_px`` crop margin; ``fg_radius_frac`` inside-point disk radius as a fraction of the
     box's short side; ``click_radius_frac`` the same for extra clicks; ``band`` which box sides get
@@ -264,6 +266,7 @@ class GrabCutEngine(Engine):
     """
 
     name = "grabcut"
+    CPU_PARALLEL = "processes"
 
     def __init__(self, *, iterations: int = 5, margin_frac: float = 0.25, margin_px: int = 32,
                  fg_radius_frac: float = 0.1, click_radius_frac: float = 0.06,

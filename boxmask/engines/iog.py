@@ -46,13 +46,14 @@ Options (constructor)
 * ``precision``: ``"fp32"`` (on CUDA with TF32 disabled, process-wide:
   ``torch.backends.fp32_precision = "ieee"``), ``"bf16"`` or ``"fp16"`` (autocast). On the CPU,
   bf16/fp16 need native support (AVX512-BF16/AMX, AMX-FP16); otherwise the engine refuses.
-* ``mode``: ``"eager"``; ``"freeze"``: BatchNorm folded into the convolutions
-  (``boxmask.models.runtime``, with ``torch.fx.experimental.optimization.fuse``;
-  ``torch.jit.freeze`` is deprecated in torch 2.14 and needs a minute to trace this network);
-  ``"compile"``: ``torch.compile`` of the folded network (45-75 s the first time); ``"auto"``:
-  ``compile`` when ``expected_crops`` is at least ``COMPILE_MIN_CROPS`` for the device
-  (``expected_crops``: the job's number of boxes; workers pass it), else ``freeze``. Results of
-  all modes agree within fp32 rounding.
+* ``mode``: the inference form of ``boxmask.models.runtime``: ``"eager"``; ``"fold"``: BatchNorm
+  folded into the convolutions (no start-up cost); ``"freeze"``: TorchScript trace + freeze on the
+  first batch (5-15 s on 2 cores); ``"compile"``: ``torch.compile`` with inductor freezing (45-75
+  s on 2 idle cores, in every new process: the inductor cache keeps the kernels, but tracing and
+  the freezing passes run again); ``"auto"``: ``compile`` when ``expected_crops`` is at least
+  ``COMPILE_MIN_CROPS`` for the device (``expected_crops``: the job's number of boxes; workers
+  pass it, or ``expect``), else ``small_job_mode``: ``freeze`` on a CPU, ``fold`` on a GPU.
+  Results of all modes agree within fp32 rounding.
 * ``channels_last`` (default True), ``threshold`` (0.5), ``stability_delta`` (0.25),
   ``preprocess`` (``"auto"``: torch on CUDA, numpy on CPU; ``"numpy"``, ``"torch"``),
   ``workers`` (paste-back threads, default 2), ``num_threads`` (torch CPU threads).
@@ -91,15 +92,25 @@ from .base import Engine, Prediction, SegmentRequest, default_inside_points
 
 logger = logging.getLogger(__name__)
 
-MODES = ("auto", "eager", "freeze", "compile")
+MODES = ("auto", "eager", "fold", "freeze", "compile")
 PREPROCESS = ("auto", "numpy", "torch")
 DEFAULT_BATCH_SIZE = {"cpu": 2, "cuda": 32}
 PIPELINE_BATCHES = 4
 """Forward batches per ``segment`` call that a caller should aim for (``batch_boxes``)."""
 COMPILE_MIN_CROPS = {"cuda": 50_000, "cpu": 5_000}
-"""``mode="auto"`` compiles from this many crops on: torch.compile costs 45-75 s the first time
-and gains about 10 % on this network on a CPU (``benchmarks/bench_iog.py --compile``), more on a
-GPU with large batches."""
+"""``mode="auto"`` compiles from this many crops on, else uses ``small_job_mode``. CPU: compiling
+costs 45-75 s on 2 idle cores (minutes on a loaded machine; the inductor cache does not shorten it
+much: tracing and the freezing passes run every time) and saves about 2 % per crop over
+``freeze`` (0.014-0.017 s of 0.64-0.76 s in earlier ``benchmarks/bench_iog.py`` runs on 2-core
+AVX-512 CPUs), so it breaks even at 2,600-5,300 crops; a GPU needs large batches to gain."""
+
+
+def small_job_mode(device: torch.device) -> str:
+    """The form ``mode="auto"`` uses below ``COMPILE_MIN_CROPS``: ``freeze`` on a CPU (on an
+    AVX2-only EPYC, idle: 1.18x the official-style loop end to end against 1.10x for ``fold``,
+    for about 11 s more on the first call, so ahead from about 50 crops; ahead on AVX-512 CPUs
+    too), ``fold`` on a GPU (what has been measured there)."""
+    return "freeze" if device.type == "cpu" else "fold"
 
 
 # --------------------------------------------------------------------------- single object
@@ -221,7 +232,8 @@ class IOGEngine(Engine):
     def from_network(cls, net: nn.Module, architecture: str = "iog", **options: Any) -> IOGEngine:
         """An engine around an already built network (``architecture``: ``"iog"`` or
         ``"iog-refinement"``); ``describe()`` then names no weights file. The engine takes the
-        network over: it moves it to its device (and in eager mode to channels_last)."""
+        network over: it moves it to its device (and to channels_last unless
+        ``channels_last=False``) and drops it once its inference form is built."""
         self = cls.__new__(cls)
         self._setup(net, architecture, weights=None, sha256=None, **options)
         return self
@@ -250,27 +262,43 @@ class IOGEngine(Engine):
             raise ValueError("batch_size must be at least 1")
         self.use_torch_preprocess = (preprocess == "torch"
                                      or (preprocess == "auto" and self.device.type == "cuda"))
-        if mode == "auto":
-            threshold = COMPILE_MIN_CROPS.get(self.device.type)
-            big = (threshold is not None and expected_crops is not None
-                   and expected_crops >= threshold)
-            mode = "compile" if big else "freeze"
-        self.mode = mode
+        self.requested_mode = mode
+        self.mode = self._choose_mode(expected_crops)
         self._workers = int(workers or 2)
         self._prep_pool: ThreadPoolExecutor | None = None
         self._post_pool: ThreadPoolExecutor | None = None
         self._side_stream: Any = None
         self._main_stream: Any = None
-        self._run = self._build_runner(net.eval().to(self.device))
+        self._net: nn.Module | None = net.eval().to(self.device)
+        self._runner: Callable[..., Tensor] | None = None
         logger.info("IOG engine: %s network on %s, %s, mode %s, %d crops per forward",
                     architecture, self.device, precision, self.mode, self.batch_size)
 
     # -- network -----------------------------------------------------------------------------
-    def _build_runner(self, net: nn.Module) -> Callable[..., Tensor]:
-        def fell_back() -> None:
-            self.mode = "freeze"
+    def _choose_mode(self, expected_crops: int | None) -> str:
+        if self.requested_mode != "auto":
+            return self.requested_mode
+        threshold = COMPILE_MIN_CROPS.get(self.device.type)
+        big = threshold is not None and expected_crops is not None and expected_crops >= threshold
+        return "compile" if big else small_job_mode(self.device)
 
-        return fine_runner(net, self.architecture, self.mode, self.channels_last, fell_back)
+    def expect(self, crops: int) -> None:
+        """Tell the engine how many crops its job has, before the first ``segment``: with
+        ``mode="auto"`` this chooses the inference form (``COMPILE_MIN_CROPS``). Later calls, or
+        an explicit mode, change nothing."""
+        if self._runner is None:
+            self.mode = self._choose_mode(crops)
+
+    def _run(self, *args: Tensor) -> Tensor:
+        if self._runner is None:  # built on first use: planning alone never pays for it
+            def fell_back() -> None:
+                self.mode = "fold"
+
+            assert self._net is not None
+            self._runner = fine_runner(self._net, self.architecture, self.mode,
+                                       self.channels_last, fell_back)
+            self._net = None  # the runner holds what it needs
+        return self._runner(*args)
 
     def forward_batch(self, x: Tensor, guidance: Tensor | None = None) -> Tensor:
         """Fine logits ``[N, 1, 512, 512]`` (float32) of a prepared input batch ``x``

@@ -96,6 +96,7 @@ class U2NetEngine(Engine):
     """Masks from U²-Net saliency inside each box; see the module docstring."""
 
     name = "u2net"
+    CPU_PARALLEL = "processes"  # small convolutions: workers scale better than threads
     RUNTIME_OPTIONS = frozenset({"device", "batch_size", "num_threads", "channels_last"})
 
     def __init__(self, weights: str | Path | None = DEFAULT_WEIGHTS, *, device: str | None = "auto",

@@ -60,16 +60,40 @@ def uses_network(out_dir: str | Path) -> bool:
     return settings.engine in NETWORK_ENGINES or settings.inside_point in ("u2net", "stage1")
 
 
+MIN_BOXES_PER_WORKER = 200
+"""A worker process costs a few seconds to start (imports, engine load) on a small CPU: the default
+starts another one only for this many boxes (GrabCut: about 30 s of work on one core)."""
+
+
+def default_workers(engine: Any, shards: int, boxes: int, cores: int | None = None) -> int:
+    """Local workers for ``engine`` on a job of ``shards`` unfinished shards holding ``boxes``
+    boxes: one per core (``boxmask.threads.available_cores``, or ``cores``) for an engine whose
+    ``CPU_PARALLEL`` is ``"processes"`` and that runs on the CPU, but no more than the shards (a
+    worker takes whole shards) nor one per ``MIN_BOXES_PER_WORKER`` boxes; else 1 (one worker,
+    in this process, with a thread per core, or the GPU)."""
+    from ..threads import available_cores
+
+    device = getattr(engine, "device", None)
+    if getattr(engine, "CPU_PARALLEL", "threads") != "processes" or (
+            device is not None and getattr(device, "type", "cpu") != "cpu"):
+        return 1
+    cores = available_cores() if cores is None else cores
+    return max(min(cores, shards, boxes // MIN_BOXES_PER_WORKER), 1)
+
+
 def worker_commands(out_dir: str | Path, n: int, *, device: str | None = None,
                     lease_timeout_s: float | None = None,
                     extra_args: list[str] | None = None) -> list[tuple[list[str], dict[str, str]]]:
     """Command lines and environments of ``n`` local workers.
 
     GPUs: worker i sees only GPU ``i % n_gpus`` (``CUDA_VISIBLE_DEVICES``), several workers per
-    GPU when ``n`` exceeds the GPUs. CPU: each worker gets ``cores // n`` threads (at least 1).
+    GPU when ``n`` exceeds the GPUs. CPU: each worker gets ``threads_per_worker(n)`` threads
+    (``boxmask.threads``: the cores this process may use, affinity and cgroup quota, divided by
+    ``n``), passed as ``--threads`` (torch and OpenCV) and ``OMP_NUM_THREADS``.
     """
+    from ..threads import threads_per_worker
+
     gpus = visible_gpus() if device in (None, "auto", "cuda") and uses_network(out_dir) else []
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     commands = []
     for i in range(n):
         cmd = [sys.executable, "-m", "boxmask", "work", str(out_dir), "--worker-id",
@@ -79,7 +103,7 @@ def worker_commands(out_dir: str | Path, n: int, *, device: str | None = None,
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
             cmd += ["--device", "cuda"]
         else:
-            threads = max((cores or 1) // n, 1)
+            threads = threads_per_worker(n)
             cmd += ["--threads", str(threads)]
             env["OMP_NUM_THREADS"] = str(threads)
             if device not in (None, "auto"):

@@ -254,8 +254,9 @@ class Worker:
         return self._engine
 
     def use_engine(self, engine: Engine) -> None:
-        """Use an engine built elsewhere (checked against the plan)."""
+        """Use an engine built elsewhere (checked against the plan; told the job's size)."""
         check_engine(self.plan, engine)
+        engine.expect(int(self.plan["totals"]["boxes"]))
         self._engine = engine
 
     def close(self) -> None:

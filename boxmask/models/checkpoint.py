@@ -3,7 +3,8 @@ layout check of a weights file against the network it claims to hold.
 
 The released files are raw state dicts saved with ``torch.save(net.state_dict())`` (no wrapper, no
 ``module.`` prefix, possibly without ``num_batches_tracked`` when written by torch 0.4.0). Files are
-always read with ``torch.load(..., map_location="cpu", weights_only=True)``: no pickled code runs.
+always read with ``torch.load(..., map_location="cpu", weights_only=True)``, memory-mapped where the
+file allows it: no pickled code runs.
 """
 
 from __future__ import annotations
@@ -135,8 +136,8 @@ def _load_raw(path_or_state: StateOrPath) -> Any:
     path = Path(path_or_state)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:  # memory-mapped: the tensors are copied once, into the network
+        return load_state_file(path)
     except Exception as exc:  # pickle, zip and weights_only errors have no common base
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
 

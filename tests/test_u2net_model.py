@@ -45,8 +45,15 @@ def check_parity(variant: str, onnx_path, state_path) -> None:
         ref = session.run(None, {"input.1": x[i:i + 1]})
         assert len(ref) == 7
         for k, (a, b) in enumerate(zip(ours, ref, strict=True)):
-            delta = float(np.abs(a[i:i + 1] - b).max())
-            assert delta <= 1e-4, f"{variant} output {k} of crop {i}: max |delta| {delta}"
+            # fp32 kernels of the two runtimes round differently, and a few pixels where a side
+            # output's sigmoid is steep amplify that (on an AVX2-only CPU: max 1.2e-4, mean 5e-7;
+            # torch alone differs by 1.5e-5 between batch sizes). A wrong weight moves whole
+            # maps by far more than either bound.
+            delta = np.abs(a[i:i + 1] - b)
+            assert float(delta.max()) <= 5e-4, \
+                f"{variant} output {k} of crop {i}: max |delta| {float(delta.max())}"
+            assert float(delta.mean()) <= 1e-5, \
+                f"{variant} output {k} of crop {i}: mean |delta| {float(delta.mean())}"
     fused = ours[0]
     assert (fused > 0.9).any() and (fused < 0.1).any()  # real saliency maps, not constants
 

@@ -44,6 +44,7 @@ test-fiftyone:
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check boxmask tests benchmarks
+	$(BIN)/mypy
 
 # Slurm (slurm-wlm, munge) and Chromium for the cluster and gallery tests; needs root and apt.
 system-deps:

@@ -230,7 +230,8 @@ def review_estimate(run_dir: str | Path, verdicts: str | Path,
                                 "the verdicts were made on")
     items, design, _ = read_sample(folder)
     lines, problems = read_verdicts(verdicts)
-    other = {v.get("sample_id") for v in lines.values()} - {None, design["sample_id"]}
+    other = {str(v.get("sample_id")) for v in lines.values()
+             if v.get("sample_id") not in (None, design["sample_id"])}
     if other:
         raise ValueError(f"{verdicts} holds verdicts on another sample ({', '.join(sorted(other))})"
                          f" than {folder} ({design['sample_id']})")

@@ -12,7 +12,7 @@ import logging
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from click.core import ParameterSource
@@ -220,7 +220,7 @@ def _inside_options(policy: str, values: tuple[str, ...],
     return options
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception) -> NoReturn:
     click.echo(f"error: {e}", err=True)
     sys.exit(EXIT_FATAL)
 
@@ -988,8 +988,8 @@ def segment(image: Path, box: str, clicks: tuple[str, ...], engine: str, weights
         _fail(e)
     w, h = decoded.size
     checked = B.validate(_parse_box(box), w, h)
-    if checked.error:
-        _fail(ValueError(checked.error))
+    if checked.error or checked.box is None:
+        _fail(ValueError(checked.error or f"unusable box {box!r}"))
     parsed_clicks = [_parse_click(c) for c in clicks]
     name = pick_engine_name(engine)
     options: dict[str, Any] = {}

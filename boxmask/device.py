@@ -47,7 +47,7 @@ def check_precision(precision: str, device: torch.device) -> None:
 def disable_tf32() -> None:
     """Full fp32 convolutions and matmuls on CUDA (TF32 would change logits by ~1e-3 relative)."""
     try:
-        torch.backends.fp32_precision = "ieee"
+        torch.backends.fp32_precision = "ieee"  # type: ignore[attr-defined]  # torch >= 2.9
     except (AttributeError, RuntimeError):  # torch < 2.9, or the legacy flags were set before
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False

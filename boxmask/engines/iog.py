@@ -71,13 +71,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .. import guidance as G
+from ..boxes import int_box
 from ..device import (
     autocast,
     cpu_supports,
@@ -86,6 +87,7 @@ from ..device import (
     runtime,
 )
 from ..models.config import ARCHITECTURES
+from ..models.iog import IOGNetworkBase
 from ..models.runtime import fine_runner
 from ..records import Click
 from .base import Engine, Prediction, SegmentRequest, default_inside_points
@@ -136,7 +138,8 @@ def predict_proba(net: nn.Module, image_rgb_uint8: np.ndarray, box_xyxy: Sequenc
     net.eval()
     try:
         with torch.inference_mode():
-            fine = net.fine_logits(torch.from_numpy(x)[None].to(device=device, dtype=dtype))
+            fine = cast(IOGNetworkBase, net).fine_logits(
+                torch.from_numpy(x)[None].to(device=device, dtype=dtype))
     finally:
         net.train(was_training)
     return G.probability_full(fine[0, 0].float().cpu().numpy(), g.crop_box,
@@ -390,7 +393,7 @@ class IOGEngine(Engine):
                         "extra clicks need the refinement network: load the refinement "
                         "checkpoint (IOG_PASCAL_SBD_REFINEMENT.pth) instead of "
                         f"{self.weights or 'this IOG network'}")
-                items.append(_Item(r, b, tuple(int(v) for v in box),
+                items.append(_Item(r, b, int_box(box),
                                    (float(inside[b, 0]), float(inside[b, 1])), extra))
         return items
 

@@ -35,14 +35,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
 import torch
 
+from ..boxes import int_box
 from ..device import autocast, runtime
-from ..models.u2net import INPUT_SIZE, MEAN, STD
+from ..models.u2net import INPUT_SIZE, MEAN, STD, U2Net
 from .base import Engine, Prediction, SegmentRequest, default_inside_points, iog_clicks
 from .fusion import confidence, fit_score, main_fit
 
@@ -73,8 +74,8 @@ def network_input(crop_rgb: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     interp = cv2.INTER_AREA if h * w > size * size else cv2.INTER_LINEAR
     x = cv2.resize(crop_rgb, (size, size), interpolation=interp).astype(np.float32)
     x /= max(float(x.max()), 1.0)
-    x = (x - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    normalised = (x - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))
 
 
 @dataclass
@@ -142,7 +143,7 @@ class U2NetEngine(Engine):
         net = net.eval().to(self.device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        self.net = net
+        self.net = cast(U2Net, net)  # or any module with U2Net's forward_fused
         logger.info("U²-Net engine: %s on %s, %s, %d crops per forward", self.variant,
                     self.device, precision, self.batch_size)
 
@@ -193,7 +194,7 @@ class U2NetEngine(Engine):
             inside = req.inside if req.inside is not None else default_inside_points(req.boxes)
             preds = []
             for b, (box, sal) in enumerate(zip(req.boxes, req_maps, strict=True)):
-                box_t = tuple(int(v) for v in box)
+                box_t = int_box(box)
                 point = (float(inside[b, 0]), float(inside[b, 1]))
                 preds.append(self.predict(req.image.shape[:2], box_t, point, sal))
             results.append(preds)

@@ -178,7 +178,7 @@ def record_observed_deaths(out_dir: str | Path, died: Callable[[dict[str, Any]],
             if not r.get("observed") and died({"worker_id": r.get("worker"),
                                                "host": r.get("host"), "pid": r.get("pid")}):
                 found.setdefault((sid, str(r["attempt"])),
-                                 (r.get("worker"), r.get("host"), r.get("pid"),
+                                 (str(r.get("worker") or ""), r.get("host"), r.get("pid"),
                                   r.get("items_done")))
     for (sid, token), (worker, host, pid, items_done) in found.items():
         position = items_done if items_done is not None else _position(layout, plan, sid, token)

@@ -282,7 +282,7 @@ def try_acquire(path: Path, worker_id: str, timeout_s: float = DEFAULT_TIMEOUT_S
         return Lease(path, info)
     old, mtime = read_lease(path)
     reason = stale_reason(old, mtime, timeout_s, fs_now(path.parent))
-    if reason is None:
+    if reason is None or mtime is None:  # no lease, or a live one
         return None
     undo = on_stale(old, mtime, reason) if on_stale is not None else None
     tomb = path.with_name(f"{path.name}.stale-{info.token}")

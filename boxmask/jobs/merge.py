@@ -125,7 +125,8 @@ def summarize(results: Iterator[ImageResult]) -> dict[str, Any]:
         c["images_with_errors"] += bool(r.errors)
         for e in r.errors:
             by_stage[e.stage] += 1
-    out = {k: c[k] for k in ("images", "images_decoded", "boxes", "masks", "warnings",
+    out: dict[str, Any] = {k: c[k] for k in ("images", "images_decoded", "boxes", "masks",
+                                             "warnings",
                              "skipped_boxes", "images_with_errors")}
     out["errors"] = sum(by_stage.values())
     out["errors_by_stage"] = dict(sorted(by_stage.items()))

@@ -345,9 +345,13 @@ class _ShardSink:
                                    compresslevel=SHARD_COMPRESSLEVEL, mtime=0)
 
     def _write(self, data: bytes) -> None:
+        if self._gzip is None:
+            raise RuntimeError("no shard file is open")
         self._gzip.write(data)
 
     def _close_file(self, entry: dict[str, Any]) -> None:
+        if self._gzip is None or self._hashing is None:
+            raise RuntimeError("no shard file is open")
         self._gzip.close()
         self._ctx.__exit__(None, None, None)
         entry["sha256"] = self._hashing.sha256.hexdigest()

@@ -19,6 +19,7 @@ recorded as *observed* and counts against the image the actor was on (``boxmask.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -157,7 +158,7 @@ def run_ray_workers(out_dir: str | Path, workers: int, *, address: str | None = 
                     if not stopping.is_set():
                         dead_id = worker_ids.get(ref)
                         record_observed_deaths(
-                            out_dir, lambda owner, w=dead_id: owner.get("worker_id") == w,
+                            out_dir, functools.partial(_owned_by, dead_id),
                             f"ray driver {tag}", f"Ray actor {dead_id} died while the job ran")
                     if (not stopping.is_set() and restarts_left > 0
                             and not job_status(out_dir, lease_timeout_s)["complete"]):
@@ -190,3 +191,8 @@ def submit_ray(out_dir: str | Path, workers: int, *, merge_when_done: bool = Tru
     status = job_status(out_dir, options.get("lease_timeout_s", DEFAULT_TIMEOUT_S))
     manifest = merge(out_dir) if merge_when_done and status["complete"] else None
     return {"reports": reports, "status": status, "manifest": manifest}
+
+
+def _owned_by(worker_id: str | None, owner: dict[str, Any]) -> bool:
+    """Whether a lease or failure record ``owner`` names the worker ``worker_id``."""
+    return owner.get("worker_id") == worker_id

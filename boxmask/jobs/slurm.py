@@ -84,10 +84,11 @@ def time_limit_seconds(time: str) -> int | None:
     match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
     if match is None:
         raise ValueError(f"not a Slurm time limit: {time!r}")
-    days, a, b, c = (int(g) if g is not None else None for g in match.groups())
+    days, first, b, c = (int(g) if g is not None else None for g in match.groups())
+    a = int(first or 0)  # the one group the pattern always matches
     if days is not None:  # days-hours[:minutes[:seconds]]
         return ((days * 24 + a) * 60 + (b or 0)) * 60 + (c or 0)
-    if c is not None:  # hours:minutes:seconds
+    if b is not None and c is not None:  # hours:minutes:seconds
         return (a * 60 + b) * 60 + c
     if b is not None:  # minutes:seconds
         return a * 60 + b

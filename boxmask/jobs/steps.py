@@ -62,10 +62,9 @@ def resolve_boxes(record: ImageRecord, width: int, height: int, min_side: int,
 
     Errors and warnings are added to ``result``; returns the usable (box, pixel box) pairs.
     """
-    declared = (record.width, record.height)
-    rescale = None
-    if record.width and record.height and declared != (width, height):
-        rescale = (declared, (width, height))
+    rescale: tuple[tuple[int, int], tuple[int, int]] | None = None
+    if record.width and record.height and (record.width, record.height) != (width, height):
+        rescale = ((record.width, record.height), (width, height))
         result.warnings.append(
             f"declared size {record.width}x{record.height} differs from the decoded image "
             f"{width}x{height}; boxes rescaled by ({width / record.width:.4f}, "
@@ -73,7 +72,7 @@ def resolve_boxes(record: ImageRecord, width: int, height: int, min_side: int,
     usable: list[tuple[Box, BoxXYXY]] = []
     for box in record.boxes:
         if box.xyxy is not None:
-            xyxy = tuple(int(v) for v in box.xyxy)
+            xyxy = B.int_box(box.xyxy)
             if rescale is not None:
                 xyxy = B.rescale(xyxy, rescale[0], rescale[1])
         elif box.xyxy_norm is not None:
@@ -83,9 +82,9 @@ def resolve_boxes(record: ImageRecord, width: int, height: int, min_side: int,
                                              box.box_id, record.source))
             continue
         checked = B.validate(xyxy, width, height, min_side=min_side)
-        if checked.error:
-            result.errors.append(ErrorRecord("box", checked.error, record.image_id, box.box_id,
-                                             record.source))
+        if checked.error or checked.box is None:
+            result.errors.append(ErrorRecord("box", checked.error or "unusable box",
+                                             record.image_id, box.box_id, record.source))
             continue
         if checked.warning:
             result.warnings.append(f"{box.box_id}: {checked.warning}")
@@ -144,8 +143,15 @@ def segment(policy: InsidePointPolicy, engine: Engine, batch: Sequence[LoadedIma
             _engine_error(li, e)
 
 
+def _decoded(li: LoadedImage) -> np.ndarray:
+    """The image's pixels; only decoded images reach the engine."""
+    if li.rgb is None:
+        raise ValueError(f"image {li.result.record.image_id!r} was not decoded")
+    return li.rgb
+
+
 def _segment_all(policy: InsidePointPolicy, engine: Engine, todo: Sequence[LoadedImage]) -> None:
-    requests = [SegmentRequest(image=li.rgb, boxes=np.array([b for _, b in li.boxes]))
+    requests = [SegmentRequest(image=_decoded(li), boxes=np.array([b for _, b in li.boxes]))
                 for li in todo]
     predictions = policy.segment(engine, requests)
     if len(predictions) != len(todo):

@@ -31,6 +31,7 @@ Durability rules, in the order a worker applies them:
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -280,8 +281,7 @@ class Worker:
             if self._is_finished(sid):
                 continue
             lease = try_acquire(self.layout.lease_file(sid), self.worker_id, self.lease_timeout_s,
-                                on_stale=lambda old, mtime, reason, sid=sid:
-                                self._record_abandoned(sid, old, mtime, reason))
+                                on_stale=functools.partial(self._record_abandoned, sid))
             if lease is None:
                 continue
             self._finished.discard(sid)

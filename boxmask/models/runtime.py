@@ -26,9 +26,12 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
+
+from .iog import IOGNetworkBase
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ class FineIOG(nn.Module):
         self.net = net
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net.fine_logits(x)
+        return cast(IOGNetworkBase, self.net).fine_logits(x)
 
 
 class FineRefinement(nn.Module):
@@ -57,7 +60,7 @@ class FineRefinement(nn.Module):
         self.net = net
 
     def forward(self, x: Tensor, guidance: Tensor) -> Tensor:
-        return self.net.fine_logits(x, guidance)
+        return cast(IOGNetworkBase, self.net).fine_logits(x, guidance)
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:

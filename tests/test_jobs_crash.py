@@ -239,10 +239,11 @@ def test_an_image_its_workers_were_seen_dying_on_3_times_is_skipped_and_the_rest
     assert manifest["complete"] and manifest["counts"]["errors_by_stage"] == {"worker": 1}
     errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
     assert [(e["image_id"], e["stage"]) for e in errors] == [(ids[0], "worker")]
-    # --retry-failed converts the shard again from its skipped image on (here its first).
+    # --retry-failed converts the skipped image alone; the shard's other results are kept.
     assert reset_failed(out) == [0]
-    assert run_worker(out, wait_for_others=False).images == 4
+    assert run_worker(out, wait_for_others=False).images == 1
     merge(out)
+    assert not list((out / "state" / "results").glob("*.retry"))  # cleaned up by the merge
     assert_converted_exactly_once(out, grabcut_baseline)
 
 

@@ -200,29 +200,55 @@ def results_of(layout: JobLayout, shard: int) -> Path:
     return layout.results_dir / json.loads(layout.done_file(shard).read_text())["results"]
 
 
-@pytest.mark.parametrize("damage", ["torn last line", "garbage in a line"])
-def test_a_damaged_results_file_of_a_done_shard_is_detected_and_that_shard_redone(
+@pytest.mark.parametrize("damage", ["torn last line", "garbage in a line", "a changed value"])
+def test_a_damaged_results_file_of_a_done_shard_is_detected_and_only_its_damaged_images_redone(
         box_baseline, tmp_path, damage):
-    """A done shard's results must match the sha256 in its marker: a half-written last line or
-    garbage bytes are found by merge, and only that shard is converted again (its lines cannot
-    be trusted one by one). Unfinished shards resume after their last valid line instead
-    (``test_jobs_worker.py``)."""
+    """A done shard's results must match the sha256 in its marker: a half-written last line,
+    garbage bytes or a changed value that still parses are found by merge. The lines whose own
+    checksums still verify are kept, and only the damaged line's image is converted again."""
     layout = converted(tmp_path / "out")
     path = results_of(layout, 2)
     data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
     if damage == "torn last line":
         path.write_bytes(data[:len(data) - 40])
-    else:
-        lines = data.splitlines(keepends=True)
+    elif damage == "garbage in a line":
         lines[3] = b"\x00\xff garbage \x13" + lines[3][14:]
+        path.write_bytes(b"".join(lines))
+    else:
+        line = json.loads(lines[5])
+        assert line["record"]["boxes"], "needs a line with a box"
+        old_value = json.dumps(line["record"]["boxes"][0]["xyxy"]).encode()
+        lines[5] = lines[5].replace(old_value, old_value.replace(b"[", b"[1", 1), 1)
+        assert json.loads(lines[5]) != line
         path.write_bytes(b"".join(lines))
     partial = merge(tmp_path / "out", allow_partial=True)
     assert partial["shards"]["merged"] == 4 and not partial["complete"]
     assert (layout.done_dir / "000002.json.damaged").exists()
     report = run_worker(tmp_path / "out", wait_for_others=False)
-    assert report.shards_done == [2] and report.images == 10
+    assert report.shards_done == [2] and report.images == 1
     merge(tmp_path / "out")
     assert output_files(tmp_path / "out") == output_files(box_baseline)
+
+
+def test_per_image_files_changed_under_a_done_shard_redo_the_whole_shard(tmp_path):
+    """When ``merge --verify`` finds a per-image file changed, its results lines cannot say
+    which: the results file is rejected, not salvaged, and the shard is converted again."""
+    with_pngs = sample_settings(shard_size=10, formats=["pixel-imagenet"])
+    baseline = convert_once(tmp_path / "baseline", with_pngs)
+    out = tmp_path / "out"
+    assert convert(with_pngs, out, progress=False)["complete"]
+    layout = JobLayout(out)
+    first = json.loads(results_of(layout, 1).read_bytes().splitlines()[0])
+    changed = out / first["files"][0]
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    partial = merge(out, allow_partial=True, verify_files=True)
+    assert not partial["complete"]
+    assert len(list(layout.results_dir.glob("000001.*.jsonl.rejected"))) == 1
+    report = run_worker(out, wait_for_others=False)
+    assert report.shards_done == [1] and report.images == 10
+    merge(out)
+    assert output_files(out) == output_files(baseline)
 
 
 def test_a_garbled_done_marker_is_set_aside_and_nothing_is_redone(box_baseline, tmp_path):

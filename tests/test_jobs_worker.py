@@ -28,6 +28,7 @@ from jobs_support import (
 from boxmask.jobs.layout import JobLayout
 from boxmask.jobs.lease import Heartbeat, LeaseInfo, read_lease, try_acquire
 from boxmask.jobs.merge import merge
+from boxmask.jobs.results import LINE_CHECK_KEY, encode_line, line_verifies, salvage_lines
 from boxmask.jobs.worker import Worker, WorkerReport, run_worker, valid_prefix
 
 settings = partial(sample_settings, shard_size=50)
@@ -45,10 +46,20 @@ def only_results_file(out: Path, shard: int = 0) -> Path:
     return files[0]
 
 
+def unchecked_lines(path: Path) -> list[dict]:
+    """A results file's lines without their checksums (which depend on the job's plan id)."""
+    lines = [json.loads(line) for line in path.read_bytes().splitlines()]
+    assert all(LINE_CHECK_KEY in line for line in lines)
+    return [{k: v for k, v in line.items() if k != LINE_CHECK_KEY} for line in lines]
+
+
 def copy_prefix(baseline: Path, out: Path, n: int, tail: bytes = b"") -> list[str]:
     """Give ``out`` an earlier attempt that converted the first ``n`` images of shard 0 (its
     results lines and per-image files, copied from the baseline) and died writing ``tail``."""
-    lines = only_results_file(baseline).read_bytes().splitlines(keepends=True)[:n]
+    plan_id = json.loads((out / "plan.json").read_text())["plan_id"]
+    lines = [encode_line({k: v for k, v in json.loads(line).items() if k != LINE_CHECK_KEY},
+                         plan_id)  # the same results, checksummed for this job's plan
+             for line in only_results_file(baseline).read_bytes().splitlines()[:n]]
     files = [f for line in lines for f in json.loads(line)["files"]]
     for rel in files:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +82,7 @@ def test_a_resumed_shard_converts_only_the_images_not_yet_recorded(baseline, tmp
     assert {rel: (out / rel).stat().st_ino for rel in copied} == inodes
     merge(out)
     assert output_files(out) == output_files(baseline)
-    assert only_results_file(out).read_bytes() == only_results_file(baseline).read_bytes()
+    assert unchecked_lines(only_results_file(out)) == unchecked_lines(only_results_file(baseline))
 
 
 def test_a_recorded_image_whose_output_file_is_missing_is_converted_again(baseline, tmp_path):
@@ -101,6 +112,40 @@ def test_the_valid_prefix_ends_at_a_torn_line_garbage_or_a_line_for_another_imag
     path.write_bytes(good[0] + good[2])  # a line for the wrong image
     assert valid_prefix(path, expected)[0] == 1
     assert valid_prefix(tmp_path / "missing.jsonl", expected) == (0, 0)
+
+
+def test_a_results_line_carries_a_checksum_over_its_bytes_and_its_plan():
+    line = encode_line({"record": {"image_id": "img0", "boxes": []}, "masks": [0.5]}, "plan-a")
+    assert json.loads(line)["record"]["image_id"] == "img0"
+    assert line_verifies(line, "plan-a")
+    assert not line_verifies(line, "plan-b")  # the same line under another plan
+    flipped = line.replace(b"0.5", b"0.6")  # still valid JSON, wrong content
+    assert json.loads(flipped)["masks"] == [0.6] and not line_verifies(flipped, "plan-a")
+    assert not line_verifies(line[:-2] + b"\n", "plan-a")
+    assert not line_verifies(json.dumps({"record": {}}).encode() + b"\n", "plan-a")
+
+
+def test_the_valid_prefix_ends_at_a_line_whose_checksum_fails(tmp_path):
+    lines = [encode_line({"record": {"image_id": f"img{i}"}, "n": i}, "p") for i in range(4)]
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b"".join(lines[:2]) + lines[2].replace(b'"n": 2', b'"n": 7') + lines[3])
+    expected = [f"img{i}" for i in range(4)]
+    assert valid_prefix(path, expected, plan_id="p")[0] == 2
+    assert valid_prefix(path, expected)[0] == 4  # without the plan id, checksums are not read
+
+
+def test_salvage_keeps_every_line_that_verifies_at_its_own_position(tmp_path):
+    lines = [encode_line({"record": {"image_id": f"img{i}"}, "files": []}, "p") for i in range(6)]
+    expected = [f"img{i}" for i in range(6)]
+    damaged = tmp_path / "0.a.jsonl.damaged"
+    # line 1 garbled, the newline between lines 3 and 4 lost (both gone), line 5 torn
+    damaged.write_bytes(lines[0] + b"\x00garbage\n" + lines[2] + lines[3][:-1] + lines[4]
+                        + lines[5][:-9])
+    assert salvage_lines([damaged], expected, tmp_path, "p") == {0: lines[0], 2: lines[2]}
+    other = tmp_path / "0.b.jsonl.damaged"
+    other.write_bytes(lines[4] + encode_line({"record": {"image_id": "img5"}}, "q"))
+    found = salvage_lines([damaged, other], expected, tmp_path, "p")
+    assert found == {0: lines[0], 2: lines[2], 4: lines[4]}  # img5 of plan q is not trusted
 
 
 # -- leases -----------------------------------------------------------------------------------

@@ -145,10 +145,11 @@ def _position(layout: JobLayout, plan: dict[str, Any], sid: int, token: str) -> 
     expected = [item_id(i) for i in read_shard_items(layout.shard_file(sid),
                                                      shard.get("sha256"))]
     own = layout.attempt_file(sid, token)
+    plan_id = str(plan.get("plan_id"))
     if own.exists():
-        return valid_prefix(own, expected, layout.root)[0]
-    return max((valid_prefix(p, expected, layout.root)[0] for p in layout.attempt_files(sid)),
-               default=0)
+        return valid_prefix(own, expected, layout.root, plan_id)[0]
+    return max((valid_prefix(p, expected, layout.root, plan_id)[0]
+                for p in layout.attempt_files(sid)), default=0)
 
 
 def record_observed_deaths(out_dir: str | Path, died: Callable[[dict[str, Any]], bool],
@@ -247,8 +248,10 @@ def retry_skipped(out_dir: str | Path) -> list[int]:
     """Re-open the done shards that skipped items, and the legacy failed shards, so that their
     skipped items are converted again (their other items are kept). Returns the shards.
 
-    Each such shard gets a new attempt file holding its results up to the first skipped item;
-    then its old results file and done marker are removed and its failure records cleared.
+    Each such shard gets a new attempt file holding its results up to the first skipped item,
+    and a ``*.jsonl.retry`` file with every other line that is not a skip, which the worker
+    reuses (``boxmask.jobs.results.salvage_lines``): only the skipped items are converted again.
+    Then its old results file and done marker are removed and its failure records cleared.
     """
     layout = JobLayout(out_dir)
     plan = load_plan(out_dir)
@@ -263,13 +266,17 @@ def retry_skipped(out_dir: str | Path) -> list[int]:
                 _clear_failures(layout, sid)
             continue
         old = layout.results_dir / marker["results"]
-        keep = 0
-        with open(old, "rb") as f:
-            for raw in f:
+        token = f"retry{int(time.time() * 1000) % 10**8:08d}"
+        keep, in_prefix = 0, True
+        with open(old, "rb") as src, atomic_open(
+                layout.results_dir / f"{layout.shard_name(sid)}.{token}.jsonl.retry", "wb") as kept:
+            for raw in src:
                 if is_skip_line(json.loads(raw)):
-                    break
-                keep += len(raw)
-        new = layout.attempt_file(sid, f"retry{int(time.time() * 1000) % 10**8:08d}")
+                    in_prefix = False
+                    continue
+                kept.write(raw)
+                keep += len(raw) if in_prefix else 0
+        new = layout.attempt_file(sid, token)
         with open(old, "rb") as src, atomic_open(new, "wb") as dst:
             dst.write(src.read(keep))
         old.unlink(missing_ok=True)

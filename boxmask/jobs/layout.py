@@ -122,6 +122,19 @@ class JobLayout:
         return [folder / n for n in sorted(n for n in names if n.startswith(prefix)
                                            and n.endswith(".jsonl"))]
 
+    def salvage_files(self, shard_id: int) -> list[Path]:
+        """Results files of a shard whose lines a worker may reuse where their checksums still
+        verify (``boxmask.jobs.results.salvage_lines``), by name: ``*.jsonl.damaged`` (a done
+        shard's file that merge found damaged) and ``*.jsonl.retry`` (the kept lines of a shard
+        re-opened to retry its skipped items)."""
+        prefix = f"{self.shard_name(shard_id)}."
+        try:
+            names = os.listdir(self.results_dir)
+        except FileNotFoundError:
+            return []
+        return [self.results_dir / n for n in sorted(names) if n.startswith(prefix)
+                and (n.endswith(".jsonl.damaged") or n.endswith(".jsonl.retry"))]
+
     def all_attempt_files(self) -> dict[int, list[Path]]:
         """Every attempt's results file, by shard id (one listing of the results folder)."""
         folder = self.results_dir

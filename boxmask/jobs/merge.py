@@ -55,6 +55,9 @@ def done_marker(layout: JobLayout, shard_id: int) -> dict[str, Any] | None:
         return None
 
 
+_DAMAGED_RESULTS = "its results file is damaged"
+
+
 def _marker_problem(layout: JobLayout, plan: dict[str, Any], shard: dict[str, Any],
                     marker: dict[str, Any], verify_files: bool) -> str | None:
     """Why a done marker cannot be trusted, or None."""
@@ -65,16 +68,15 @@ def _marker_problem(layout: JobLayout, plan: dict[str, Any], shard: dict[str, An
     path = layout.results_dir / marker["results"]
     if not path.exists():
         return f"its results file {path.name} is missing"
+    if sha256_file(path) != marker.get("results_sha256"):
+        return f"{_DAMAGED_RESULTS} ({path.name}: sha256 differs)"
     if verify_files:
         try:
             scan = scan_done_results(path, layout.root)
         except FileNotFoundError as e:
             return f"an output file is missing ({e.filename})"
-        for key in ("results_sha256", "files_sha256"):
-            if scan[key] != marker.get(key):
-                return f"{key} does not match"
-    elif sha256_file(path) != marker.get("results_sha256"):
-        return f"its results file {path.name} is damaged (sha256 differs)"
+        if scan["files_sha256"] != marker.get("files_sha256"):
+            return "files_sha256 does not match: per-image files changed"
     return None
 
 
@@ -82,9 +84,12 @@ def verified_results_file(layout: JobLayout, plan: dict[str, Any], shard: dict[s
                           verify_files: bool = False) -> Path | None:
     """The results file of a done shard if it matches its marker; else None.
 
-    A marker that does not match is set aside (renamed to ``*.damaged``) with its results file
-    (kept for inspection, never resumed from: a damaged file cannot show which of its lines are
-    intact), so that the shard alone is converted again, rewriting its per-image files.
+    A marker that does not match is set aside (renamed to ``*.damaged``) with its results file,
+    so that the shard is worked on again. When the results file itself is damaged (its sha256
+    differs), it becomes ``*.jsonl.damaged``: the worker keeps its lines whose own checksums
+    still verify and converts only the other images again. When anything else is wrong (another
+    plan, a wrong count, per-image files that changed), the results file becomes
+    ``*.jsonl.rejected``, kept for inspection only, and the whole shard is converted again.
     """
     marker = done_marker(layout, shard["id"])
     if marker is None:
@@ -93,10 +98,13 @@ def verified_results_file(layout: JobLayout, plan: dict[str, Any], shard: dict[s
     path = layout.results_dir / marker["results"]
     if problem is None:
         return path
-    log.error("shard %d: done marker set aside, %s; the shard will be converted again",
-              shard["id"], problem)
+    salvageable = problem.startswith(_DAMAGED_RESULTS)
+    log.error("shard %d: done marker set aside, %s; %s", shard["id"], problem,
+              "its images whose result lines are damaged will be converted again"
+              if salvageable else "the shard will be converted again")
     with contextlib.suppress(FileNotFoundError):
-        os.replace(path, path.with_name(path.name + ".damaged"))
+        os.replace(path, path.with_name(path.name + (".damaged" if salvageable
+                                                     else ".rejected")))
     done = layout.done_file(shard["id"])
     with contextlib.suppress(FileNotFoundError):
         os.replace(done, done.with_name(done.name + ".damaged"))
@@ -155,6 +163,8 @@ def _clean_up(layout: JobLayout, plan: dict[str, Any]) -> None:
         for p in paths:
             if p.name not in named:
                 p.unlink(missing_ok=True)
+    for p in layout.results_dir.glob("*.jsonl.retry"):  # lines kept for a retry, now reused
+        p.unlink(missing_ok=True)
     for d in (layout.leases_dir, layout.done_dir):  # tombstones and unlinked marker copies
         for p in d.glob(".*"):
             p.unlink(missing_ok=True)

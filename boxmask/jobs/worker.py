@@ -11,10 +11,12 @@ Durability rules, in the order a worker applies them:
   that one item is skipped: its result line carries an error of stage ``worker`` and the shard
   goes on. A stop of the whole job (all workers killed, cancelled, timed out) counts for nothing.
 * Each lease attempt writes its own results file ``state/results/<shard>.<token>.jsonl``, one line
-  per input item, in item order, flushed after every line. It starts as an atomic copy of the
-  longest valid prefix among earlier attempts (complete JSON lines of the right images whose
+  per input item, in item order, flushed after every line, each line with its own checksum
+  (``boxmask.jobs.results``). It starts as an atomic copy of the longest valid prefix among
+  earlier attempts (complete JSON lines of the right images whose checksums match and whose
   per-image files exist; a torn last line is dropped), so finished images are not redone and no
-  image is recorded twice.
+  image is recorded twice. The lines of a done shard's results file that merge found damaged
+  are kept where their checksums still verify; only the other images are converted again.
 * Per-image files (PNGs) are written atomically before their result line; redoing an image writes
   the same bytes.
 * When every item has a line, the results file is fsynced and the done marker
@@ -77,7 +79,13 @@ from .plan import (
     read_shard_items,
     runtime_engine_options,
 )
-from .results import item_id, scan_done_results, valid_prefix  # noqa: F401 - re-exported
+from .results import (  # noqa: F401 - valid_prefix re-exported
+    encode_line,
+    item_id,
+    salvage_lines,
+    scan_done_results,
+    valid_prefix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +301,20 @@ class Worker:
 
     def _best_prefix(self, sid: int) -> int:
         expected = self._expected_ids(sid)
-        return max((valid_prefix(p, expected, self.layout.root)[0]
+        return max((valid_prefix(p, expected, self.layout.root, self.plan_id)[0]
                     for p in self.layout.attempt_files(sid)), default=0)
+
+    @property
+    def plan_id(self) -> str:
+        """The plan's id, which every results line's checksum covers."""
+        return str(self.plan.get("plan_id"))
+
+    def _salvaged(self, sid: int, expected: list[str]) -> dict[int, bytes]:
+        """Lines of this shard's set-aside results files that still verify, by item position."""
+        sources = self.layout.salvage_files(sid)
+        if not sources:
+            return {}
+        return salvage_lines(sources, expected, self.layout.root, self.plan_id)
 
     def _expected_ids(self, sid: int) -> list[str]:
         shard = self.plan["shards"][sid]
@@ -383,7 +403,7 @@ class Worker:
         """Create this attempt's results file as a copy of the longest valid earlier prefix."""
         best: tuple[int, int, Path | None] = (0, 0, None)
         for p in self.layout.attempt_files(sid):
-            n, nbytes = valid_prefix(p, expected, self.layout.root)
+            n, nbytes = valid_prefix(p, expected, self.layout.root, self.plan_id)
             if n > best[0]:
                 best = (n, nbytes, p)
         n, nbytes, source = best
@@ -408,15 +428,20 @@ class Worker:
         results_path, start = self._start_attempt(sid, lease, expected)
         if start:
             log.info("shard %d: resuming after %d of %d items", sid, start, len(items))
+        salvaged = {i: line for i, line in self._salvaged(sid, expected).items() if i >= start}
+        if salvaged:
+            log.info("shard %d: %d result lines kept from an earlier results file; converting "
+                     "the other %d items", sid, len(salvaged),
+                     len(items) - start - len(salvaged))
         written = start
         with open(results_path, "ab") as out:
-            while written < len(items):  # items its workers kept dying on
+            while written < len(items) and written not in salvaged:  # items workers died on
                 reason = self._skip_reason(sid, written)
                 if reason is None:
                     break
                 skipped = deaths.skipped_result(items[written], reason)
                 log.error("shard %d: skipping %s, %s", sid, skipped.record.image_id, reason)
-                out.write((json.dumps(skipped.to_json(), ensure_ascii=False) + "\n").encode())
+                out.write(encode_line(skipped.to_json(), self.plan_id))
                 out.flush()
                 written += 1
                 report.items_skipped.append(skipped.record.image_id)
@@ -426,11 +451,20 @@ class Worker:
                 log.warning("shard %d: a worker died at item %d; converting the next %d items "
                             "one at a time, so that a death pins the image that causes it", sid,
                             written, careful)
-            results = itertools.chain(self._careful_results(items[written:written + careful]),
-                                      self._results(items[written + careful:]))
-            for result in results:
+            missing = [items[i] for i in range(written, len(items)) if i not in salvaged]
+            results = itertools.chain(self._careful_results(missing[:careful]),
+                                      self._results(missing[careful:]))
+            while written < len(items):
+                if written in salvaged:
+                    out.write(salvaged[written])
+                    out.flush()
+                    written += 1
+                    continue
+                result = next(results, None)
+                if result is None:  # stopped
+                    break
                 lease.check()
-                out.write((json.dumps(result.to_json(), ensure_ascii=False) + "\n").encode())
+                out.write(encode_line(result.to_json(), self.plan_id))
                 out.flush()
                 written += 1
                 report.images += 1

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 from slurm_cluster import SlurmCluster, wait_for
 
+from boxmask.jobs.deaths import deaths_at, is_skip_line, read_all_failures
+from boxmask.jobs.layout import JobLayout
+from boxmask.jobs.plan import read_shard_items
 from boxmask.jobs.slurm import (
     EXIT_STOPPED,
     SlurmError,
@@ -358,3 +363,118 @@ def test_an_array_cancelled_mid_run_and_resubmitted_equals_a_single_process_run(
                for line in p.read_text().splitlines()]
     ids = [r["record"]["image_id"] for r in results]
     assert len(ids) == len(set(ids)) == 24  # every image exactly once
+
+
+FAULT_INJECT = Path(__file__).resolve().parent / "fault_inject"
+
+TIME_LIMIT = "1"
+"""The task's time limit: one minute, Slurm's shortest."""
+
+GRACE_S = 20
+"""USR1 comes ``GRACE_S`` s before the limit, but slurmctld tests time limits only every 30 s
+(``PERIODIC_TIMEOUT``) and sends the signal at the first test that finds the job within
+``GRACE_S + 30`` s of its end: 10 to 41 s after the task started. The time limit itself is
+enforced at the first test at or after the end, 60 s or more after the start."""
+
+SLOW_S = 45
+"""How long the first load of the slow image sleeps: from about 2 s after the start (the second
+image of the first shard) to past the last moment the signal can come (41 s), and over well
+before the time limit (60 s), so that the worker is on that image when USR1 arrives and has
+stopped before Slurm would kill it."""
+
+
+def _reports(log: str) -> list[dict]:
+    """The reports that ``boxmask work`` prints when it ends (one JSON line per run)."""
+    return [json.loads(line) for line in log.splitlines()
+            if line.startswith("{") and '"worker_id"' in line]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.skipif(not _worker_available(), reason="needs boxmask work")
+def test_a_task_stopped_at_its_time_limit_is_requeued_and_resumes_without_loss(
+        slurm: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slurm itself signals a real `boxmask work` task before its time limit while the worker is
+    mid-shard; the task is requeued, runs again and finishes: the output equals an uninterrupted
+    single-process convert, every image is converted once, and the stop is no death."""
+    boxmask = default_worker_command()
+    options = ["--source", "ilsvrc-loc", "--input", str(SAMPLE), "--format", "pixel-imagenet",
+               "--format", "coco", "--format", "openimages", "--engine", "grabcut",
+               "--shard-size", "4", "--limit", "8"]
+    single = tmp_path / "single"
+    subprocess.run([*boxmask, "convert", *options, "--output", str(single), "--no-progress"],
+                   check=True, capture_output=True)
+    out = tmp_path / "cluster"
+    subprocess.run([*boxmask, "plan", *options, "--output", str(out)], check=True,
+                   capture_output=True)
+    layout = JobLayout(out)
+    slow = read_shard_items(layout.shard_file(0))[1].image_id
+    slow_once = tmp_path / "slow-image-loaded"
+    # sbatch exports this environment to the task: the first load of `slow` sleeps.
+    python_path = [str(FAULT_INJECT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(python_path))
+    monkeypatch.setenv("BOXMASK_TEST_SLOW_IMAGE", f"{slow}:{SLOW_S}")
+    monkeypatch.setenv("BOXMASK_TEST_SLOW_ONCE", str(slow_once))
+
+    (job,) = submit_array(out, 1, time=TIME_LIMIT, grace_s=GRACE_S)
+    task = f"{job}_0"
+
+    def show_job() -> str:
+        return slurm.run("scontrol", "show", "job", task).stdout
+
+    try:
+        wait_for(lambda: re.search(r"\bJobState=PENDING\b.*\bRestarts=1\b|"
+                                   r"\bRestarts=1\b.*\bJobState=PENDING\b", show_job(), re.S)
+                 is not None, timeout=120, what="the task to be requeued")
+        # A requeued job may start again only after the job credential lifetime (AuthInfo
+        # cred_expire, 120 s by default) plus one second, so that no launch credential of its
+        # last run is still valid. Shortening cred_expire for the whole test cluster would also
+        # shorten the lifetime of every launch credential and the pause that the other requeue
+        # test sees; releasing this one task keeps the test short without either. It starts 2 s
+        # from now, after the second in which its last run's credentials were revoked. Its time
+        # limit is raised so that it cannot be signalled again while it finishes: the run that
+        # Slurm stops is the first one.
+        begin = re.search(r"\bEligibleTime=(\S+)", show_job())
+        assert begin is not None, show_job()
+        delay = time.mktime(time.strptime(begin.group(1), "%Y-%m-%dT%H:%M:%S")) - time.time()
+        assert delay > 60, f"requeued task eligible in {delay:.0f} s"
+        slurm.run("scontrol", "update", f"JobId={task}", "StartTime=now+2", "TimeLimit=5")
+        states = slurm.wait_finished([job], timeout=120)
+        info = show_job()
+    finally:
+        slurm.run("scancel", job, check=False)
+
+    log = (out / "logs" / f"slurm-{task}.out").read_text()
+    assert states == {task: "COMPLETED"}, log
+    assert "Restarts=1" in info, info
+    # The first run: Slurm's USR1 (nothing else signalled it) reached the worker on the slow
+    # image; it finished that image, kept its results and exited stopped; the script requeued.
+    assert slow_once.exists()
+    assert "received SIGUSR1" in log
+    assert "received SIGTERM" not in log  # stopped before the time limit, not killed at it
+    assert log.count(f"requeueing {task}") == 1
+    assert f"boxmask worker exited with status {EXIT_STOPPED}" in log
+    assert "boxmask worker exited with status 0" in log
+    first, second = _reports(log)
+    assert first["stopped"] and first["shards_done"] == [] and first["images"] == 2, first
+    # The second run went on where the first stopped, and converted only what was left.
+    assert "shard 0: resuming after 2 of 4 items" in log
+    assert not second["stopped"] and second["shards_done"] == [0, 1], second
+    assert first["images"] + second["images"] == 8
+    assert {first["worker_id"], second["worker_id"]} == {f"slurm-{task}"}
+
+    done = [json.loads(p.read_text()) for p in (out / "state" / "done").glob("*.json")]
+    assert sorted(d["shard"] for d in done) == [0, 1]
+    merged = subprocess.run([*boxmask, "merge", str(out)], capture_output=True, text=True)
+    assert merged.returncode == 0, merged.stderr
+    assert _output_files(out) == _output_files(single)
+    results = [json.loads(line) for d in done
+               for line in (layout.results_dir / d["results"]).read_text().splitlines()]
+    ids = [r["record"]["image_id"] for r in results]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 8  # every image exactly once
+    assert not [r for r in results if is_skip_line(r)]  # no image skipped as a worker death
+    # A stop by the scheduler releases the lease: no failure is recorded, so no death counts
+    # against the image the worker was on (item 1 of shard 0), observed or not.
+    failures = read_all_failures(layout)
+    assert failures == {}, failures
+    assert deaths_at(failures.get(0, []), 1) == (0, 0)

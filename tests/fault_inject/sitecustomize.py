@@ -3,6 +3,9 @@ their ``PYTHONPATH``, so Python imports this module at start-up in every child p
 
 * ``BOXMASK_TEST_SLOW_IMAGE=<image id>:<seconds>``: loading that image first sleeps, so that a
   test can stop the job while a worker is on it.
+* ``BOXMASK_TEST_SLOW_ONCE=<path>`` (with ``BOXMASK_TEST_SLOW_IMAGE``): the image is slow only
+  once across all processes: the load that creates the file ``<path>`` sleeps, the later ones
+  (a requeued or re-run worker) find it and do not.
 * ``BOXMASK_TEST_CRASH_IMAGE=<image id>``: loading that image kills the process (SIGKILL), as
   an image that crashes the decoder or the engine would.
 * ``BOXMASK_TEST_CLOCK_SKEW=<seconds>``: ``time.time()`` of this process runs that far ahead
@@ -26,7 +29,20 @@ if _skew:
     time.time = lambda: _real_time() + _skew  # noqa: E731
 
 _slow = os.environ.get("BOXMASK_TEST_SLOW_IMAGE")
+_slow_once = os.environ.get("BOXMASK_TEST_SLOW_ONCE")
 _crash = os.environ.get("BOXMASK_TEST_CRASH_IMAGE")
+
+
+def _first_slow_load() -> bool:
+    """Whether this load of the slow image sleeps: always, or with ``BOXMASK_TEST_SLOW_ONCE``
+    only when it is the first to create the marker file."""
+    if not _slow_once:
+        return True
+    try:
+        os.close(os.open(_slow_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def _patch_steps(module) -> None:
@@ -35,7 +51,7 @@ def _patch_steps(module) -> None:
 
     def load(item, *args, **kwargs):
         image_id = getattr(item, "image_id", None)
-        if _slow and image_id == slow_id:
+        if _slow and image_id == slow_id and _first_slow_load():
             time.sleep(float(seconds))
         if _crash and image_id == _crash:
             import signal

@@ -2,18 +2,25 @@
 
 ``convert`` = plan (or resume an existing plan) + workers + merge. Re-running it on the same output
 directory with the same settings resumes where it stopped; other settings are refused unless
-``force`` discards the earlier conversion.
+``force`` discards the earlier conversion. ``boxmask.pipeline`` builds the settings from a
+pipeline file and options; ``segment_file`` segments one box of one image file into a mask PNG.
+
+The network weights an engine loads when none are named are chosen here (``default_weights``),
+for conversions, redos and single images alike.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .engines import create_engine
+from . import boxes as B
+from .atomic import atomic_write_bytes
+from .engines import NETWORK_ENGINES, create_engine
 from .engines.base import Engine, Prediction, SegmentRequest
 from .exitcodes import (  # noqa: F401 - re-exported for API users
     EXIT_FATAL,
@@ -22,18 +29,38 @@ from .exitcodes import (  # noqa: F401 - re-exported for API users
     EXIT_STOPPED,
     EXIT_USAGE,
     job_exit,
+    workers_exit,
 )
 from .jobs.merge import merge
 from .jobs.plan import Settings, open_plan, resolve_settings
 from .jobs.progress import Progress
 from .jobs.status import job_status
 from .jobs.worker import Worker, WorkerReport
+from .masks import encode_binary_png
+from .pipeline import engine_options
 from .points import create_policy
-from .records import Click
+from .records import BoxXYXY, Click
 from .threads import set_threads
+from .weights import DEFAULT_REFINEMENT_WEIGHTS, DEFAULT_WEIGHTS
 
 log = logging.getLogger(__name__)
 
+U2NET_WEIGHTS = "u2net"
+"""Registry name of the U²-Net weights that ``u2net`` and ``fused`` load when none are named."""
+
+
+class MaskWriteError(OSError):
+    """A mask could not be encoded as a PNG or written to its file (the message names the file)."""
+
+
+def default_weights(engine: str, *, refining: bool = False) -> str | None:
+    """Registry name of the weights ``engine`` loads when none are named: for ``iog`` the
+    released IOG checkpoint, or its refinement checkpoint when ``refining`` (the request has
+    refinement clicks); None for the other engines (``u2net`` and ``fused`` load
+    ``U2NET_WEIGHTS`` by themselves; ``grabcut`` and ``box`` take no weights)."""
+    if engine != "iog":
+        return None
+    return DEFAULT_REFINEMENT_WEIGHTS if refining else DEFAULT_WEIGHTS
 
 
 def pick_engine_name(name: str) -> str:
@@ -42,9 +69,9 @@ def pick_engine_name(name: str) -> str:
     if name != "auto":
         return name
     try:
-        from .weights import DEFAULT_WEIGHTS, weights_path
+        from .weights import weights_path
 
-        for engine, weights in (("iog", DEFAULT_WEIGHTS), ("fused", "u2net")):
+        for engine, weights in (("iog", DEFAULT_WEIGHTS), ("fused", U2NET_WEIGHTS)):
             if weights_path(weights).exists():
                 return engine
     except Exception:  # no registry or unreadable cache: fall back to the weight-free engine
@@ -153,7 +180,7 @@ def convert(settings: Settings, out_dir: str | Path, *, workers: int | None = No
 
         codes = run_local_workers(out_dir, workers, progress=progress, device=device,
                                   lease_timeout_s=lease_timeout_s)
-        stopped = any(c == EXIT_STOPPED for c in codes)
+        stopped = workers_exit(codes) == EXIT_STOPPED
         if any(c not in (EXIT_OK, EXIT_PARTIAL, EXIT_STOPPED) for c in codes):
             log.error("worker exit codes: %s", codes)
     status = job_status(out_dir)
@@ -195,6 +222,67 @@ def segment_image(image_rgb: np.ndarray, box_xyxy: tuple[int, int, int, int], *,
                              extra_clicks=[extra] if extra else None)
     policy = create_policy(inside_point, **(inside_options or {}))
     return policy.segment(engine, [request])[0][0]
+
+
+def write_mask_png(mask: np.ndarray, path: str | Path) -> Path:
+    """Write ``mask`` (``H x W``, non-zero = object) to ``path`` as a 1-bit greyscale PNG
+    (``boxmask.masks.encode_binary_png``: OpenCV reads 0 / 255), atomically; return the path.
+    Raises ``MaskWriteError`` when the mask cannot be encoded or the file cannot be written."""
+    path = Path(path)
+    try:
+        data = encode_binary_png(mask)
+    except ValueError as e:
+        raise MaskWriteError(f"cannot encode the mask for {path}: {e}") from e
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as e:
+        raise MaskWriteError(f"cannot write the mask to {path}: {e}") from e
+    return path
+
+
+def segment_file(image: str | Path, box_xyxy: Sequence[int], output: str | Path, *,
+                 clicks: Sequence[Click] = (), engine: str = "auto",
+                 weights: str | Path | None = None, device: str = "auto",
+                 inside_point: str = "center",
+                 inside_options: dict[str, Any] | None = None) -> Prediction:
+    """Segment one box of the image file ``image`` and write its mask to ``output`` (a PNG, see
+    ``write_mask_png``); return the prediction.
+
+    ``box_xyxy``: ``(x0, y0, x1, y1)``, 0-based inclusive pixel indices of the decoded image
+    (after its EXIF orientation). ``clicks`` as in ``segment_image``. ``engine`` ``auto``: see
+    ``pick_engine_name``. ``weights``: a path or registry name, for the network engines only;
+    default ``default_weights`` (for IOG with refinement clicks, the refinement checkpoint).
+    ``device`` (auto, cpu, cuda, cuda:1) applies to the network engines.
+
+    Raises ``boxmask.imageio.ImageDecodeError`` for an unreadable image, ``ValueError`` for a
+    box outside the image or too small and for clicks the engine cannot use,
+    ``boxmask.pipeline.PipelineError`` for weights given to an engine that takes none, and
+    ``MaskWriteError`` when the PNG cannot be written.
+    """
+    from .imageio import decode_image
+
+    decoded = decode_image(image)
+    w, h = decoded.size
+    if len(box_xyxy) != 4:
+        raise ValueError(f"box {list(box_xyxy)} is not four pixel coordinates x0, y0, x1, y1")
+    x0, y0, x1, y1 = box_xyxy
+    checked = B.validate((x0, y0, x1, y1), w, h)
+    if checked.error or checked.box is None:
+        raise ValueError(checked.error or f"unusable box {list(box_xyxy)}")
+    box: BoxXYXY = checked.box
+    name = pick_engine_name(engine)
+    refining = bool(split_clicks(list(clicks))[1])
+    options = engine_options(name, weights=weights, refining=refining)
+    if name in NETWORK_ENGINES:
+        options["device"] = device
+    eng = create_engine(name, **options)
+    try:
+        prediction = segment_image(decoded.rgb, box, engine=eng, inside_point=inside_point,
+                                   inside_options=inside_options, clicks=list(clicks))
+    finally:
+        eng.close()
+    write_mask_png(prediction.mask, output)
+    return prediction
 
 
 # ------------------------------------------------------------------------------ review

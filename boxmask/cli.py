@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,10 +17,11 @@ import click
 from click.core import ParameterSource
 
 from . import __version__
-from .engines import ENGINES, NETWORK_ENGINES
-from .exitcodes import EXIT_FATAL, EXIT_OK, job_exit, worker_exit, workers_exit
+from .engines import ENGINES
+from .exitcodes import EXIT_FATAL, EXIT_OK, job_exit, report_exit, workers_exit
 from .imageio import DEFAULT_MAX_PIXELS
 from .jobs.plan import Settings
+from .pipeline import PipelineError, conversion_settings, engine_options, inside_options
 from .points import POLICIES
 from .readers import SOURCES
 from .records import Click
@@ -127,97 +127,30 @@ def source_options(f: Any) -> Any:
     return f
 
 
-_PIPELINE_KEYS = {"source", "input_path", "images_root", "labels_file", "split", "box_origin",
-                  "formats",
-                  "engine", "weights", "precision", "batch_size", "engine_option", "inside_point",
-                  "inside_option", "stage1_weights",
-                  "exif", "max_pixels", "min_box_side", "shard_size", "limit"}
-_PIPELINE_ALIASES = {"input": "input_path", "labels": "labels_file", "format": "formats",
-                     "engine_options": "engine_option", "inside_options": "inside_option"}
+def _given(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
+    """The options of ``params`` given on the command line, KEY=VALUE lists parsed."""
+    given = {name: value for name, value in params.items()
+             if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
+    for name in ("engine_option", "inside_option"):
+        if name in given:
+            given[name] = _parse_kv(tuple(given[name]))
+    return given
 
 
-def _apply_pipeline(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
-    """Fill options not given on the command line from the pipeline file, if any."""
-    path = params.get("pipeline")
-    if path is None:
-        return params
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise click.BadParameter(f"cannot read pipeline {path}: {e}",
-                                 param_hint="--pipeline") from None
-    preset = dict(data.get("convert", {}))
-    for table in ("engine_options", "inside_options"):
-        if table in data:
-            preset[table] = data[table]
-    for key, value in preset.items():
-        name = _PIPELINE_ALIASES.get(key, key)
-        if name not in _PIPELINE_KEYS:
-            raise click.BadParameter(f"unknown key {key!r} in {path}", param_hint="--pipeline")
-        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None):
-            continue
-        if name == "formats":
-            value = tuple([value] if isinstance(value, str) else value)
-        elif name in ("engine_option", "inside_option"):
-            value = tuple(f"{k}={json.dumps(v)}" for k, v in value.items())
-        params[name] = value
-    return params
+def _usage_error(e: PipelineError) -> click.UsageError:
+    if e.option:
+        return click.BadParameter(str(e), param_hint=e.option)
+    return click.UsageError(str(e))
 
 
 def _settings(ctx: click.Context, params: dict[str, Any]) -> Settings:
-    from .api import pick_engine_name
-
-    p = _apply_pipeline(ctx, dict(params))
-    for required, flag in (("source", "--source"), ("input_path", "--input")):
-        if not p.get(required):
-            raise click.UsageError(f"missing {flag} (on the command line or in --pipeline)")
-    engine = pick_engine_name(p.get("engine") or "auto")
-    engine_options = _parse_kv(tuple(p.get("engine_option") or ()))
-    for key in ("weights", "precision", "batch_size"):
-        if p.get(key) is not None:
-            if engine not in NETWORK_ENGINES:
-                raise click.UsageError(f"--{key.replace('_', '-')} applies to the network "
-                                       f"engines ({', '.join(NETWORK_ENGINES)}) only")
-            engine_options[key] = p[key]
-    if engine == "iog" and "weights" not in engine_options:
-        from .weights import DEFAULT_WEIGHTS
-
-        engine_options["weights"] = DEFAULT_WEIGHTS
-    reader_options: dict[str, Any] = {}
-    if p.get("split") and p["source"] == "ilsvrc-loc":
-        reader_options["split"] = p["split"]
-    if p.get("box_origin") is not None:
-        if p["source"] not in ("ilsvrc-loc", "kaggle-loc"):
-            raise click.UsageError("--box-origin applies to ilsvrc-loc and kaggle-loc only")
-        reader_options["origin"] = p["box_origin"]
-    s = Settings(
-        source=p["source"],
-        input=str(p["input_path"]),
-        formats=list(p.get("formats") or ("pixel-imagenet",)),
-        images_root=str(p["images_root"]) if p.get("images_root") else None,
-        labels_file=str(p["labels_file"]) if p.get("labels_file") else None,
-        reader_options=reader_options,
-        engine=engine,
-        engine_options=engine_options,
-        inside_point=p.get("inside_point") or "center",
-        inside_options=_inside_options(p.get("inside_point") or "center",
-                                       tuple(p.get("inside_option") or ()),
-                                       p.get("stage1_weights")),
-    )
-    for key in ("exif", "max_pixels", "min_box_side", "shard_size", "limit"):
-        if p.get(key) is not None:
-            setattr(s, key, p[key])
-    return s
-
-
-def _inside_options(policy: str, values: tuple[str, ...],
-                    stage1_weights: str | None) -> dict[str, Any]:
-    options = _parse_kv(values)
-    if stage1_weights:
-        if policy != "stage1":
-            raise click.UsageError("--stage1-weights applies to --inside-point stage1 only")
-        options["weights"] = str(stage1_weights)
-    return options
+    """The conversion settings of ``convert`` and ``plan``: the flags given, filled from
+    --pipeline."""
+    options = {k: v for k, v in _given(ctx, params).items() if k not in ("pipeline", "out_dir")}
+    try:
+        return conversion_settings(options, pipeline=params.get("pipeline"))
+    except PipelineError as e:
+        raise _usage_error(e) from None
 
 
 def _fail(e: Exception) -> NoReturn:
@@ -370,7 +303,7 @@ def work(out_dir: Path, worker_id: str | None, device: str | None, batch_size: i
         log.exception("worker failed")
         _fail(e)
     click.echo(json.dumps(report.to_json()), err=True)
-    sys.exit(worker_exit(stopped=report.stopped, errors=report.errors))
+    sys.exit(report_exit(report.to_json()))
 
 
 @cli.command()
@@ -689,21 +622,16 @@ def redo_cmd(run_dir: Path, verdicts: Path | None, sample_dir: Path | None, verd
     from .api import redo as redo_api
     from .quality.redo import RedoRequest
 
-    engine_options = _parse_kv(engine_option)
-    for key, value in (("weights", weights), ("precision", precision),
-                       ("batch_size", batch_size)):
-        if value is not None:
-            if engine not in NETWORK_ENGINES:
-                raise click.UsageError(f"--{key.replace('_', '-')} applies to the network "
-                                       f"engines ({', '.join(NETWORK_ENGINES)}) only")
-            engine_options[key] = value
-    if engine == "iog" and "weights" not in engine_options:
-        from .weights import DEFAULT_WEIGHTS
-
-        engine_options["weights"] = DEFAULT_WEIGHTS
+    try:
+        options = engine_options(engine, _parse_kv(engine_option), weights=weights,
+                                 precision=precision, batch_size=batch_size)
+        policy_options = inside_options(inside_point, _parse_kv(inside_option),
+                                        stage1_weights=stage1_weights)
+    except PipelineError as e:
+        raise _usage_error(e) from None
     request = RedoRequest(
-        engine=engine, engine_options=engine_options, inside_point=inside_point,
-        inside_options=_inside_options(inside_point, inside_option, stage1_weights),
+        engine=engine, engine_options=options, inside_point=inside_point,
+        inside_options=policy_options,
         verdicts_file=None if verdicts is None else str(verdicts.absolute()),
         sample_dir=None if sample_dir is None else str(sample_dir.absolute()),
         verdicts=tuple(v.strip() for v in verdict.split(",") if v.strip()),
@@ -973,48 +901,21 @@ def segment(image: Path, box: str, clicks: tuple[str, ...], engine: str, weights
             device: str, inside_point: str, inside_option: tuple[str, ...],
             stage1_weights: str | None, out_path: Path) -> None:
     """Segment one box of one image and write the mask as a PNG."""
-    import cv2
-    import numpy as np
+    from .api import segment_file
+    from .imageio import ImageDecodeError
 
-    from . import boxes as B
-    from .api import pick_engine_name, segment_image, split_clicks
-    from .atomic import atomic_write_bytes
-    from .engines import create_engine
-    from .imageio import ImageDecodeError, decode_image
-
-    try:
-        decoded = decode_image(image)
-    except ImageDecodeError as e:
-        _fail(e)
-    w, h = decoded.size
-    checked = B.validate(_parse_box(box), w, h)
-    if checked.error or checked.box is None:
-        _fail(ValueError(checked.error or f"unusable box {box!r}"))
+    box_xyxy = _parse_box(box)
     parsed_clicks = [_parse_click(c) for c in clicks]
-    name = pick_engine_name(engine)
-    options: dict[str, Any] = {}
-    if name == "iog":
-        from .weights import DEFAULT_REFINEMENT_WEIGHTS, DEFAULT_WEIGHTS
-
-        refining = bool(split_clicks(parsed_clicks)[1])
-        options = {"weights": weights or (DEFAULT_REFINEMENT_WEIGHTS if refining
-                                          else DEFAULT_WEIGHTS), "device": device}
-    elif name in NETWORK_ENGINES:
-        options = {"device": device, **({"weights": weights} if weights else {})}
-    elif weights:
-        raise click.UsageError(f"--weights applies to {', '.join(NETWORK_ENGINES)} only")
-    eng = create_engine(name, **options)
     try:
-        pred = segment_image(decoded.rgb, checked.box, engine=eng, inside_point=inside_point,
-                             inside_options=_inside_options(inside_point, inside_option,
-                                                            stage1_weights),
-                             clicks=parsed_clicks)
-    except ValueError as e:
+        policy_options = inside_options(inside_point, _parse_kv(inside_option),
+                                        stage1_weights=stage1_weights)
+        pred = segment_file(image, box_xyxy, out_path, clicks=parsed_clicks, engine=engine,
+                            weights=weights, device=device, inside_point=inside_point,
+                            inside_options=policy_options)
+    except PipelineError as e:
+        raise _usage_error(e) from None
+    except (ImageDecodeError, ValueError, OSError) as e:
         _fail(e)
-    finally:
-        eng.close()
-    ok, png = cv2.imencode(".png", pred.mask.astype(np.uint8) * 255)
-    atomic_write_bytes(out_path, png.tobytes())
     click.echo(json.dumps({"output": str(out_path), "score": round(pred.score, 4),
                            "area": int(pred.mask.sum()),
                            "clicks": [c.to_json() for c in pred.clicks]}))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -21,6 +22,13 @@ def worker_exit(*, stopped: bool, errors: int, failed: bool = False) -> int:
     if stopped:
         return EXIT_STOPPED
     return EXIT_PARTIAL if errors else EXIT_OK
+
+
+def report_exit(report: Mapping[str, Any]) -> int:
+    """What one worker ends with, from its report (``WorkerReport.to_json()``, or a Ray actor's
+    report, which has ``error`` when the actor raised or died): see ``worker_exit``."""
+    return worker_exit(stopped=bool(report.get("stopped")), errors=int(report.get("errors") or 0),
+                       failed=bool(report.get("error")))
 
 
 def workers_exit(codes: Iterable[int]) -> int:

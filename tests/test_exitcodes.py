@@ -8,10 +8,11 @@ from boxmask.exitcodes import (
     EXIT_PARTIAL,
     EXIT_STOPPED,
     job_exit,
+    report_exit,
     worker_exit,
     workers_exit,
 )
-from boxmask.jobs.ray_backend import exit_code
+from boxmask.jobs.worker import WorkerReport
 
 
 def test_worker_exit():
@@ -19,8 +20,14 @@ def test_worker_exit():
     assert worker_exit(stopped=False, errors=2) == EXIT_PARTIAL
     assert worker_exit(stopped=True, errors=2) == EXIT_STOPPED
     assert worker_exit(stopped=True, errors=0, failed=True) == EXIT_FATAL
-    assert exit_code({"stopped": False, "errors": 1}) == EXIT_PARTIAL
-    assert exit_code({"error": "boom"}) == EXIT_FATAL
+
+
+def test_report_exit():
+    assert report_exit({"stopped": False, "errors": 1}) == EXIT_PARTIAL
+    assert report_exit({"error": "boom"}) == EXIT_FATAL
+    assert report_exit(WorkerReport("w").to_json()) == EXIT_OK
+    assert report_exit(WorkerReport("w", errors=2).to_json()) == EXIT_PARTIAL
+    assert report_exit(WorkerReport("w", errors=2, stopped=True).to_json()) == EXIT_STOPPED
 
 
 def test_workers_exit():

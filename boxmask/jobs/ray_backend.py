@@ -28,15 +28,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..exitcodes import worker_exit
+from ..exitcodes import report_exit
 from .deaths import record_observed_deaths
 from .lease import DEFAULT_TIMEOUT_S
 from .status import job_status
 from .worker import StopRequested, run_worker
 
 log = logging.getLogger(__name__)
-
-"""The exit codes of ``boxmask work`` (``boxmask.api``), reported per Ray worker."""
 
 
 class RayUnavailableError(RuntimeError):
@@ -81,13 +79,6 @@ class RayWorker:
         self.stop_requested.event.set()
 
 
-def exit_code(report: dict[str, Any]) -> int:
-    """The exit code ``boxmask work`` would have ended with for this report: 0 done, 3 done with
-    item errors, 4 stopped, 1 failed (the actor raised or died)."""
-    return worker_exit(stopped=bool(report.get("stopped")), errors=int(report.get("errors") or 0),
-                       failed=bool(report.get("error")))
-
-
 def run_ray_workers(out_dir: str | Path, workers: int, *, address: str | None = None,
                     gpus_per_worker: float = 0, cpus_per_worker: float | None = None,
                     lease_timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -96,7 +87,7 @@ def run_ray_workers(out_dir: str | Path, workers: int, *, address: str | None = 
                     poll_s: float = 1.0) -> list[dict[str, Any]]:
     """Run ``workers`` Ray actors on the job in ``out_dir`` until it is done; return one report
     per actor that ended: ``WorkerReport.to_json()`` plus ``host``, ``pid`` and ``exit_code``
-    (see ``exit_code``; an actor that raised has ``error`` instead of counts).
+    (``boxmask.exitcodes.report_exit``: an actor that raised has ``error`` instead of counts).
 
     Connects to the Ray cluster at ``address`` (``"auto"``, ``"ray://host:10001"``, ...; None:
     ``RAY_ADDRESS``, else a new local instance) unless this process is already connected.
@@ -171,7 +162,7 @@ def run_ray_workers(out_dir: str | Path, workers: int, *, address: str | None = 
                     report = {"worker_id": None, "error": str(e)}
                 finally:
                     ray.kill(actor, no_restart=True)
-                reports.append({**report, "exit_code": exit_code(report)})
+                reports.append({**report, "exit_code": report_exit(report)})
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

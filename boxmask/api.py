@@ -31,8 +31,9 @@ from .exitcodes import (  # noqa: F401 - re-exported for API users
     job_exit,
     workers_exit,
 )
+from .jobs.job import Job, JobLike
 from .jobs.merge import merge
-from .jobs.plan import Settings, open_plan, resolve_settings
+from .jobs.plan import Settings, open_job, resolve_settings
 from .jobs.progress import Progress
 from .jobs.status import job_status
 from .jobs.worker import Worker, WorkerReport
@@ -79,40 +80,48 @@ def pick_engine_name(name: str) -> str:
     return "grabcut"
 
 
-def prepare_plan(settings: Settings, out_dir: str | Path, *, force: bool = False,
-                 engine: Engine | None = None) -> tuple[dict[str, Any], Engine]:
+def prepare_job(settings: Settings, out_dir: str | Path, *, force: bool = False,
+                engine: Engine | None = None) -> tuple[Job, Engine]:
     """Plan ``settings`` into ``out_dir``, or check an existing plan against them.
 
-    Returns the plan and the engine built for it (reuse it to avoid loading weights twice).
-    Safe to call from several launchers at once: one plans, the others resume its plan.
-    Raises ``PlanMismatchError`` when the directory holds a conversion with other settings (or
-    of another boxmask version) and ``force`` is not given.
+    Returns the job (``boxmask.jobs.job.Job``: layout and plan) and the engine built for it
+    (reuse it to avoid loading weights twice). Safe to call from several launchers at once: one
+    plans, the others resume its plan. Raises ``PlanMismatchError`` when the directory holds a
+    conversion with other settings (or of another boxmask version) and ``force`` is not given.
     """
     settings = resolve_settings(settings)
     if engine is None:
         engine = create_engine(settings.engine, **settings.engine_options)
     try:
-        plan = open_plan(settings, out_dir, engine.describe(), force=force)
+        job = open_job(settings, out_dir, engine.describe(), force=force, resolved=True)
     except BaseException:
         engine.close()
         raise
-    return plan, engine
+    return job, engine
 
 
-def _reopen(out_dir: str | Path, retry_failed: bool) -> None:
+def prepare_plan(settings: Settings, out_dir: str | Path, *, force: bool = False,
+                 engine: Engine | None = None) -> tuple[dict[str, Any], Engine]:
+    """``prepare_job`` with the plan as ``plan.json``'s JSON dict."""
+    job, engine = prepare_job(settings, out_dir, force=force, engine=engine)
+    return job.plan.to_json(), engine
+
+
+def _reopen(job: Job, retry_failed: bool) -> None:
     """Re-open the shards earlier versions marked failed; with ``retry_failed`` also the done
     shards that skipped items (``boxmask.jobs.deaths``)."""
     from .jobs.deaths import reopen_legacy_failed, retry_skipped
 
-    reopened = retry_skipped(out_dir) if retry_failed else reopen_legacy_failed(out_dir)
+    reopened = retry_skipped(job) if retry_failed else reopen_legacy_failed(job)
     if reopened:
         log.info("re-opened %d shard(s) to convert their skipped items again", len(reopened))
 
 
-def work(out_dir: str | Path, *, engine: Engine | None = None, progress: bool = True,
+def work(job: JobLike, *, engine: Engine | None = None, progress: bool = True,
          threads: int | None = None, retry_failed: bool = False,
          **options: Any) -> WorkerReport:
-    """Run one worker in this process until the job has no shard left (or a signal stops it).
+    """Run one worker of ``job`` (a ``boxmask.jobs.job.Job`` or its output directory) in this
+    process until the job has no shard left (or a signal stops it).
 
     ``options`` go to ``boxmask.jobs.worker.Worker`` (``worker_id``, ``engine_overrides``,
     ``lease_timeout_s``, ``max_attempts``, ``wait_for_others``, ...) plus ``max_shards``.
@@ -121,11 +130,12 @@ def work(out_dir: str | Path, *, engine: Engine | None = None, progress: bool = 
     """
     if threads:
         set_threads(threads)
-    _reopen(out_dir, retry_failed)
-    status = job_status(out_dir)
+    job = Job.of(job)
+    _reopen(job, retry_failed)
+    status = job_status(job)
     bar = Progress(status["items"]["total"], status["items"]["done"], enabled=progress)
     max_shards = options.pop("max_shards", None)
-    worker = Worker(out_dir, progress=bar, **options)
+    worker = Worker(job, progress=bar, **options)
     if engine is not None:
         worker.use_engine(engine)
     try:
@@ -155,21 +165,21 @@ def convert(settings: Settings, out_dir: str | Path, *, workers: int | None = No
     ``EXIT_STOPPED`` when interrupted before the end, ``EXIT_FATAL`` when shards are left
     undone). ``retry_failed``: convert the skipped items of earlier runs again.
     """
-    plan, engine = prepare_plan(settings, out_dir, force=force)
+    job, engine = prepare_job(settings, out_dir, force=force)
     worker_options: dict[str, Any] = {}
     if lease_timeout_s is not None:
         worker_options["lease_timeout_s"] = lease_timeout_s
-    _reopen(out_dir, retry_failed)
+    _reopen(job, retry_failed)
     stopped = False
     if workers is None:
         from .jobs.local import default_workers
 
-        st = job_status(out_dir)
+        st = job_status(job)
         workers = default_workers(engine, st["shards"]["pending"] + st["shards"]["stale"],
                                   st["boxes"]["total"] - st["boxes"]["done_in_done_shards"])
     if workers <= 1:
         try:
-            report = work(out_dir, engine=engine, progress=progress,
+            report = work(job, engine=engine, progress=progress,
                           engine_overrides={"device": device}, **worker_options)
         finally:
             engine.close()
@@ -178,16 +188,16 @@ def convert(settings: Settings, out_dir: str | Path, *, workers: int | None = No
         engine.close()
         from .jobs.local import run_local_workers
 
-        codes = run_local_workers(out_dir, workers, progress=progress, device=device,
+        codes = run_local_workers(job, workers, progress=progress, device=device,
                                   lease_timeout_s=lease_timeout_s)
         stopped = workers_exit(codes) == EXIT_STOPPED
         if any(c not in (EXIT_OK, EXIT_PARTIAL, EXIT_STOPPED) for c in codes):
             log.error("worker exit codes: %s", codes)
-    status = job_status(out_dir)
+    status = job_status(job)
     if not status["complete"]:
         return {"complete": False, "status": status,
                 "exit_code": job_exit(complete=False, stopped=stopped, errors=0)}
-    manifest = merge(out_dir, copy_images=copy_images, write_tight_boxes=write_tight_boxes)
+    manifest = merge(job, copy_images=copy_images, write_tight_boxes=write_tight_boxes)
     counts = manifest["counts"]
     return {"complete": True, **counts, "seconds": manifest["conversion_seconds"],
             "exit_code": job_exit(complete=True, stopped=False, errors=counts["errors"])}

@@ -29,13 +29,14 @@ from jobs_support import (
 )
 
 from boxmask.atomic import is_temp
-from boxmask.jobs.deaths import local_process, record_observed_deaths
+from boxmask.jobs.deaths import local_process, record_observed_deaths, reset_failed
 from boxmask.jobs.layout import JobLayout
 from boxmask.jobs.lease import pid_alive, read_lease
 from boxmask.jobs.merge import merge
 from boxmask.jobs.plan import load_plan
+from boxmask.jobs.protocol import read_shard_items, valid_prefix
 from boxmask.jobs.status import job_status
-from boxmask.jobs.worker import read_shard_items, reset_failed, run_worker, valid_prefix
+from boxmask.jobs.worker import run_worker
 
 TRIALS = 10
 

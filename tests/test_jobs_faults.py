@@ -26,7 +26,8 @@ from boxmask.api import convert
 from boxmask.jobs.layout import JobLayout
 from boxmask.jobs.lease import LeaseInfo, read_lease, try_acquire
 from boxmask.jobs.merge import merge
-from boxmask.jobs.worker import read_shard_items, run_worker
+from boxmask.jobs.protocol import read_shard_items
+from boxmask.jobs.worker import run_worker
 
 FAULT_INJECT = H.ROOT / "tests" / "fault_inject"
 

@@ -114,7 +114,7 @@ def test_merge_cleans_up_after_killed_processes_but_not_after_live_ones(baseline
 
 
 def test_merge_of_a_directory_without_a_plan_says_so(tmp_path):
-    from boxmask.jobs.worker import NoPlanError
+    from boxmask.jobs.protocol import NoPlanError
 
     with pytest.raises(NoPlanError):
         merge(tmp_path)

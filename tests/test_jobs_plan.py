@@ -15,7 +15,8 @@ from boxmask.api import convert
 from boxmask.engines import create_engine
 from boxmask.jobs.layout import JobLayout
 from boxmask.jobs.plan import PlanMismatchError, load_plan
-from boxmask.jobs.worker import Worker, read_shard_items, run_worker
+from boxmask.jobs.protocol import read_shard_items
+from boxmask.jobs.worker import Worker, run_worker
 from boxmask.readers import open_reader
 from boxmask.records import ImageRecord
 

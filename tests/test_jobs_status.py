@@ -11,8 +11,9 @@ from boxmask.jobs.layout import JobLayout
 from boxmask.jobs.lease import try_acquire
 from boxmask.jobs.merge import merge
 from boxmask.jobs.plan import Settings, read_shard_items
+from boxmask.jobs.protocol import record_failure
 from boxmask.jobs.status import busy_seconds, job_status
-from boxmask.jobs.worker import record_failure, run_worker
+from boxmask.jobs.worker import run_worker
 
 
 def settings() -> Settings:

@@ -28,8 +28,9 @@ from jobs_support import (
 from boxmask.jobs.layout import JobLayout
 from boxmask.jobs.lease import Heartbeat, LeaseInfo, read_lease, try_acquire
 from boxmask.jobs.merge import merge
+from boxmask.jobs.protocol import valid_prefix
 from boxmask.jobs.results import LINE_CHECK_KEY, encode_line, line_verifies, salvage_lines
-from boxmask.jobs.worker import Worker, WorkerReport, run_worker, valid_prefix
+from boxmask.jobs.worker import Worker, WorkerReport, run_worker
 
 settings = partial(sample_settings, shard_size=50)
 
@@ -284,7 +285,7 @@ def test_a_write_error_keeps_the_results_so_far_and_marks_nothing_done(baseline,
 
 
 def test_a_worker_given_no_plan_explains_what_to_do(tmp_path):
-    from boxmask.jobs.worker import NoPlanError
+    from boxmask.jobs.protocol import NoPlanError
 
     with pytest.raises(NoPlanError, match="boxmask plan"):
         Worker(tmp_path)

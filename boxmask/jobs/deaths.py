@@ -31,19 +31,27 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_open, atomic_write_text
+from ..atomic import atomic_open
 from ..records import ErrorRecord, ImageRecord, ImageResult
+from .job import Job, JobLike
 from .layout import JobLayout
 from .lease import read_lease
-from .plan import load_plan, read_shard_items
-from .results import item_id, valid_prefix
+from .protocol import (  # noqa: F401 - the failure records' entry points
+    FailureRecord,
+    NoPlanError,
+    item_id,
+    read_all_failures,
+    read_done_marker,
+    read_failures,
+    read_shard_items,
+    record_failure,
+    valid_prefix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,57 +66,17 @@ SKIP_STAGE = "worker"
 """The error stage of a skipped item."""
 
 
-def record_failure(layout: JobLayout, shard_id: int, token: str, worker: str, reason: str,
-                   items_done: int, host: str | None = None, pid: int | None = None,
-                   observed_by: str | None = None) -> None:
-    """Record that the attempt ``token`` on a shard ended abnormally after ``items_done`` items;
-    ``observed_by`` names who saw the death happen (None: an unobserved takeover)."""
-    record = {"shard": shard_id, "attempt": token, "worker": worker, "host": host, "pid": pid,
-              "reason": reason, "items_done": items_done, "observed": observed_by is not None,
-              "observed_by": observed_by, "recorded": time.time()}
-    path = (layout.failure_file(shard_id, token) if observed_by is None
-            else layout.observed_failure_file(shard_id, token))
-    atomic_write_text(path, json.dumps(record))
-
-
-def read_failures(layout: JobLayout, shard_id: int) -> list[dict[str, Any]]:
-    """Every failure record of a shard (observed and unobserved, possibly two per attempt)."""
-    out = []
-    for p in layout.failure_files(shard_id):
-        with contextlib.suppress(OSError, ValueError):
-            out.append(json.loads(p.read_text(encoding="utf-8")))
-    return out
-
-
-def read_all_failures(layout: JobLayout) -> dict[int, list[dict[str, Any]]]:
-    """Every failure record of the job by shard id, from one listing of the failures folder."""
-    out: dict[int, list[dict[str, Any]]] = {}
-    try:
-        names = sorted(os.listdir(layout.failures_dir))
-    except FileNotFoundError:
-        return out
-    for name in names:
-        shard = name.partition(".")[0]
-        if not shard.isdigit() or not name.endswith(".json"):
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            record = json.loads((layout.failures_dir / name).read_text(encoding="utf-8"))
-            out.setdefault(int(shard), []).append(record)
-    return out
-
-
-def deaths_at(records: list[dict[str, Any]], position: int) -> tuple[int, int]:
+def deaths_at(records: list[FailureRecord], position: int) -> tuple[int, int]:
     """``(observed, all)``: attempts that died at ``position``, each attempt counted once."""
     attempts: dict[str, bool] = {}
     for r in records:
-        if r.get("items_done") != position:
+        if r.items_done != position:
             continue
-        key = str(r.get("attempt"))
-        attempts[key] = attempts.get(key, False) or bool(r.get("observed"))
+        attempts[r.attempt] = attempts.get(r.attempt, False) or r.observed
     return sum(attempts.values()), len(attempts)
 
 
-def skip_reason(records: list[dict[str, Any]], position: int,
+def skip_reason(records: list[FailureRecord], position: int,
                 max_observed: int = DEFAULT_MAX_OBSERVED,
                 backstop: int = UNOBSERVED_BACKSTOP) -> str | None:
     """Why the item at ``position`` is to be skipped (a sentence), or None."""
@@ -138,21 +106,21 @@ def is_skip_line(line: dict[str, Any]) -> bool:
 
 # -- observed deaths ----------------------------------------------------------------------------
 
-def _position(layout: JobLayout, plan: dict[str, Any], sid: int, token: str) -> int:
+def _position(job: Job, sid: int, token: str) -> int:
     """How far the attempt ``token`` got: the valid prefix of its own results file, else (it
     died before writing one) the longest valid prefix of the shard's attempts."""
-    shard = plan["shards"][sid]
+    layout = job.layout
     expected = [item_id(i) for i in read_shard_items(layout.shard_file(sid),
-                                                     shard.get("sha256"))]
+                                                     job.plan.shards[sid].sha256)]
     own = layout.attempt_file(sid, token)
-    plan_id = str(plan.get("plan_id"))
+    plan_id = job.plan_id
     if own.exists():
         return valid_prefix(own, expected, layout.root, plan_id)[0]
     return max((valid_prefix(p, expected, layout.root, plan_id)[0]
                 for p in layout.attempt_files(sid)), default=0)
 
 
-def record_observed_deaths(out_dir: str | Path, died: Callable[[dict[str, Any]], bool],
+def record_observed_deaths(job: JobLike, died: Callable[[dict[str, Any]], bool],
                            observer: str, reason: str) -> list[tuple[int, str]]:
     """Record as observed the deaths of the attempts of a worker seen dying.
 
@@ -160,12 +128,13 @@ def record_observed_deaths(out_dir: str | Path, died: Callable[[dict[str, Any]],
     worker. Its attempts are found in the lease files it left, and in the failure records of
     leases already taken over. Returns the ``(shard, attempt token)`` pairs recorded.
     """
-    layout = JobLayout(out_dir)
-    plan = load_plan(out_dir)
-    if plan is None:
+    try:
+        job = Job.of(job).current()
+    except NoPlanError:
         return []
+    layout = job.layout
     found: dict[tuple[int, str], tuple[str, str | None, int | None, int | None]] = {}
-    n_shards = len(plan["shards"])
+    n_shards = len(job.plan.shards)
     for path in sorted(layout.leases_dir.glob("*.lease")):
         sid = int(path.name.split(".")[0]) if path.name.split(".")[0].isdigit() else -1
         if not 0 <= sid < n_shards or layout.done_file(sid).exists():
@@ -176,13 +145,10 @@ def record_observed_deaths(out_dir: str | Path, died: Callable[[dict[str, Any]],
             found[(sid, info.token)] = (info.worker_id, info.host, info.pid, None)
     for sid, records in read_all_failures(layout).items():
         for r in records:
-            if not r.get("observed") and died({"worker_id": r.get("worker"),
-                                               "host": r.get("host"), "pid": r.get("pid")}):
-                found.setdefault((sid, str(r["attempt"])),
-                                 (str(r.get("worker") or ""), r.get("host"), r.get("pid"),
-                                  r.get("items_done")))
+            if not r.observed and died({"worker_id": r.worker, "host": r.host, "pid": r.pid}):
+                found.setdefault((sid, r.attempt), (r.worker or "", r.host, r.pid, r.items_done))
     for (sid, token), (worker, host, pid, items_done) in found.items():
-        position = items_done if items_done is not None else _position(layout, plan, sid, token)
+        position = items_done if items_done is not None else _position(job, sid, token)
         record_failure(layout, sid, token, worker or "unknown", reason, position, host=host,
                        pid=pid, observed_by=observer)
         log.warning("worker %s died on shard %d at item %d (%s)", worker, sid, position, reason)
@@ -197,10 +163,10 @@ def local_process(pid: int) -> Callable[[dict[str, Any]], bool]:
 
 # -- re-opening ---------------------------------------------------------------------------------
 
-def reopen_legacy_failed(out_dir: str | Path) -> list[int]:
+def reopen_legacy_failed(job: JobLike) -> list[int]:
     """Remove the whole-shard failed markers earlier versions wrote (``state/failed/``): those
     shards are worked on again, under the rule above. Returns the shards re-opened."""
-    layout = JobLayout(out_dir)
+    layout = job.layout if isinstance(job, Job) else JobLayout(job)
     reopened = []
     with contextlib.suppress(FileNotFoundError):
         for p in sorted(layout.failed_dir.glob("*.json")):
@@ -213,38 +179,32 @@ def reopen_legacy_failed(out_dir: str | Path) -> list[int]:
     return reopened
 
 
-def skipped_items(out_dir: str | Path) -> list[dict[str, Any]]:
+def skipped_items(job: JobLike) -> list[dict[str, Any]]:
     """The skipped items of done shards: ``{"shard", "item", "image_id", "reason"}``."""
-    layout = JobLayout(out_dir)
-    plan = load_plan(out_dir)
     out: list[dict[str, Any]] = []
-    if plan is None:
+    try:
+        job = Job.of(job).current()
+    except NoPlanError:
         return out
-    for shard in plan["shards"]:
-        marker = _done(layout, shard["id"])
-        if not marker or not marker.get("skipped"):
+    layout = job.layout
+    for shard in job.plan.shards:
+        marker = read_done_marker(layout, shard.id)
+        if not marker or not marker.skipped:
             continue
         with contextlib.suppress(OSError, ValueError):
-            with open(layout.results_dir / marker["results"], "rb") as f:
+            with open(layout.results_dir / marker.results, "rb") as f:
                 for i, raw in enumerate(f):
                     line = json.loads(raw)
                     if is_skip_line(line):
                         reason = next(e["reason"] for e in line["errors"]
                                       if e.get("stage") == SKIP_STAGE)
-                        out.append({"shard": shard["id"], "item": i,
+                        out.append({"shard": shard.id, "item": i,
                                     "image_id": line["record"].get("image_id"),
                                     "reason": reason})
     return out
 
 
-def _done(layout: JobLayout, sid: int) -> dict[str, Any] | None:
-    try:
-        return json.loads(layout.done_file(sid).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def retry_skipped(out_dir: str | Path) -> list[int]:
+def retry_skipped(job: JobLike) -> list[int]:
     """Re-open the done shards that skipped items, and the legacy failed shards, so that their
     skipped items are converted again (their other items are kept). Returns the shards.
 
@@ -253,19 +213,20 @@ def retry_skipped(out_dir: str | Path) -> list[int]:
     reuses (``boxmask.jobs.results.salvage_lines``): only the skipped items are converted again.
     Then its old results file and done marker are removed and its failure records cleared.
     """
-    layout = JobLayout(out_dir)
-    plan = load_plan(out_dir)
-    if plan is None:
+    try:
+        job = Job.of(job).current()
+    except NoPlanError:
         return []
-    reopened = set(reopen_legacy_failed(out_dir))
-    for shard in plan["shards"]:
-        sid = shard["id"]
-        marker = _done(layout, sid)
-        if marker is None or not marker.get("skipped"):
+    layout = job.layout
+    reopened = set(reopen_legacy_failed(job))
+    for shard in job.plan.shards:
+        sid = shard.id
+        marker = read_done_marker(layout, sid)
+        if marker is None or not marker.skipped:
             if sid in reopened:
                 _clear_failures(layout, sid)
             continue
-        old = layout.results_dir / marker["results"]
+        old = layout.results_dir / marker.results
         token = f"retry{int(time.time() * 1000) % 10**8:08d}"
         keep, in_prefix = 0, True
         with open(old, "rb") as src, atomic_open(
@@ -289,3 +250,10 @@ def retry_skipped(out_dir: str | Path) -> list[int]:
 def _clear_failures(layout: JobLayout, sid: int) -> None:
     for p in layout.failure_files(sid):
         p.unlink(missing_ok=True)
+
+
+def reset_failed(job: JobLike, shard_ids: list[int] | None = None) -> list[int]:
+    """Convert skipped items again (``retry_skipped``); returns the shards re-opened. Raises
+    ``NoPlanError`` when there is no plan. ``shard_ids`` is accepted for compatibility and
+    ignored."""
+    return retry_skipped(Job.of(job))

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from .deaths import local_process, record_observed_deaths
+from .job import Job, JobLike
 from .progress import Progress
+from .protocol import NoPlanError
 from .status import job_status
 
 log = logging.getLogger(__name__)
@@ -46,17 +48,16 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(n)]
 
 
-def uses_network(out_dir: str | Path) -> bool:
+def uses_network(job: JobLike) -> bool:
     """Whether the job's engine or inside-point policy runs a network (and so wants GPUs);
     True when there is no plan to tell. Deciding it from the plan spares the GrabCut and box
     engines the import of torch."""
     from ..engines import NETWORK_ENGINES
-    from .plan import load_plan, plan_settings
 
-    plan = load_plan(out_dir)
-    if plan is None:
+    try:
+        settings = Job.of(job).settings
+    except NoPlanError:
         return True
-    settings = plan_settings(plan)
     return settings.engine in NETWORK_ENGINES or settings.inside_point in ("u2net", "stage1")
 
 
@@ -81,10 +82,11 @@ def default_workers(engine: Any, shards: int, boxes: int, cores: int | None = No
     return max(min(cores, shards, boxes // MIN_BOXES_PER_WORKER), 1)
 
 
-def worker_commands(out_dir: str | Path, n: int, *, device: str | None = None,
+def worker_commands(job: JobLike, n: int, *, device: str | None = None,
                     lease_timeout_s: float | None = None,
                     extra_args: list[str] | None = None) -> list[tuple[list[str], dict[str, str]]]:
-    """Command lines and environments of ``n`` local workers.
+    """Command lines and environments of ``n`` local workers of ``job`` (a ``Job`` or its
+    output directory).
 
     GPUs: worker i sees only GPU ``i % n_gpus`` (``CUDA_VISIBLE_DEVICES``), several workers per
     GPU when ``n`` exceeds the GPUs. CPU: each worker gets ``threads_per_worker(n)`` threads
@@ -93,7 +95,8 @@ def worker_commands(out_dir: str | Path, n: int, *, device: str | None = None,
     """
     from ..threads import threads_per_worker
 
-    gpus = visible_gpus() if device in (None, "auto", "cuda") and uses_network(out_dir) else []
+    out_dir = job.root if isinstance(job, Job) else Path(job)
+    gpus = visible_gpus() if device in (None, "auto", "cuda") and uses_network(job) else []
     commands = []
     for i in range(n):
         cmd = [sys.executable, "-m", "boxmask", "work", str(out_dir), "--worker-id",
@@ -114,18 +117,20 @@ def worker_commands(out_dir: str | Path, n: int, *, device: str | None = None,
     return commands
 
 
-def run_local_workers(out_dir: str | Path, n: int, *, progress: bool = True,
+def run_local_workers(job: JobLike, n: int, *, progress: bool = True,
                       max_restarts: int | None = None, poll_s: float = 1.0,
                       **options: Any) -> list[int]:
-    """Start ``n`` workers, show combined progress, wait; return their final exit codes.
+    """Start ``n`` workers of ``job`` (a ``Job`` or its output directory), show combined
+    progress, wait; return their final exit codes.
 
     SIGINT/SIGTERM to this process is passed on to the workers, which stop cleanly. A worker
     killed by a signal while the job is not complete is restarted (``max_restarts`` in all,
     default ``2 * n``).
     """
-    status = job_status(out_dir)
+    job = Job.of(job)
+    status = job_status(job)
     bar = Progress(status["items"]["total"], status["items"]["done"], enabled=progress)
-    commands = worker_commands(out_dir, n, **options)
+    commands = worker_commands(job, n, **options)
     procs = [subprocess.Popen(cmd, env=env) for cmd, env in commands]
     restarts_left = 2 * n if max_restarts is None else max_restarts
     stopping = False
@@ -148,12 +153,12 @@ def run_local_workers(out_dir: str | Path, n: int, *, progress: bool = True,
                 if p.pid not in seen_dead:
                     seen_dead.add(p.pid)
                     record_observed_deaths(
-                        out_dir, local_process(p.pid), f"launcher pid {os.getpid()}",
+                        job, local_process(p.pid), f"launcher pid {os.getpid()}",
                         f"worker process {p.pid} killed by {_signal_name(-code)} while the "
                         "other workers ran")
                 if restarts_left <= 0:
                     continue
-                st = job_status(out_dir)
+                st = job_status(job)
                 if st["complete"] or not st["shards"]["pending"] + st["shards"]["stale"]:
                     continue
                 restarts_left -= 1
@@ -162,7 +167,7 @@ def run_local_workers(out_dir: str | Path, n: int, *, progress: bool = True,
             if all(p.poll() is not None for p in procs):
                 break
             _wait_for_an_exit(procs, poll_s)
-            st = job_status(out_dir)
+            st = job_status(job)
             bar.set_counts(st["items"]["done"], st["masks_in_done_shards"],
                            st["errors_in_done_shards"], st["boxes"]["done_in_done_shards"])
     finally:

@@ -35,10 +35,18 @@ from ..labels import LabelMap
 from ..records import ImageResult
 from ..writers import ResultsFactory, create_writer
 from ..writers.sidecar import SidecarWriter
+from .job import Job, JobLike
 from .layout import JobLayout
 from .lease import DEFAULT_TIMEOUT_S, fs_now, holding, pid_alive, read_lease, stale_reason
-from .plan import load_plan, plan_settings
-from .worker import NoPlanError, read_failed, scan_done_results
+from .protocol import (
+    DoneMarker,
+    FailedMarker,
+    Plan,
+    Shard,
+    read_done_marker,
+    read_failed_marker,
+    scan_done_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,41 +55,32 @@ class IncompleteJobError(RuntimeError):
     """Merge was asked for before every shard was done."""
 
 
-def done_marker(layout: JobLayout, shard_id: int) -> dict[str, Any] | None:
-    path = layout.done_file(shard_id)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 _DAMAGED_RESULTS = "its results file is damaged"
 
 
-def _marker_problem(layout: JobLayout, plan: dict[str, Any], shard: dict[str, Any],
-                    marker: dict[str, Any], verify_files: bool) -> str | None:
+def _marker_problem(layout: JobLayout, plan: Plan, shard: Shard, marker: DoneMarker,
+                    verify_files: bool) -> str | None:
     """Why a done marker cannot be trusted, or None."""
-    if marker.get("plan_id") != plan.get("plan_id"):
+    if marker.plan_id != plan.plan_id:
         return "it belongs to another plan"
-    if marker.get("items") != shard["items"]:
-        return f"it counts {marker.get('items')} items, the shard has {shard['items']}"
-    path = layout.results_dir / marker["results"]
+    if marker.items != shard.items:
+        return f"it counts {marker.items} items, the shard has {shard.items}"
+    path = layout.results_dir / marker.results
     if not path.exists():
         return f"its results file {path.name} is missing"
-    if sha256_file(path) != marker.get("results_sha256"):
+    if sha256_file(path) != marker.results_sha256:
         return f"{_DAMAGED_RESULTS} ({path.name}: sha256 differs)"
     if verify_files:
         try:
             scan = scan_done_results(path, layout.root)
         except FileNotFoundError as e:
             return f"an output file is missing ({e.filename})"
-        if scan["files_sha256"] != marker.get("files_sha256"):
+        if scan["files_sha256"] != marker.files_sha256:
             return "files_sha256 does not match: per-image files changed"
     return None
 
 
-def verified_results_file(layout: JobLayout, plan: dict[str, Any], shard: dict[str, Any],
-                          verify_files: bool = False) -> Path | None:
+def verified_results_file(job: Job, shard: Shard, verify_files: bool = False) -> Path | None:
     """The results file of a done shard if it matches its marker; else None.
 
     A marker that does not match is set aside (renamed to ``*.damaged``) with its results file,
@@ -91,31 +90,25 @@ def verified_results_file(layout: JobLayout, plan: dict[str, Any], shard: dict[s
     plan, a wrong count, per-image files that changed), the results file becomes
     ``*.jsonl.rejected``, kept for inspection only, and the whole shard is converted again.
     """
-    marker = done_marker(layout, shard["id"])
+    layout = job.layout
+    marker = read_done_marker(layout, shard.id)
     if marker is None:
         return None
-    problem = _marker_problem(layout, plan, shard, marker, verify_files)
-    path = layout.results_dir / marker["results"]
+    problem = _marker_problem(layout, job.plan, shard, marker, verify_files)
+    path = layout.results_dir / marker.results
     if problem is None:
         return path
     salvageable = problem.startswith(_DAMAGED_RESULTS)
-    log.error("shard %d: done marker set aside, %s; %s", shard["id"], problem,
+    log.error("shard %d: done marker set aside, %s; %s", shard.id, problem,
               "its images whose result lines are damaged will be converted again"
               if salvageable else "the shard will be converted again")
     with contextlib.suppress(FileNotFoundError):
         os.replace(path, path.with_name(path.name + (".damaged" if salvageable
                                                      else ".rejected")))
-    done = layout.done_file(shard["id"])
+    done = layout.done_file(shard.id)
     with contextlib.suppress(FileNotFoundError):
         os.replace(done, done.with_name(done.name + ".damaged"))
     return None
-
-
-def iter_results(paths: list[Path]) -> Iterator[ImageResult]:
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                yield ImageResult.from_json(json.loads(line))
 
 
 def summarize(results: Iterator[ImageResult]) -> dict[str, Any]:
@@ -151,14 +144,15 @@ def remove_dead_temps(folder: Path) -> int:
     return remove_stale_temps(folder, is_alive=pid_alive)
 
 
-def _clean_up(layout: JobLayout, plan: dict[str, Any]) -> None:
+def _clean_up(job: Job) -> None:
     """Remove leftovers of killed processes once the job is complete and no lease is held."""
+    layout = job.layout
     named = set()
-    for shard in plan["shards"]:
-        marker = done_marker(layout, shard["id"])
+    for shard in job.plan.shards:
+        marker = read_done_marker(layout, shard.id)
         if marker is None:
             return
-        named.add(marker["results"])
+        named.add(marker.results)
     for paths in layout.all_attempt_files().values():
         for p in paths:
             if p.name not in named:
@@ -175,12 +169,12 @@ def _clean_up(layout: JobLayout, plan: dict[str, Any]) -> None:
         log.info("removed %d temporary files left by killed processes", removed)
 
 
-def _live_leases(layout: JobLayout, plan: dict[str, Any], timeout_s: float) -> bool:
+def _live_leases(job: Job, timeout_s: float) -> bool:
     """True when a worker may still be running; leases of workers that are gone (they died
     after marking their shard done) are removed."""
     live = False
-    for shard in plan["shards"]:
-        path = layout.lease_file(shard["id"])
+    for shard in job.plan.shards:
+        path = job.layout.lease_file(shard.id)
         info, mtime = read_lease(path)
         if mtime is None:
             continue
@@ -191,15 +185,18 @@ def _live_leases(layout: JobLayout, plan: dict[str, Any], timeout_s: float) -> b
     return live
 
 
-def failed_shards(layout: JobLayout, plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """The failed markers of the plan's shards (see ``boxmask.jobs.worker``)."""
-    return [m for m in (read_failed(layout, s["id"]) for s in plan["shards"]) if m is not None]
+def failed_shards(job: Job) -> list[FailedMarker]:
+    """The failed markers earlier versions wrote for the plan's shards
+    (``boxmask.jobs.protocol.FailedMarker``)."""
+    return [m for m in (read_failed_marker(job.layout, s.id) for s in job.plan.shards)
+            if m is not None]
 
 
-def merge(out_dir: str | Path, *, allow_partial: bool = False, verify_files: bool = False,
+def merge(job: JobLike, *, allow_partial: bool = False, verify_files: bool = False,
           lease_timeout_s: float = DEFAULT_TIMEOUT_S, copy_images: bool = False,
           write_tight_boxes: bool = False) -> dict[str, Any]:
-    """Write the final files of every format, the sidecar and the manifest; return the manifest.
+    """Write the final files of every format, the sidecar and the manifest of ``job`` (a ``Job``
+    or its output directory; ``NoPlanError`` when there is no plan); return the manifest.
 
     With ``allow_partial`` the files cover only the shards done so far (a preview while workers
     still run, or the result of a job with failed shards); otherwise an unfinished job raises
@@ -210,75 +207,71 @@ def merge(out_dir: str | Path, *, allow_partial: bool = False, verify_files: boo
     ``write_tight_boxes``: also write the source annotations back with each box replaced by its
     mask's tight box, under ``tight-boxes/<source>/`` (``boxmask.writers.tightboxes``).
     """
-    layout = JobLayout(out_dir)
-    if load_plan(out_dir) is None:
-        raise NoPlanError(f"{out_dir} has no plan.json")
+    job = Job.of(job)
+    layout = job.layout
     layout.state_dir.mkdir(parents=True, exist_ok=True)
     with holding(layout.merge_lock, f"merge-{socket.gethostname()}-{os.getpid()}",
                  lease_timeout_s):
-        return _merge(layout, allow_partial, verify_files, lease_timeout_s, copy_images,
+        return _merge(job.current(), allow_partial, verify_files, lease_timeout_s, copy_images,
                       write_tight_boxes)
 
 
-def _merge(layout: JobLayout, allow_partial: bool, verify_files: bool,
+def _merge(job: Job, allow_partial: bool, verify_files: bool,
            lease_timeout_s: float, copy_images: bool = False,
            write_tight_boxes: bool = False) -> dict[str, Any]:
-    plan = load_plan(layout.root)
-    if plan is None:
-        raise NoPlanError(f"{layout.root} has no plan.json")
-    settings = plan_settings(plan)
+    layout, plan = job.layout, job.plan
     paths: list[Path] = []
     missing: list[int] = []
-    for shard in plan["shards"]:
-        p = verified_results_file(layout, plan, shard, verify_files)
+    for shard in plan.shards:
+        p = verified_results_file(job, shard, verify_files)
         if p is None:
-            missing.append(shard["id"])
+            missing.append(shard.id)
         else:
             paths.append(p)
-    failed = failed_shards(layout, plan)
+    failed = failed_shards(job)
     if missing and not allow_partial:
-        msg = (f"{len(missing)} of {len(plan['shards'])} shards are not done (first: "
+        msg = (f"{len(missing)} of {len(plan.shards)} shards are not done (first: "
                f"{missing[:5]})")
         if failed:
             msg += (f"; {len(failed)} of them failed repeatedly (first: shard "
-                    f"{failed[0]['shard']} at item {failed[0]['items_done']}, "
-                    f"{failed[0]['attempts'][-1].get('reason', '')}); re-open them with "
+                    f"{failed[0].shard} at item {failed[0].items_done}, "
+                    f"{failed[0].last_reason}); re-open them with "
                     f"`boxmask work {layout.root} --retry-failed`")
         raise IncompleteJobError(msg + f"; run `boxmask work {layout.root}` (or re-run convert), "
                                        "or merge with --partial for a preview")
 
     from .redo import apply_redos  # the masks of the run's redos replace its own
 
-    results, redos = apply_redos(layout, plan, paths)
+    results, redos = apply_redos(job, paths)
     started = time.time()
     labels = LabelMap.load(layout.labels) if layout.labels.exists() else LabelMap()
-    files, outputs = write_formats(layout.root, results, labels, plan, settings.formats,
+    files, outputs = write_formats(layout.root, results, labels, plan, plan.settings.formats,
                                    copy_images=copy_images)
     if write_tight_boxes:
         from ..writers.tightboxes import TightBoxWriter
 
-        tight = TightBoxWriter(layout.root, labels, reader=plan["reader"])
+        tight = TightBoxWriter(layout.root, labels, reader=plan.reader)
         files += tight.merge(results)
         outputs[tight.name] = tight.summary
 
     complete = not missing
-    if complete and not _live_leases(layout, plan, lease_timeout_s):
-        _clean_up(layout, plan)
+    if complete and not _live_leases(job, lease_timeout_s):
+        _clean_up(job)
 
-    markers = [m for m in (done_marker(layout, s["id"]) for s in plan["shards"]) if m]
+    markers = [m for m in (read_done_marker(layout, s.id) for s in plan.shards) if m]
     counts = summarize(results())
     manifest = {
         "boxmask_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "complete": complete,
-        "shards": {"total": len(plan["shards"]), "merged": len(paths),
-                   "failed": [m["shard"] for m in failed]},
-        "inputs": plan["reader"],
-        "settings": plan["contract"]["settings"],
-        "engine": plan["contract"]["engine"],
-        "inside_policy": plan["contract"].get("inside_policy"),
+        "shards": {"total": len(plan.shards), "merged": len(paths),
+                   "failed": [m.shard for m in failed]},
+        "inputs": plan.reader,
+        "settings": plan.contract.settings.to_json(),
+        "engine": plan.contract.engine,
+        "inside_policy": plan.contract.inside_policy,
         "counts": counts,
-        "software": _distinct([m.get("software") for m in markers if m.get("software")]),
+        "software": _distinct([m.software for m in markers if m.software]),
         "conversion_seconds": _busy_seconds(markers),
         "merge_seconds": round(time.time() - started, 3),
         "files": sorted(files),
@@ -291,14 +284,14 @@ def _merge(layout: JobLayout, allow_partial: bool, verify_files: bool,
 
 
 def write_formats(output_dir: str | Path, results: ResultsFactory, labels: LabelMap,
-                  plan: dict[str, Any], formats: Sequence[str], *,
+                  plan: Plan, formats: Sequence[str], *,
                   copy_images: bool = False) -> tuple[list[str], dict[str, Any]]:
     """Write the index files of ``formats`` and the sidecar under ``output_dir`` from
     ``results`` (the per-image files must be there already), as merge does for ``plan``'s run.
 
     Returns ``(files written, relative to output_dir; {format: writer summary})``.
     """
-    settings = plan_settings(plan)
+    settings = plan.settings
     files: list[str] = []
     outputs: dict[str, Any] = {}
     for name in formats:
@@ -306,8 +299,7 @@ def write_formats(output_dir: str | Path, results: ResultsFactory, labels: Label
                                images_root=settings.images_root or ".")
         files += writer.merge(results)
         outputs[name] = writer.summary
-    engine_name = plan["contract"]["engine"].get("name", settings.engine)
-    sidecar = SidecarWriter(output_dir, labels, engine=engine_name,
+    sidecar = SidecarWriter(output_dir, labels, engine=plan.engine_name,
                             inside_policy=settings.inside_point, formats=list(formats))
     files += sidecar.merge(results)
     return files, outputs
@@ -323,10 +315,11 @@ def _distinct(values: list[Any]) -> list[Any]:
     return out
 
 
-def _busy_seconds(markers: list[dict[str, Any]]) -> float | None:
-    """Wall time from the first shard's start to the last shard's end, when recorded."""
-    starts = [m["started"] for m in markers if "started" in m]
-    ends = [m["finished"] for m in markers if "finished" in m]
+def _busy_seconds(markers: list[DoneMarker]) -> float | None:
+    """Wall time (seconds) from the first shard's start to the last shard's end, when
+    recorded."""
+    starts = [m.started for m in markers if m.started is not None]
+    ends = [m.finished for m in markers if m.finished is not None]
     if not starts or not ends:
         return None
     return round(max(ends) - min(starts), 3)

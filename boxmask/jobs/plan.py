@@ -12,6 +12,9 @@ does not match. The plan also records the boxmask version: workers of another ve
 work on it (their masks could differ), and a random ``plan_id`` that ties every done marker to
 the plan it was made for.
 
+The plan's file format (``Plan``) and the other files of the job protocol are described in
+``boxmask.jobs.protocol``; the contract and the checks against it in ``boxmask.jobs.contract``.
+
 Planning is exclusive: concurrent launchers on the same output directory take the plan lock in
 turn; the first plans, the others find its plan and check their settings against it.
 """
@@ -28,185 +31,51 @@ import secrets
 import shutil
 import socket
 import time
-import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..atomic import atomic_open, atomic_write_text
-from ..imageio import DEFAULT_MAX_PIXELS
+from ..atomic import atomic_open
 from ..labels import LabelMap
 from ..readers import open_reader
 from ..records import ErrorRecord, ImageRecord
+from .contract import (  # noqa: F401 - the contract's names, importable from the planner
+    check_contract,
+    check_input,
+    check_version,
+    contract,
+    contract_hash,
+    describe_differences,
+    input_fingerprint,
+    policy_description,
+    runtime_engine_options,
+)
+from .job import Job, plan_stat
 from .layout import JobLayout
 from .lease import DEFAULT_TIMEOUT_S, holding
+from .protocol import (  # noqa: F401 - the plan's format, importable from the planner
+    PLAN_FORMAT,
+    Contract,
+    Plan,
+    PlanMismatchError,
+    Shard,
+    Totals,
+    read_plan,
+    read_plan_json,
+    read_shard_items,
+    write_plan,
+)
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-PLAN_FORMAT = 2
-"""1: shard files of plain JSON lines (``.jsonl``); 2: gzip-compressed (``.jsonl.gz``)."""
-
-
-class PlanMismatchError(RuntimeError):
-    """The requested settings differ from the plan already in the output directory."""
-
-
-@dataclass
-class Settings:
-    """Everything a user chooses that changes the output of a conversion."""
-
-    source: str
-    input: str
-    formats: list[str]
-    images_root: str | None = None
-    labels_file: str | None = None
-    reader_options: dict[str, Any] = field(default_factory=dict)
-    engine: str = "grabcut"
-    engine_options: dict[str, Any] = field(default_factory=dict)
-    inside_point: str = "center"
-    inside_options: dict[str, Any] = field(default_factory=dict)
-    exif: str = "auto"
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    min_box_side: int = 2
-    shard_size: int = 1000
-    limit: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Settings:
-        return cls(**d)
-
-    def normalized(self) -> Settings:
-        """Absolute paths, sorted-unique formats: the form stored in and compared with the plan."""
-        s = Settings.from_json(json.loads(json.dumps(self.to_json())))
-        s.input = str(Path(s.input).absolute())
-        if s.images_root is not None:
-            s.images_root = str(Path(s.images_root).absolute())
-        if s.labels_file is not None:
-            s.labels_file = str(Path(s.labels_file).absolute())
-        if s.inside_options.get("weights"):
-            s.inside_options["weights"] = str(Path(s.inside_options["weights"]).absolute())
-        s.formats = sorted(set(s.formats))
-        return s
-
-
-def runtime_engine_options(engine: str) -> frozenset[str]:
-    """Options of ``engine`` that change speed, not masks (``Engine.RUNTIME_OPTIONS``): a worker
-    may choose them freely and the plan contract leaves them out."""
-    from ..engines import engine_class
-
-    return engine_class(engine).RUNTIME_OPTIONS
-
-
-def policy_description(settings: Settings) -> dict[str, Any]:
-    """What the inside-point policy of ``settings`` is (with its weights' sha256, if any)."""
-    from ..points import create_policy
-
-    return create_policy(settings.inside_point, **settings.inside_options).describe()
-
-
-def contract(settings: Settings, engine_description: dict[str, Any]) -> dict[str, Any]:
-    """The part of a plan two runs must agree on to share an output directory."""
-    from ..points import RUNTIME_OPTIONS
-
-    s = settings.normalized().to_json()
-    runtime = runtime_engine_options(settings.engine)
-    s["engine_options"] = {k: v for k, v in s["engine_options"].items() if k not in runtime}
-    s["inside_options"] = {k: v for k, v in s["inside_options"].items()
-                           if k not in RUNTIME_OPTIONS}
-    return {"settings": s, "engine": engine_description,
-            "inside_policy": policy_description(settings.normalized())}
-
-
-def contract_hash(c: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()
-
 
 def load_plan(out_dir: str | Path) -> dict[str, Any] | None:
-    """The plan of ``out_dir``, or None when there is no (complete) plan yet."""
-    path = JobLayout(out_dir).plan
-    if not path.exists():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def describe_differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Human-readable list of the keys where two JSON-like values differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for k in sorted(set(a) | set(b)):
-            out += describe_differences(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    if a != b:
-        return [f"{prefix.rstrip('.')}: planned {a!r}, requested {b!r}"]
-    return []
-
-
-def check_version(plan: dict[str, Any]) -> None:
-    """Raise ``PlanMismatchError`` when the plan was made by another boxmask version or plan
-    format (another version may produce other masks: finish the job with the version that
-    planned it, or start over with ``--force``)."""
-    if plan.get("plan_format") != PLAN_FORMAT:
-        raise PlanMismatchError(
-            f"the plan has format {plan.get('plan_format')!r} (its shard files are laid out "
-            f"differently); this boxmask reads format {PLAN_FORMAT}: finish the job with the "
-            "boxmask that planned it, or use --force to plan again.")
-    if plan.get("boxmask_version") != __version__:
-        raise PlanMismatchError(
-            f"the conversion was planned with boxmask {plan.get('boxmask_version')}, this is "
-            f"boxmask {__version__}: finish it with the version that planned it, or use --force "
-            "to discard it and start over.")
-
-
-def input_fingerprint(settings: Settings) -> dict[str, Any] | None:
-    """Size and mtime of the input when it is one file (a COCO JSON, a CSV), else None (a
-    folder of annotations is not fingerprinted)."""
-    path = Path(settings.input)
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    if not path.is_file():
-        return None
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def check_input(plan: dict[str, Any]) -> None:
-    """Raise ``PlanMismatchError`` when the plan's input file changed since it was planned (its
-    shards no longer describe it). An input this host cannot see (a worker node without the
-    annotations) is not checked: workers need only the shards."""
-    planned = plan.get("input")
-    if not planned:
-        return
-    try:
-        st = Path(planned["path"]).stat()
-    except OSError:
-        return
-    if (st.st_size, st.st_mtime_ns) != (planned["size"], planned["mtime_ns"]):
-        raise PlanMismatchError(
-            f"the input {planned['path']} changed after it was planned (size "
-            f"{planned['size']} -> {st.st_size} bytes, modified "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(st.st_mtime))}): the planned "
-            "shards no longer describe it. Restore it, or use --force to plan it again.")
-
-
-def check_contract(plan: dict[str, Any], requested: dict[str, Any]) -> None:
-    """Raise ``PlanMismatchError`` listing the differences when ``requested`` != the plan (or
-    the plan was made by another boxmask version)."""
-    check_version(plan)
-    if contract_hash(plan["contract"]) == contract_hash(requested):
-        return
-    diffs = describe_differences(plan["contract"], requested)
-    raise PlanMismatchError(
-        "the output directory holds a conversion with other settings:\n  "
-        + "\n  ".join(diffs[:20])
-        + "\nUse another --output, or --force to discard the existing conversion."
-    )
+    """``plan.json`` of ``out_dir`` as parsed JSON (unchecked), or None when there is no
+    (complete) plan yet. ``boxmask.jobs.job.Job.open`` gives the typed, checked ``Plan``."""
+    return read_plan_json(JobLayout(out_dir).plan)
 
 
 def discard_job(out_dir: str | Path) -> None:
@@ -358,35 +227,22 @@ class _ShardSink:
         self._ctx, self._hashing, self._gzip = None, None, None
 
 
-def read_shard_items(path: Path, sha256: str | None = None) -> list[ImageRecord | ErrorRecord]:
-    """The input items of a shard file, in order; with ``sha256`` (the plan's), refuse a file
-    that does not match (``PlanMismatchError``)."""
-    data = path.read_bytes()
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise PlanMismatchError(f"shard file {path} does not match the plan (damaged or "
-                                "replaced); plan again with --force")
-    try:
-        text = gzip.decompress(data).decode("utf-8")
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-        raise PlanMismatchError(f"shard file {path} is not a gzip-compressed shard ({exc}); "
-                                "plan again with --force") from None
-    items: list[ImageRecord | ErrorRecord] = []
-    for line in text.splitlines():
-        d = json.loads(line)
-        items.append(ImageRecord.from_json(d["record"]) if "record" in d
-                     else ErrorRecord.from_json(d["error"]))
-    return items
-
-
-def make_plan(settings: Settings, out_dir: str | Path,
-              engine_description: dict[str, Any]) -> dict[str, Any]:
+def make_plan(settings: Settings, out_dir: str | Path, engine_description: dict[str, Any], *,
+              resolved: bool = False, planned_contract: Contract | None = None) -> Plan:
     """Stream the source into shard files and write ``plan.json``; return the plan.
+
+    ``resolved``: ``settings`` come from ``resolve_settings`` already; ``planned_contract``:
+    the contract of these settings and engine when computed already (``contract`` builds the
+    inside-point policy to describe it).
 
     ``plan.json`` is written last: a directory without it has no plan, and planning starts over
     (shards and state of an unfinished planning are discarded). Call it under the plan lock
     (``open_plan`` does).
     """
-    settings = resolve_settings(settings)
+    if not resolved:
+        settings = resolve_settings(settings)
+    if planned_contract is None:
+        planned_contract = contract(settings, engine_description)
     layout = JobLayout(out_dir)
     for d in (layout.shards_dir, layout.state_dir):
         if d.exists():
@@ -415,58 +271,73 @@ def make_plan(settings: Settings, out_dir: str | Path,
     if input_fingerprint(settings) != fingerprint:
         raise PlanMismatchError(f"the input {settings.input} changed while it was being "
                                 "planned; plan again once it is complete")
-    keys = ("items", "images", "boxes", "read_errors")
-    totals = {k: sum(s[k] for s in sink.shards) for k in keys}
+    shards = tuple(Shard.from_json(s) for s in sink.shards)
+    totals = Totals(items=sum(s.items for s in shards), images=sum(s.images for s in shards),
+                    boxes=sum(s.boxes for s in shards),
+                    read_errors=sum(s.read_errors for s in shards), shards=len(shards))
     labels.save(layout.labels)
-    plan = {
-        "plan_format": PLAN_FORMAT,
-        "boxmask_version": __version__,
-        "plan_id": secrets.token_hex(8),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "planning_seconds": round(time.time() - started, 3),
-        "contract": contract(settings, engine_description),
-        "reader": reader.describe(),
-        "input": fingerprint,
-        "totals": {**totals, "shards": len(sink.shards)},
-        "shards": sink.shards,
-    }
-    atomic_write_text(layout.plan, json.dumps(plan, indent=1, ensure_ascii=False))
-    log.info("planned %d images, %d boxes in %d shards", totals["images"], totals["boxes"],
-             len(sink.shards))
+    plan = Plan(plan_format=PLAN_FORMAT, boxmask_version=__version__,
+                plan_id=secrets.token_hex(8), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                planning_seconds=round(time.time() - started, 3), contract=planned_contract,
+                reader=reader.describe(), input=fingerprint, totals=totals, shards=shards)
+    write_plan(layout.plan, plan)
+    log.info("planned %d images, %d boxes in %d shards", totals.images, totals.boxes,
+             len(shards))
     return plan
 
 
-def plan_settings(plan: dict[str, Any]) -> Settings:
+def plan_settings(plan: Plan | dict[str, Any]) -> Settings:
+    """The settings of a plan (typed, or ``plan.json`` as parsed JSON)."""
+    if isinstance(plan, Plan):
+        return plan.settings
     return Settings.from_json(plan["contract"]["settings"])
 
 
 def open_plan(settings: Settings, out_dir: str | Path, engine_description: dict[str, Any], *,
-              force: bool = False, lock_timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
-    """The plan of ``out_dir`` for ``settings``: planned now, or the existing one when its
+              force: bool = False, lock_timeout_s: float = DEFAULT_TIMEOUT_S,
+              resolved: bool = False) -> Plan:
+    """The plan of ``out_dir`` for ``settings`` (see ``open_job``)."""
+    return open_job(settings, out_dir, engine_description, force=force,
+                    lock_timeout_s=lock_timeout_s, resolved=resolved).plan
+
+
+def open_job(settings: Settings, out_dir: str | Path, engine_description: dict[str, Any], *,
+             force: bool = False, lock_timeout_s: float = DEFAULT_TIMEOUT_S,
+             resolved: bool = False) -> Job:
+    """The job in ``out_dir`` for ``settings``: planned now, or the existing plan when its
     contract matches (else ``PlanMismatchError``; ``force`` discards it and plans again).
+    ``resolved``: ``settings`` come from ``resolve_settings`` already.
 
     Exclusive: concurrent callers take the plan lock in turn, so one plans and the others
     resume its plan.
     """
-    settings = resolve_settings(settings)
+    if not resolved:
+        settings = resolve_settings(settings)
     requested = contract(settings, engine_description)
-    plan = load_plan(out_dir)
-    if plan is not None and not force:
-        check_contract(plan, requested)
-        check_input(plan)
-        return plan
-    seen = plan.get("plan_id") if plan is not None else None
     layout = JobLayout(out_dir)
+    stat = plan_stat(layout.plan)  # before the read: a plan replaced after it is read again
+    existing = read_plan_json(layout.plan)
+    if existing is not None and not force:
+        return _resume(Job(layout, Plan.from_json(existing), stat), requested)
+    seen = existing.get("plan_id") if existing is not None else None
     layout.root.mkdir(parents=True, exist_ok=True)
     worker = f"plan-{socket.gethostname()}-{os.getpid()}"
     with holding(layout.plan_lock, worker, lock_timeout_s):
-        plan = load_plan(out_dir)
-        if plan is not None and force and plan.get("plan_id") == seen:
+        stat = plan_stat(layout.plan)
+        existing = read_plan_json(layout.plan)
+        if existing is not None and force and existing.get("plan_id") == seen:
             log.warning("discarding the conversion in %s (--force)", out_dir)
             discard_job(out_dir)
-            plan = None
-        if plan is not None:  # planned by another launcher while we waited for the lock
-            check_contract(plan, requested)
-            check_input(plan)
-            return plan
-        return make_plan(settings, out_dir, engine_description)
+            existing = None
+        if existing is not None:  # planned by another launcher while we waited for the lock
+            return _resume(Job(layout, Plan.from_json(existing), stat), requested)
+        plan = make_plan(settings, out_dir, engine_description, resolved=True,
+                         planned_contract=requested)
+        return Job(layout, plan, plan_stat(layout.plan))
+
+
+def _resume(job: Job, requested: Contract) -> Job:
+    """``job`` when a conversion of the ``requested`` contract may resume it."""
+    check_contract(job.plan, requested)
+    check_input(job.plan)
+    return job

@@ -31,8 +31,9 @@ from typing import Any
 from ..exitcodes import report_exit
 from .deaths import record_observed_deaths
 from .lease import DEFAULT_TIMEOUT_S
+from .signals import StopRequested
 from .status import job_status
-from .worker import StopRequested, run_worker
+from .worker import run_worker
 
 log = logging.getLogger(__name__)
 

@@ -41,21 +41,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .. import masks as masklib
-from ..atomic import atomic_write_text
 from ..hashing import sha256_file
 from ..labels import LabelMap
 from ..records import ImageResult, MaskResult
 from ..safepath import UnsafePathError
 from ..writers import create_writer
+from .job import Job
 from .layout import JobLayout
-from .plan import load_plan, plan_settings
-from .worker import scan_done_results
+from .protocol import (
+    NoPlanError,
+    Plan,
+    iter_results,
+    read_done_marker,
+    rewrite_done_marker,
+    scan_done_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,29 +97,24 @@ def list_redos(run_dir: str | Path) -> list[dict[str, Any]]:
 def completed_results(redo_dir: str | Path) -> list[Path] | None:
     """The results files of a redo's conversion when every shard is done and matches its
     marker (sha256), in plan order; None while it is unfinished (or damaged)."""
-    layout = JobLayout(redo_dir)
-    plan = load_plan(layout.root)
-    if plan is None:
+    try:
+        job = Job.open(redo_dir)
+    except NoPlanError:
         return None
+    return intact_results_files(job)
+
+
+def intact_results_files(job: Job) -> list[Path] | None:
+    """The results file of every shard of ``job`` in plan order, each named by a done marker of
+    the job's plan and matching its sha256; None when a shard has none."""
     paths = []
-    for shard in plan["shards"]:
-        try:
-            marker = json.loads(layout.done_file(shard["id"]).read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            return None
-        path = layout.results_dir / str(marker.get("results", ""))
-        if marker.get("plan_id") != plan.get("plan_id") or not path.is_file() \
-                or sha256_file(path) != marker.get("results_sha256"):
+    for shard in job.plan.shards:
+        marker = job.done_marker(shard.id)
+        path = job.layout.results_dir / (marker.results if marker else "")
+        if marker is None or not path.is_file() or sha256_file(path) != marker.results_sha256:
             return None
         paths.append(path)
     return paths
-
-
-def _iter_results(paths: Iterable[Path]) -> Iterator[ImageResult]:
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                yield ImageResult.from_json(json.loads(line))
 
 
 def load_replacements(run_dir: str | Path, before: int | None = None) -> tuple[
@@ -123,11 +124,14 @@ def load_replacements(run_dir: str | Path, before: int | None = None) -> tuple[
     it holds)."""
     out: Replacements = {}
     applied = []
-    plan = load_plan(run_dir) or {}
+    try:
+        run_plan_id: str | None = Job.open(run_dir).plan_id
+    except NoPlanError:
+        run_plan_id = None
     for info in list_redos(run_dir):
         if before is not None and int(info.get("sequence", 0)) >= before:
             continue
-        if info.get("run_plan_id") != plan.get("plan_id"):
+        if info.get("run_plan_id") != run_plan_id:
             log.warning("redo %s was made for another conversion in %s (planned again since); "
                         "its masks are not applied", info.get("name"), run_dir)
             continue
@@ -140,7 +144,7 @@ def load_replacements(run_dir: str | Path, before: int | None = None) -> tuple[
                  "engine": (info.get("engine") or {}).get("name"),
                  "inside_policy": info.get("inside_point")}
         n = 0
-        for r in _iter_results(paths):
+        for r in iter_results(paths):
             for m in r.masks:
                 out.setdefault((r.record.image_id, m.box_id), []).append(
                     (about, m, [r.height, r.width]))
@@ -198,12 +202,12 @@ def redone_results(paths: Sequence[Path], replacements: Replacements, engine: st
                    policy: str | None) -> Callable[[], Iterator[ImageResult]]:
     """A results factory over the run's results files with the replacements applied."""
     def results() -> Iterator[ImageResult]:
-        for r in _iter_results(paths):
+        for r in iter_results(paths):
             yield apply(r, replacements, engine, policy)[0] if replacements else r
     return results
 
 
-def run_results(run_dir: str | Path, paths: Sequence[Path], plan: dict[str, Any],
+def run_results(run_dir: str | Path, paths: Sequence[Path], plan: Plan,
                 before: int | None = None) -> Callable[[], Iterator[ImageResult]]:
     """The run's results as merged: its results files (``paths``) with its complete redos
     applied (only those made before the redo of sequence ``before``, when given)."""
@@ -212,30 +216,31 @@ def run_results(run_dir: str | Path, paths: Sequence[Path], plan: dict[str, Any]
     return redone_results(paths, replacements, engine, policy)
 
 
-def run_engine(plan: dict[str, Any]) -> tuple[str | None, str | None]:
+def run_engine(plan: Plan) -> tuple[str | None, str | None]:
     """The run's engine name and inside-point policy, as the sidecar records them."""
-    settings = plan_settings(plan)
-    return plan["contract"]["engine"].get("name", settings.engine), settings.inside_point
+    return plan.engine_name, plan.settings.inside_point
 
 
-def apply_redos(layout: JobLayout, plan: dict[str, Any], paths: Sequence[Path]) -> tuple[
+def apply_redos(job: Job, paths: Sequence[Path]) -> tuple[
         Callable[[], Iterator[ImageResult]], list[dict[str, Any]]]:
     """Bring the run's per-image files and done markers in line with its redos (see the module
     docstring); return the results factory for the merge and the redos applied.
 
     ``paths``: the verified results files of the done shards (``state/results/<shard>.*``).
     """
+    layout = job.layout
     replacements, applied = load_replacements(layout.root)
-    engine, policy = run_engine(plan)
+    engine, policy = run_engine(job.plan)
     results = redone_results(paths, replacements, engine, policy)
-    settings = plan_settings(plan)
+    settings = job.settings
     labels = LabelMap.load(layout.labels) if layout.labels.exists() else LabelMap()
     writers = None
     for path in paths:
         sid = int(path.name.split(".", 1)[0])
-        marker_file = layout.done_file(sid)
-        marker = json.loads(marker_file.read_text(encoding="utf-8"))
-        before = marker.get("redo") or {}
+        marker = read_done_marker(layout, sid)
+        if marker is None:
+            raise ValueError(f"shard {sid}: its done marker is unreadable")
+        before = marker.redo or {}
         if not replacements and not before:
             continue
         changed: list[ImageResult] = []
@@ -243,7 +248,7 @@ def apply_redos(layout: JobLayout, plan: dict[str, Any], paths: Sequence[Path]) 
         redone = set()
         digest = hashlib.sha256()
         rewritten_before = set(before.get("images", ()))
-        for r in _iter_results([path]):
+        for r in iter_results([path]):
             r, n = apply(r, replacements, engine, policy)
             if n:
                 redone.add(r.record.image_id)
@@ -262,25 +267,25 @@ def apply_redos(layout: JobLayout, plan: dict[str, Any], paths: Sequence[Path]) 
         if writers is None:
             writers = [create_writer(f, layout.root, labels) for f in settings.formats]
         for r in changed:
-            _write_images(r, writers)
+            write_images(r, writers)
         scan = scan_done_results(path, layout.root)
-        original = before.get("files_sha256_before", marker.get("files_sha256"))
-        marker["files_sha256"] = scan["files_sha256"]
-        if redone:
-            marker["redo"] = {**state, "files_sha256_before": original}
-        else:
-            marker.pop("redo", None)
-        atomic_write_text(marker_file, json.dumps(marker))
+        original = before.get("files_sha256_before", marker.files_sha256)
+        rewrite_done_marker(layout, replace(
+            marker, files_sha256=scan["files_sha256"],
+            redo={**state, "files_sha256_before": original} if redone else None))
         log.info("shard %d: per-image files of %d images written again for redos %s", sid,
                  len(changed), ", ".join(state["applied"]) or "(none)")
     return results, applied
 
 
-def _write_images(result: ImageResult, writers: Sequence[Any]) -> None:
+def write_images(result: ImageResult, writers: Sequence[Any]) -> None:
+    """Write the per-image files of ``result`` in every format (``writers``), as the worker
+    writes them; an image without a decoded size has none. A path a writer refuses as unsafe
+    is logged and skipped: the run recorded it as a write error already."""
     if result.width is None:
         return
     for writer in writers:
         try:
             writer.write_image(result)
-        except UnsafePathError as e:  # recorded as a write error by the run already
+        except UnsafePathError as e:
             log.warning("no %s files for %r: %s", writer.name, result.record.image_id, e)

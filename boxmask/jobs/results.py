@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..hashing import sha256_file
-from ..records import ErrorRecord, ImageRecord
+from ..records import ErrorRecord, ImageRecord, ImageResult
 
 LINE_CHECK_KEY = "line_sha256"
 _CHECK_HEX = 32
@@ -148,3 +149,12 @@ def scan_done_results(path: Path, root: Path) -> dict[str, Any]:
                 files_hash.update(f"{rel}\t{sha256_file(root / rel)}\n".encode())
     return {**counts, "results_sha256": results_hash.hexdigest(),
             "files_sha256": files_hash.hexdigest()}
+
+
+def iter_results(paths: Iterable[Path]) -> Iterator[ImageResult]:
+    """The ``ImageResult`` of every line of the results files ``paths``, in order, streaming
+    (the checksum key is ignored)."""
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                yield ImageResult.from_json(json.loads(line))

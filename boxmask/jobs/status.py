@@ -9,15 +9,12 @@ the output directory.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
-from .deaths import read_all_failures, skipped_items
-from .layout import JobLayout
+from .deaths import skipped_items
+from .job import Job, JobLike
 from .lease import DEFAULT_TIMEOUT_S, fs_now, read_lease, stale_reason
-from .merge import done_marker
-from .plan import load_plan
-from .worker import NoPlanError, valid_prefix
+from .protocol import read_all_failures, read_done_marker, valid_prefix
 
 
 def busy_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -32,8 +29,9 @@ def busy_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def job_status(out_dir: str | Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
-    """A JSON-able snapshot of the job's progress.
+def job_status(job: JobLike, lease_timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """A JSON-able snapshot of the progress of ``job`` (a ``Job`` or its output directory);
+    ``NoPlanError`` when there is no plan.
 
     ``shards``: total, done, leased (live lease), stale (lease whose worker died or hung; the next
     worker takes it over), pending. ``items`` / ``images`` /
@@ -46,10 +44,8 @@ def job_status(out_dir: str | Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) 
     killed: they do not count). ``skipped``: items skipped in done shards after repeated deaths
     (``{"shard", "item", "image_id", "reason"}``; ``--retry-failed`` converts them again).
     """
-    layout = JobLayout(out_dir)
-    plan = load_plan(out_dir)
-    if plan is None:
-        raise NoPlanError(f"{out_dir} has no plan.json")
+    job = Job.of(job).current()
+    layout, plan = job.layout, job.plan
     now = fs_now(layout.leases_dir) if layout.leases_dir.is_dir() else time.time()
     counts = {"done": 0, "leased": 0, "stale": 0, "pending": 0}
     items_done = images_done = boxes_done = masks = errors = skipped = 0
@@ -61,24 +57,25 @@ def job_status(out_dir: str | Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) 
     dead: set[tuple[int, str]] = set()
     for sid, records in read_all_failures(layout).items():
         for r in records:
-            key = (sid, str(r.get("attempt")))
+            key = (sid, r.attempt)
             dead.add(key)
-            if r.get("observed"):
+            if r.observed:
                 observed.add(key)
-    for shard in plan["shards"]:
-        sid = shard["id"]
-        marker = done_marker(layout, sid)
-        if marker is not None and marker.get("plan_id") == plan.get("plan_id"):
+    for shard in plan.shards:
+        sid = shard.id
+        marker = read_done_marker(layout, sid)
+        if marker is not None and marker.plan_id == plan.plan_id:
             counts["done"] += 1
-            items_done += marker["items"]
-            images_done += marker.get("images", 0)
-            boxes_done += marker.get("boxes", 0)
-            masks += marker.get("masks", 0)
-            errors += marker.get("errors", 0)
-            skipped += marker.get("skipped", 0)
-            if "started" in marker and "finished" in marker:
-                intervals.append((marker["started"], marker["finished"]))
-                rate_items += marker["items"]
+            marker_items = marker.items or 0
+            items_done += marker_items
+            images_done += marker.images
+            boxes_done += marker.boxes
+            masks += marker.masks
+            errors += marker.errors
+            skipped += marker.skipped
+            if marker.interval is not None:
+                intervals.append(marker.interval)
+                rate_items += marker_items
             continue
         partial = max((valid_prefix(p)[0] for p in attempts.get(sid, [])), default=0)
         items_done += partial
@@ -91,31 +88,31 @@ def job_status(out_dir: str | Path, lease_timeout_s: float = DEFAULT_TIMEOUT_S) 
         leases.append({"shard": sid, "worker": info.worker_id if info else None,
                        "host": info.host if info else None,
                        "heartbeat_age_s": round(now - mtime, 1), "stale": reason is not None,
-                       "stale_reason": reason, "items_done": partial, "items": shard["items"]})
-    totals = plan["totals"]
+                       "stale_reason": reason, "items_done": partial, "items": shard.items})
+    totals = plan.totals
     busy = busy_seconds(intervals)
     rate = rate_items / busy if busy > 0 else None
-    remaining = totals["items"] - items_done
+    remaining = totals.items - items_done
     if remaining <= 0:
         eta: float | None = 0
     else:
         eta = round(remaining / rate, 1) if rate else None
     return {
-        "output": str(Path(out_dir)),
-        "shards": {"total": len(plan["shards"]), **counts},
-        "items": {"total": totals["items"], "done": items_done, "remaining": remaining},
-        "images": {"total": totals["images"], "done_in_done_shards": images_done},
-        "boxes": {"total": totals["boxes"], "done_in_done_shards": boxes_done},
-        "boxes_planned": totals["boxes"],
+        "output": str(job.root),
+        "shards": {"total": len(plan.shards), **counts},
+        "items": {"total": totals.items, "done": items_done, "remaining": remaining},
+        "images": {"total": totals.images, "done_in_done_shards": images_done},
+        "boxes": {"total": totals.boxes, "done_in_done_shards": boxes_done},
+        "boxes_planned": totals.boxes,
         "masks_in_done_shards": masks,
         "errors_in_done_shards": errors,
         "failed_attempts": len(dead),
         "deaths": {"observed": len(observed), "taken_over": len(dead - observed)},
         "items_skipped": skipped,
-        "skipped": skipped_items(out_dir) if skipped else [],
+        "skipped": skipped_items(job) if skipped else [],
         "rate_items_per_s": round(rate, 3) if rate else None,
         "eta_s": eta,
         "leases": leases,
-        "complete": counts["done"] == len(plan["shards"]),
+        "complete": counts["done"] == len(plan.shards),
         "merged": layout.manifest.exists(),
     }

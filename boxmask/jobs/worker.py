@@ -2,8 +2,8 @@
 
 Durability rules, in the order a worker applies them:
 
-* The engine is built (and checked against the plan) before any shard is claimed; a worker of
-  another boxmask version or with other engine settings refuses to start.
+* The engine is built (and checked against the plan, ``boxmask.jobs.contract``) before any shard
+  is claimed; a worker of another boxmask version or with other engine settings refuses to start.
 * A shard is claimed with a lease (``boxmask.jobs.lease``); a heartbeat keeps it. A shard whose
   lease went stale (its worker died or hung) is taken over, and the abandoned attempt is recorded
   with the position it reached. Deaths a live process saw (``boxmask.jobs.deaths``) count
@@ -21,9 +21,11 @@ Durability rules, in the order a worker applies them:
   the same bytes.
 * When every item has a line, the results file is fsynced and the done marker
   ``state/done/<shard>.json`` (plan id, counts, sha256 of the results file and of the per-image
-  files) is created exclusively: the first finished attempt wins, a later one discards its file.
+  files, ``boxmask.jobs.protocol.DoneMarker``) is created exclusively: the first finished attempt
+  wins, a later one discards its file.
   Merge reads only shards with a done marker, through the results file the marker names.
-* SIGTERM / SIGUSR1 / SIGINT (or ``StopRequested.event`` from another thread) ask the worker to
+* SIGTERM / SIGUSR1 / SIGINT (or ``StopRequested.event`` from another thread,
+  ``boxmask.jobs.signals``) ask the worker to
   stop: it finishes the batch in hand, keeps its results, releases its lease and returns; the
   shard resumes later from its results.
 * A fatal error (disk full, an unexpected exception) never marks a shard done: the results file
@@ -35,12 +37,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import json
 import logging
 import os
-import signal
 import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -53,13 +52,13 @@ from ..atomic import atomic_open
 from ..engines import create_engine, engine_class
 from ..engines.base import Engine
 from ..labels import LabelMap
-from ..points import InsidePointPolicy, create_policy
+from ..points import create_policy
 from ..records import ErrorRecord, ImageRecord, ImageResult
 from ..software import software_versions
 from ..writers import create_writer
 from . import deaths, steps
-from .deaths import read_failures, record_failure, reopen_legacy_failed  # noqa: F401
-from .layout import JobLayout
+from .contract import check_engine, check_policy, check_worker_start, runtime_engine_options
+from .job import Job, JobLike
 from .lease import (
     DEFAULT_TIMEOUT_S,
     Heartbeat,
@@ -69,23 +68,21 @@ from .lease import (
     read_lease,
     try_acquire,
 )
-from .plan import (
+from .protocol import (
+    DoneMarker,
     PlanMismatchError,
-    check_input,
-    check_version,
-    describe_differences,
-    load_plan,
-    plan_settings,
-    read_shard_items,
-    runtime_engine_options,
-)
-from .results import (  # noqa: F401 - valid_prefix re-exported
+    create_done_marker,
     encode_line,
     item_id,
+    read_failures,
+    read_shard_items,
+    readable_done_marker,
+    record_failure,
     salvage_lines,
     scan_done_results,
     valid_prefix,
 )
+from .signals import StopRequested
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +91,6 @@ DEFAULT_MAX_ATTEMPTS = deaths.DEFAULT_MAX_OBSERVED
 
 DEFAULT_BATCH_PIXELS = 50_000_000
 """A batch of decoded images handed to the engine stops growing past this many pixels."""
-
-
-class NoPlanError(RuntimeError):
-    """The directory has no plan (run ``boxmask plan`` or ``boxmask convert`` first)."""
 
 
 @dataclass
@@ -124,83 +117,15 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def check_policy(plan: dict[str, Any], policy: InsidePointPolicy) -> None:
-    """Refuse an inside-point policy that differs from the plan's (e.g. replaced weights)."""
-    planned = plan["contract"].get("inside_policy")
-    actual = policy.describe()
-    if planned is not None and json.dumps(planned, sort_keys=True) != json.dumps(
-            actual, sort_keys=True):
-        diffs = describe_differences(planned, actual)
-        raise PlanMismatchError("this worker's inside-point policy differs from the plan:\n  "
-                                + "\n  ".join(diffs[:20]))
-
-
-def check_engine(plan: dict[str, Any], engine: Engine) -> None:
-    """Refuse an engine whose description differs from the plan's (other weights, settings)."""
-    planned = plan["contract"]["engine"]
-    actual = engine.describe()
-    if json.dumps(planned, sort_keys=True) != json.dumps(actual, sort_keys=True):
-        diffs = describe_differences(planned, actual)
-        raise PlanMismatchError("this worker's engine differs from the plan:\n  "
-                                + "\n  ".join(diffs[:20]))
-
-
-# -- failures -----------------------------------------------------------------------------------
-
-def read_failed(layout: JobLayout, shard_id: int) -> dict[str, Any] | None:
-    """The whole-shard failed marker an earlier version wrote, or None."""
-    try:
-        return json.loads(layout.failed_file(shard_id).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def reset_failed(out_dir: str | Path, shard_ids: list[int] | None = None) -> list[int]:
-    """Convert skipped items again (``deaths.retry_skipped``); returns the shards re-opened.
-    ``shard_ids`` is accepted for compatibility and ignored."""
-    if load_plan(out_dir) is None:
-        raise NoPlanError(f"{out_dir} has no plan.json")
-    return deaths.retry_skipped(out_dir)
-
-
-# -- stopping -----------------------------------------------------------------------------------
-
-class StopRequested:
-    """Set by SIGTERM/SIGUSR1/SIGINT (or ``event.set()``); the worker stops between batches."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.event.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        log.warning("received %s: stopping after the current batch", signal.Signals(signum).name)
-        self.event.set()
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def is_set(self) -> bool:
-        return self.event.is_set()
-
-
 # -- the worker ---------------------------------------------------------------------------------
 
 class Worker:
-    """Converts the shards of one output directory; build once, then ``run()``."""
+    """Converts the shards of one job (a ``Job`` or its output directory); build once, then
+    ``run()``."""
 
     def __init__(
         self,
-        out_dir: str | Path,
+        job: JobLike,
         *,
         worker_id: str | None = None,
         engine_overrides: dict[str, Any] | None = None,
@@ -213,16 +138,11 @@ class Worker:
         progress: Any = None,
         stop: StopRequested | None = None,
     ) -> None:
-        self.layout = JobLayout(out_dir)
-        plan = load_plan(out_dir)
-        if plan is None:
-            raise NoPlanError(f"{out_dir} has no plan.json: run `boxmask plan` or "
-                              "`boxmask convert` first")
-        check_version(plan)
-        check_input(plan)
-        self.plan = plan
-        self._plan_stat = _stat_key(self.layout.plan)
-        self.settings = plan_settings(plan)
+        self.job = Job.of(job).current()
+        self.layout = self.job.layout
+        self.plan = self.job.plan
+        check_worker_start(self.plan)
+        self.settings = self.plan.settings
         self.worker_id = worker_id or default_worker_id()
         runtime = runtime_engine_options(self.settings.engine)
         self.engine_overrides = {k: v for k, v in (engine_overrides or {}).items()
@@ -252,7 +172,7 @@ class Worker:
             options = {**self.settings.engine_options, **self.engine_overrides}
             size_hint = engine_class(self.settings.engine).SIZE_HINT
             if size_hint:  # e.g. lets the IOG engine pick its mode by job size
-                options.setdefault(size_hint, self.plan["totals"]["boxes"])
+                options.setdefault(size_hint, self.plan.totals.boxes)
             engine = create_engine(self.settings.engine, **options)
             try:
                 check_engine(self.plan, engine)
@@ -265,7 +185,7 @@ class Worker:
     def use_engine(self, engine: Engine) -> None:
         """Use an engine built elsewhere (checked against the plan; told the job's size)."""
         check_engine(self.plan, engine)
-        engine.expect(int(self.plan["totals"]["boxes"]))
+        engine.expect(int(self.plan.totals.boxes))
         self._engine = engine
 
     def close(self) -> None:
@@ -284,8 +204,8 @@ class Worker:
 
     def claim_next(self, report: WorkerReport | None = None) -> tuple[int, Lease] | None:
         """Lease the first shard that is not done and not held by a live worker."""
-        for shard in self.plan["shards"]:
-            sid = shard["id"]
+        for shard in self.plan.shards:
+            sid = shard.id
             if self._is_finished(sid):
                 continue
             lease = try_acquire(self.layout.lease_file(sid), self.worker_id, self.lease_timeout_s,
@@ -307,7 +227,7 @@ class Worker:
     @property
     def plan_id(self) -> str:
         """The plan's id, which every results line's checksum covers."""
-        return str(self.plan.get("plan_id"))
+        return self.plan.plan_id
 
     def _salvaged(self, sid: int, expected: list[str]) -> dict[int, bytes]:
         """Lines of this shard's set-aside results files that still verify, by item position."""
@@ -317,8 +237,7 @@ class Worker:
         return salvage_lines(sources, expected, self.layout.root, self.plan_id)
 
     def _expected_ids(self, sid: int) -> list[str]:
-        shard = self.plan["shards"][sid]
-        items = read_shard_items(self.layout.shard_file(sid), shard.get("sha256"))
+        items = read_shard_items(self.layout.shard_file(sid), self.plan.shards[sid].sha256)
         return [item_id(i) for i in items]
 
     def _record_abandoned(self, sid: int, old: LeaseInfo | None, mtime: float,
@@ -340,8 +259,8 @@ class Worker:
         return deaths.skip_reason(read_failures(self.layout, sid), position, self.max_attempts)
 
     def _others_active(self) -> bool:
-        for shard in self.plan["shards"]:
-            sid = shard["id"]
+        for shard in self.plan.shards:
+            sid = shard.id
             if self._is_finished(sid):
                 continue
             if read_lease(self.layout.lease_file(sid))[1] is not None:
@@ -390,7 +309,7 @@ class Worker:
         return report
 
     def _all_finished(self) -> bool:
-        return all(self._is_finished(s["id"]) for s in self.plan["shards"])
+        return all(self._is_finished(s.id) for s in self.plan.shards)
 
     def _record_own_failure(self, sid: int, lease: Lease, reason: str) -> None:
         with contextlib.suppress(Exception):
@@ -422,8 +341,7 @@ class Worker:
 
     def process_shard(self, sid: int, lease: Lease, report: WorkerReport) -> bool:
         """Convert the remaining items of shard ``sid``; True when this call marked it done."""
-        shard = self.plan["shards"][sid]
-        items = read_shard_items(self.layout.shard_file(sid), shard.get("sha256"))
+        items = read_shard_items(self.layout.shard_file(sid), self.plan.shards[sid].sha256)
         expected = [item_id(i) for i in items]
         results_path, start = self._start_attempt(sid, lease, expected)
         if start:
@@ -488,31 +406,17 @@ class Worker:
         if not self._plan_unchanged():
             raise PlanMismatchError(f"the plan of {self.layout.root} changed while this worker "
                                     "ran (planned again?); stopping")
-        marker = {
+        marker = DoneMarker.from_json({
             "shard": sid,
-            "plan_id": self.plan.get("plan_id"),
+            "plan_id": self.plan_id,
             "results": results_path.name,
             **scan_done_results(results_path, self.layout.root),
             "worker": self.worker_id,
             "started": lease.info.acquired,
             "finished": time.time(),
             "software": software_versions(),
-        }
-        done = self.layout.done_file(sid)
-        tmp = done.with_name(f".{done.name}.new-{lease.token}")
-        with atomic_open(tmp, "w") as f:
-            f.write(json.dumps(marker))
-        try:
-            os.link(tmp, done)
-            won = True
-        except FileExistsError:
-            won = False
-        except OSError:  # no hard links here: fall back to a plain (non-exclusive) rename
-            won = not done.exists()
-            if won:
-                os.replace(tmp, done)
-        finally:
-            tmp.unlink(missing_ok=True)
+        })
+        won = create_done_marker(self.layout, marker, lease.token)
         self._finished.add(sid)
         if not won:
             log.info("shard %d was marked done by another attempt; discarding ours", sid)
@@ -526,10 +430,7 @@ class Worker:
     def _plan_unchanged(self) -> bool:
         """True while ``plan.json`` is the plan this worker started with (cheap: a stat, and a
         read only when the file changed)."""
-        if _stat_key(self.layout.plan) == self._plan_stat:
-            return True
-        current = load_plan(self.layout.root)
-        return current is not None and current.get("plan_id") == self.plan.get("plan_id")
+        return self.job.plan_unchanged()
 
     # -- conversion ---------------------------------------------------------------------------
     def _batch_boxes(self) -> int:
@@ -542,7 +443,7 @@ class Worker:
         that image collects deaths, never its innocent neighbours."""
         if not self.layout.failure_files(sid):
             return 0
-        if not any(r.get("items_done") == position for r in read_failures(self.layout, sid)):
+        if not any(r.items_done == position for r in read_failures(self.layout, sid)):
             return 0
         return self.prefetch + self._batch_boxes()
 
@@ -618,37 +519,11 @@ class Worker:
                         f.cancel()
 
 
-def readable_done_marker(layout: JobLayout, shard_id: int) -> bool:
-    """True when the shard's done marker exists and parses; an unreadable one (damaged on
-    disk) is set aside as ``<name>.damaged`` so that the shard is worked on again."""
-    path = layout.done_file(shard_id)
-    try:
-        marker = json.loads(path.read_bytes())
-        if isinstance(marker, dict) and isinstance(marker.get("results"), str):
-            return True
-    except FileNotFoundError:
-        return False
-    except (OSError, ValueError):
-        pass
-    log.error("shard %d: done marker %s is unreadable; set aside, the shard resumes from its "
-              "results", shard_id, path.name)
-    with contextlib.suppress(FileNotFoundError):
-        os.replace(path, path.with_name(path.name + ".damaged"))
-    return False
-
-
-def _stat_key(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def run_worker(out_dir: str | Path, **options: Any) -> WorkerReport:
-    """Build a ``Worker`` for ``out_dir`` and run it until no shard is left (or it is stopped)."""
+def run_worker(job: JobLike, **options: Any) -> WorkerReport:
+    """Build a ``Worker`` for ``job`` (a ``Job`` or its output directory) and run it until no
+    shard is left (or it is stopped)."""
     max_shards = options.pop("max_shards", None)
-    worker = Worker(out_dir, **options)
+    worker = Worker(job, **options)
     try:
         return worker.run(max_shards=max_shards)
     finally:

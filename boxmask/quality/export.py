@@ -46,10 +46,12 @@ from typing import Any
 from .. import __version__
 from ..atomic import atomic_open, atomic_write_text
 from ..hashing import sha256_file
+from ..jobs.job import Job
 from ..jobs.layout import JobLayout
-from ..jobs.merge import done_marker, write_formats
-from ..jobs.plan import load_plan, plan_settings
+from ..jobs.merge import write_formats
+from ..jobs.protocol import NoPlanError, Plan, read_done_marker
 from ..jobs.redo import run_results as redone_results
+from ..jobs.redo import write_images
 from ..labels import LabelMap
 from ..records import ImageResult, MaskResult
 from ..safepath import UnsafePathError
@@ -90,16 +92,17 @@ class Criteria:
         return out
 
 
-def results_files(run_dir: str | Path) -> tuple[dict[str, Any], list[Path]]:
+def results_files(run_dir: str | Path) -> tuple[Plan, list[Path]]:
     """``(plan, results files in plan order)`` of a completely merged run.
 
     Raises ``ExportError`` when the run has no plan, was not merged completely, or a results file
     does not match its done marker (run ``boxmask merge`` first).
     """
-    layout = JobLayout(run_dir)
-    plan = load_plan(layout.root)
-    if plan is None:
-        raise ExportError(f"{run_dir} has no plan.json: not a boxmask run")
+    try:
+        job = Job.open(run_dir)
+    except NoPlanError:
+        raise ExportError(f"{run_dir} has no plan.json: not a boxmask run") from None
+    layout, plan = job.layout, job.plan
     try:
         manifest = json.loads(layout.manifest.read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
@@ -108,12 +111,11 @@ def results_files(run_dir: str | Path) -> tuple[dict[str, Any], list[Path]]:
         raise ExportError(f"{run_dir} is not merged completely (manifest.json complete: false "
                           "or missing); finish and merge the run first")
     paths = []
-    for shard in plan["shards"]:
-        marker = done_marker(layout, shard["id"])
-        path = layout.results_dir / str((marker or {}).get("results", ""))
-        if marker is None or not path.is_file() \
-                or sha256_file(path) != marker.get("results_sha256"):
-            raise ExportError(f"shard {shard['id']} of {run_dir} has no intact results file; "
+    for shard in plan.shards:
+        marker = read_done_marker(layout, shard.id)
+        path = layout.results_dir / (marker.results if marker else "")
+        if marker is None or not path.is_file() or sha256_file(path) != marker.results_sha256:
+            raise ExportError(f"shard {shard.id} of {run_dir} has no intact results file; "
                               f"run `boxmask merge {run_dir}` first")
         paths.append(path)
     return plan, paths
@@ -131,7 +133,7 @@ def _run_masks(results: ResultsFactory, wanted: set[MaskKey]) -> dict[MaskKey, d
     return out
 
 
-def bad_masks(verdicts_path: str | Path, results: ResultsFactory, plan: dict[str, Any],
+def bad_masks(verdicts_path: str | Path, results: ResultsFactory, plan: Plan,
               sample_dir: str | Path | None = None) -> tuple[set[MaskKey], list[str]]:
     """The masks judged ``bad`` in ``verdicts_path`` that are masks of the run, and the problems
     met (unreadable lines, verdicts not applied). See the module docstring for the checks.
@@ -142,7 +144,7 @@ def bad_masks(verdicts_path: str | Path, results: ResultsFactory, plan: dict[str
     return {k for k, v in judged.items() if v == "bad"}, problems
 
 
-def judged_masks(verdicts_path: str | Path, results: ResultsFactory, plan: dict[str, Any],
+def judged_masks(verdicts_path: str | Path, results: ResultsFactory, plan: Plan,
                  sample_dir: str | Path | None = None) -> tuple[dict[MaskKey, str], list[str]]:
     """``({(image_id, box_id): verdict}, problems)``: the verdicts of ``verdicts_path`` that
     apply to masks of the run as ``results`` has them (the run of ``plan``). A verdict is not
@@ -164,9 +166,9 @@ def judged_masks(verdicts_path: str | Path, results: ResultsFactory, plan: dict[
             raise ExportError(f"{verdicts_path} holds verdicts on another sample "
                               f"({', '.join(sorted(map(str, other)))}) than {folder} "
                               f"({design['sample_id']})")
-        if design.get("plan_id") not in (None, plan.get("plan_id")):
+        if design.get("plan_id") not in (None, plan.plan_id):
             raise ExportError(f"the review sample {folder} was drawn from another run (plan "
-                              f"{design['plan_id']}, this run's is {plan.get('plan_id')}): its "
+                              f"{design['plan_id']}, this run's is {plan.plan_id}): its "
                               "verdicts do not apply here")
         sampled = {int(i["sample_index"]): i for i in items}
     elif sample_dir is not None:
@@ -248,7 +250,7 @@ def export(run_dir: str | Path, output: str | Path, *, formats: Sequence[str] | 
     if unknown:
         raise ExportError(f"unknown flags {', '.join(unknown)}; choose from {', '.join(FLAGS)}")
     plan, paths = results_files(run)
-    formats = list(formats if formats is not None else plan_settings(plan).formats)
+    formats = list(formats if formats is not None else plan.settings.formats)
     bad_fmt = [f for f in formats if f not in FORMATS]
     if bad_fmt:
         raise ExportError(f"unknown formats {', '.join(bad_fmt)}; choose from {', '.join(FORMATS)}")
@@ -256,9 +258,9 @@ def export(run_dir: str | Path, output: str | Path, *, formats: Sequence[str] | 
     bad, problems = (bad_masks(verdicts, run_results, plan, sample_dir) if verdicts is not None
                      else (set(), []))
     criteria = Criteria(bad, min_score, tuple(drop_flags))
-    labels = LabelMap.load(JobLayout(run).labels) if JobLayout(run).labels.exists() \
-        else LabelMap()
-    images_root = plan_settings(plan).images_root or "."
+    labels_file = JobLayout(run).labels
+    labels = LabelMap.load(labels_file) if labels_file.exists() else LabelMap()
+    images_root = plan.settings.images_root or "."
     stage = _staging(output)
     try:
         writers = [create_writer(f, stage, labels, copy_images=copy_images,
@@ -280,7 +282,7 @@ def export(run_dir: str | Path, output: str | Path, *, formats: Sequence[str] | 
                                         "label": m.label, "score": round(float(m.score), 6),
                                         "flags": m.metrics.get("flags") or [],
                                         "reasons": reasons}, ensure_ascii=False) + "\n")
-                _write_images(_kept(r, dropped), writers)
+                write_images(_kept(r, dropped), writers)
 
         def results() -> Iterator[ImageResult]:
             for r in run_results():
@@ -313,17 +315,6 @@ def export(run_dir: str | Path, output: str | Path, *, formats: Sequence[str] | 
     log.info("exported %d of %d masks to %s", manifest["counts"]["masks_kept"],
              counts["masks_in_run"], output)
     return manifest
-
-
-def _write_images(result: ImageResult, writers: Sequence[Any]) -> None:
-    """The per-image files of ``result`` in every format, as the worker writes them."""
-    if result.width is None:
-        return
-    for writer in writers:
-        try:
-            writer.write_image(result)
-        except UnsafePathError as e:  # the run recorded it as a write error already
-            log.warning("no %s files for %r: %s", writer.name, result.record.image_id, e)
 
 
 def _with_files(result: ImageResult, writers: Sequence[Any], stage: Path) -> ImageResult:

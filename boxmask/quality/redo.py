@@ -35,9 +35,9 @@ from typing import Any
 from ..atomic import atomic_write_text
 from ..hashing import sha256_file
 from ..jobs.layout import JobLayout
-from ..jobs.merge import iter_results
-from ..jobs.plan import Settings, plan_settings
+from ..jobs.protocol import Plan, iter_results
 from ..jobs.redo import INFO_FILE, SELECTION_FILE, list_redos, redo_root, run_results
+from ..jobs.settings import Settings
 from ..readers.records import SOURCE as RECORDS_SOURCE
 from ..safepath import check_component
 from .export import ExportError, judged_masks, results_files
@@ -98,7 +98,7 @@ def check_request(request: RedoRequest) -> None:
         raise RedoError(f"unknown flags {', '.join(unknown)}; choose from {', '.join(FLAGS)}")
 
 
-def choose(results: Any, plan: dict[str, Any], request: RedoRequest) -> tuple[
+def choose(results: Any, plan: Plan, request: RedoRequest) -> tuple[
         dict[MaskKey, list[str]], list[str]]:
     """``({(image_id, box_id): reasons}, problems)``: the masks of ``results`` (a results
     factory over the run as it stands before this redo) chosen by ``request``."""
@@ -156,7 +156,7 @@ def prepare(run_dir: str | Path, request: RedoRequest) -> tuple[Path, Settings, 
     check_component(name, "redo name")
     folder = redo_root(run) / name
     earlier = {i["name"]: i for i in list_redos(run)}
-    if name in earlier and earlier[name].get("run_plan_id") != plan.get("plan_id"):
+    if name in earlier and earlier[name].get("run_plan_id") != plan.plan_id:
         raise RedoError(f"redo {name!r} was made for an earlier conversion in {run} (planned "
                         f"again since): remove {folder} or choose another --name")
     sequence = (int(earlier[name]["sequence"]) if name in earlier
@@ -175,11 +175,11 @@ def prepare(run_dir: str | Path, request: RedoRequest) -> tuple[Path, Settings, 
     else:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(selection, text)
-    run_settings = plan_settings(plan)
+    run_settings = plan.settings
     if name not in earlier:
         info = {"name": name, "sequence": sequence,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "run_plan_id": plan.get("plan_id"), "selected": len(chosen),
+                "run_plan_id": plan.plan_id, "selected": len(chosen),
                 "images": len(lines), "criteria": request.criteria(),
                 "engine": {"name": request.engine, "options": request.engine_options},
                 "inside_point": request.inside_point,

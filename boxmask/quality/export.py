@@ -92,8 +92,8 @@ class Criteria:
         return out
 
 
-def results_files(run_dir: str | Path) -> tuple[Plan, list[Path]]:
-    """``(plan, results files in plan order)`` of a completely merged run.
+def merged_run(run_dir: str | Path) -> tuple[Job, list[Path]]:
+    """``(job, results files in plan order)`` of a completely merged run.
 
     Raises ``ExportError`` when the run has no plan, was not merged completely, or a results file
     does not match its done marker (run ``boxmask merge`` first).
@@ -118,7 +118,7 @@ def results_files(run_dir: str | Path) -> tuple[Plan, list[Path]]:
             raise ExportError(f"shard {shard.id} of {run_dir} has no intact results file; "
                               f"run `boxmask merge {run_dir}` first")
         paths.append(path)
-    return plan, paths
+    return job, paths
 
 
 def _run_masks(results: ResultsFactory, wanted: set[MaskKey]) -> dict[MaskKey, dict[str, Any]]:
@@ -249,7 +249,8 @@ def export(run_dir: str | Path, output: str | Path, *, formats: Sequence[str] | 
     unknown = [f for f in drop_flags if f not in FLAGS]
     if unknown:
         raise ExportError(f"unknown flags {', '.join(unknown)}; choose from {', '.join(FLAGS)}")
-    plan, paths = results_files(run)
+    job, paths = merged_run(run)
+    plan = job.plan
     formats = list(formats if formats is not None else plan.settings.formats)
     bad_fmt = [f for f in formats if f not in FORMATS]
     if bad_fmt:
@@ -258,7 +259,7 @@ def export(run_dir: str | Path, output: str | Path, *, formats: Sequence[str] | 
     bad, problems = (bad_masks(verdicts, run_results, plan, sample_dir) if verdicts is not None
                      else (set(), []))
     criteria = Criteria(bad, min_score, tuple(drop_flags))
-    labels_file = JobLayout(run).labels
+    labels_file = job.layout.labels
     labels = LabelMap.load(labels_file) if labels_file.exists() else LabelMap()
     images_root = plan.settings.images_root or "."
     stage = _staging(output)

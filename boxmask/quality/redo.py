@@ -34,13 +34,12 @@ from typing import Any
 
 from ..atomic import atomic_write_text
 from ..hashing import sha256_file
-from ..jobs.layout import JobLayout
 from ..jobs.protocol import Plan, iter_results
 from ..jobs.redo import INFO_FILE, SELECTION_FILE, list_redos, redo_root, run_results
 from ..jobs.settings import Settings
 from ..readers.records import SOURCE as RECORDS_SOURCE
 from ..safepath import check_component
-from .export import ExportError, judged_masks, results_files
+from .export import ExportError, judged_masks, merged_run
 from .metrics import FLAGS
 from .review import VERDICTS
 
@@ -150,8 +149,8 @@ def prepare(run_dir: str | Path, request: RedoRequest) -> tuple[Path, Settings, 
     Raises ``RedoError`` (see the class) or ``ExportError`` when the run is not merged.
     """
     check_request(request)
-    run = JobLayout(run_dir).root
-    plan, paths = results_files(run)
+    job, paths = merged_run(run_dir)
+    run, plan = job.root, job.plan
     name = request.name or request.default_name()
     check_component(name, "redo name")
     folder = redo_root(run) / name
@@ -189,8 +188,8 @@ def prepare(run_dir: str | Path, request: RedoRequest) -> tuple[Path, Settings, 
     settings = Settings(
         source=RECORDS_SOURCE, input=str(selection), formats=[],
         images_root=run_settings.images_root,
-        reader_options={"labels": str(JobLayout(run).labels)}
-        if JobLayout(run).labels.is_file() else {},
+        reader_options={"labels": str(job.layout.labels)}
+        if job.layout.labels.is_file() else {},
         engine=request.engine, engine_options=dict(request.engine_options),
         inside_point=request.inside_point, inside_options=dict(request.inside_options),
         exif=run_settings.exif, max_pixels=run_settings.max_pixels,

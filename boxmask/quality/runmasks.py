@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jobs.layout import JobLayout
+from ..jobs.protocol import DoneMarker
 from ..labels import LabelMap
 from ..records import ImageResult
 from ..writers.sidecar import SidecarWriter, error_line
@@ -93,16 +94,17 @@ def _done_results(layout: JobLayout) -> tuple[list[Path], int]:
     for marker_path in sorted(layout.done_dir.glob("*.json")):
         if not _MARKER_NAME.fullmatch(marker_path.name):  # temporary or stray files
             continue
-        marker = _read_json(marker_path)
-        if not marker or "results" not in marker:
+        try:
+            marker = DoneMarker.from_json(_read_json(marker_path))
+        except (ValueError, TypeError):
             log.warning("%s is no done marker; ignored", marker_path)
             continue
-        path = layout.results_dir / Path(str(marker["results"])).name
+        path = layout.results_dir / Path(marker.results).name
         if not path.is_file():
             log.warning("%s names %s, which is missing; shard skipped", marker_path, path.name)
             continue
         files.append(path)
-        images += int(marker.get("images", 0))
+        images += marker.images
     return files, images
 
 

@@ -121,11 +121,11 @@ def plan_source(source: str, path: Path, out: Path, shard_size: int, profile: bo
                         formats=["coco"], shard_size=shard_size)
     description = create_engine("grabcut").describe()
     if not profile:
-        return make_plan(settings, out, description)
+        return make_plan(settings, out, description).to_json()
     profiler = cProfile.Profile()
     plan = profiler.runcall(make_plan, settings, out, description)
     pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
-    return plan
+    return plan.to_json()
 
 
 def main() -> None:

@@ -21,8 +21,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "boxmask"
 
 LOW_LEVEL = frozenset({
-    "boxmask.atomic", "boxmask.boxes", "boxmask.guidance", "boxmask.hashing", "boxmask.maskmath",
-    "boxmask.maskmetrics", "boxmask.masks", "boxmask.records", "boxmask.safepath",
+    "boxmask.atomic", "boxmask.boxes", "boxmask.dataclassjson", "boxmask.guidance",
+    "boxmask.hashing", "boxmask.maskmath", "boxmask.maskmetrics", "boxmask.masks",
+    "boxmask.records", "boxmask.safepath",
 })
 """Modules at the bottom of the stack: they may import only one another."""
 

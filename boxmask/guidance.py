@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .maskmath import deepest_pixel, stability
+from .maskmath import deepest_pixel, sigmoid_cuts, stability, stability_torch
 from .records import BoxXYXY
 
 RELAX = 30
@@ -416,28 +416,15 @@ def probability_crop_torch(fine_logits_512: torch.Tensor, crop_box: Sequence[int
 
 
 def stability_score(fine_logits: np.ndarray, delta: float = STABILITY_DELTA) -> float:
-    """IoU of ``sigmoid > 0.5 + delta`` and ``sigmoid > 0.5 - delta`` on the 512 crop, in [0, 1].
-
-    The stricter mask is a subset of the looser one, so the IoU is a ratio of pixel counts. A mask
-    that is empty at the looser threshold scores 0 (nothing was found).
-    """
-    return stability(fine_logits, _logit(0.5 - delta), _logit(0.5 + delta))
+    """IOG's score: ``maskmath.stability`` of the fine logits (the whole 512 crop) at the sigmoid
+    cuts ``0.5 +- delta``, in [0, 1]; 0 when nothing lies above the lower cut."""
+    return stability(fine_logits, *sigmoid_cuts(delta))
 
 
 def stability_score_torch(fine_logits: torch.Tensor,
                           delta: float = STABILITY_DELTA) -> torch.Tensor:
     """Batched twin of ``stability_score``: (N, 1, H, W) logits -> (N,) float32 scores."""
-    lo, hi = _logit(0.5 - delta), _logit(0.5 + delta)
-    flat = fine_logits.reshape(fine_logits.shape[0], -1)
-    union = (flat > lo).sum(dim=1)
-    inter = (flat > hi).sum(dim=1)
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union)).float()
-
-
-def _logit(p: float) -> float:
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"stability thresholds must lie in (0, 1), got {p}")
-    return math.log(p / (1.0 - p))
+    return stability_torch(fine_logits, *sigmoid_cuts(delta))
 
 @dataclass(frozen=True)
 class CropSettings:

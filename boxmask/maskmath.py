@@ -2,6 +2,13 @@
 
 Masks are bool (or 0/1) numpy arrays of equal shape; rows are ``y``, columns ``x``.
 
+**Stability** (SAM's stability score): the IoU of a score map cut at two levels,
+``count(values > upper) / count(values > lower)`` (the stricter mask lies inside the looser one).
+The levels are in the map's own units: probabilities, or logits (``sigmoid_cuts`` turns
+``0.5 -+ delta`` on the sigmoid into logit levels). ``stability`` is the numpy reference for one
+map; ``stability_torch`` is its batched twin for maps already on a torch device (the GPU path), and
+needs no torch import here.
+
 **The empty-mask rule, everywhere:** a measure with nothing to measure is 0.0. The IoU of two
 masks whose union is empty is 0.0, and the stability of a map with no pixel above the lower cut is
 0.0: an empty prediction is neither a match nor a stable result, so it never ranks above a real
@@ -10,9 +17,14 @@ one. ``deepest_pixel`` of an empty mask is None.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray, void: np.ndarray | None = None) -> float:
@@ -36,6 +48,27 @@ def stability(values: np.ndarray, lower: float, upper: float) -> float:
     x = np.asarray(values)
     union = int(np.count_nonzero(x > lower))
     return float(np.count_nonzero(x > upper)) / union if union else 0.0
+
+
+def stability_torch(values: torch.Tensor, lower: float, upper: float) -> torch.Tensor:
+    """Batched twin of ``stability``: ``(N, ...)`` maps -> ``(N,)`` float32, each map counted over
+    all its elements; 0.0 where nothing exceeds ``lower``. Runs on the maps' device."""
+    flat = values.reshape(values.shape[0], -1)
+    union = (flat > lower).sum(dim=1)
+    inter = (flat > upper).sum(dim=1)  # <= union, so 0 / 1 = 0.0 where the union is empty
+    return (inter / union.clamp(min=1)).float()
+
+
+def sigmoid_cuts(delta: float, center: float = 0.5) -> tuple[float, float]:
+    """``(lower, upper)`` logit levels for the probability cuts ``center -+ delta``, for
+    ``stability`` on logits; both cuts must lie strictly inside (0, 1)."""
+    return _logit(center - delta), _logit(center + delta)
+
+
+def _logit(p: float) -> float:
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"stability thresholds must lie in (0, 1), got {p}")
+    return math.log(p / (1.0 - p))
 
 
 def depth(mask: np.ndarray, sampling: Sequence[float] | None = None,

@@ -149,7 +149,7 @@ class MaskResult:
     """The engine's confidence in [0, 1] (stability score for IOG; see the engine's docs)."""
     clicks: list[Click] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
-    """Box-consistency and shape metrics (``boxmask.quality.metrics``) and flags."""
+    """Box-consistency and shape metrics (``boxmask.maskmetrics``) and flags."""
     origin: dict[str, Any] | None = None
     """Set on a mask that replaced the run's own (``boxmask.jobs.redo``): ``{"redo": name,
     "engine": ..., "inside_policy": ...}``; None for a mask of the run itself."""

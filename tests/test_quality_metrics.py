@@ -1,4 +1,4 @@
-"""Per-mask quality metrics, flags, stability score and per-class fill outliers."""
+"""Per-mask quality metrics, flags and per-class fill outliers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from scipy import ndimage
 
@@ -19,7 +18,6 @@ from boxmask.quality.metrics import (
     fill_outliers,
     flags_for,
     mask_metrics,
-    stability_score,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -174,28 +172,6 @@ def test_voc_xml_boxes_around_void_bordered_masks():
     assert 0.85 < r["tightness_iou"] < 1.0
     assert r["leakage"] == 0.0
     assert mask_metrics(seg == 1, box, touch_tolerance=6)["sides_touched"] == 4
-
-
-# ------------------------------------------------------------------ stability score
-
-def test_stability_score_counts_pixels_above_the_two_cuts():
-    probs = (np.arange(100) / 100).reshape(10, 10)
-    # > 0.605: 0.61..0.99 (39 values); > 0.405: 0.41..0.99 (59 values)
-    assert stability_score(probs, 0.505, 0.1, are_logits=False) == pytest.approx(39 / 59)
-    t = torch.from_numpy(probs)
-    assert stability_score(t, 0.505, 0.1, are_logits=False) == pytest.approx(39 / 59)
-    batch = np.stack([probs, np.ones((10, 10))])
-    np.testing.assert_allclose(stability_score(batch, 0.505, 0.1, are_logits=False),
-                               [39 / 59, 1.0])
-    out = stability_score(torch.from_numpy(batch), 0.505, 0.1, are_logits=False)
-    assert isinstance(out, torch.Tensor) and out.shape == (2,)
-    logits = torch.logit(torch.from_numpy(probs).clamp(1e-3, 1 - 1e-3))
-    # SAM's defaults on logits: cuts at -1 and +1, i.e. p > 0.731 over p > 0.269
-    expected = (probs > 1 / (1 + np.exp(-1))).sum() / (probs > 1 / (1 + np.exp(1))).sum()
-    assert stability_score(logits, 0.0, 1.0, are_logits=True) == pytest.approx(expected)
-    assert stability_score(np.zeros((4, 4)), 0.5, 0.1, are_logits=False) == 0.0
-    with pytest.raises(ValueError):
-        stability_score(probs, 0.0, 1.0, are_logits=False)
 
 
 # ------------------------------------------------------------------ fill outliers

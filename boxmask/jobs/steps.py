@@ -25,9 +25,9 @@ import numpy as np
 from .. import boxes as B
 from ..engines.base import Engine, Prediction, SegmentRequest
 from ..imageio import ImageDecodeError, decode_image
+from ..maskmetrics import mask_metrics
 from ..masks import encode_rle
 from ..points import InsidePointPolicy
-from ..quality.metrics import mask_metrics
 from ..records import Box, BoxXYXY, ErrorRecord, ImageRecord, ImageResult, MaskResult
 from ..safepath import UnsafePathError, join_inside
 from ..writers.base import Writer

@@ -1,5 +1,6 @@
 """Loading checkpoints: unwrapping, strict key/shape checks, architecture detection, and the
-layout check of a weights file against the network it claims to hold.
+checks of a weights file: its size, its sha256 and its layout against the network it claims to
+hold (``verify_weights_file``).
 
 The released files are raw state dicts saved with ``torch.save(net.state_dict())`` (no wrapper, no
 ``module.`` prefix, possibly without ``num_batches_tracked`` when written by torch 0.4.0). Files are
@@ -10,7 +11,7 @@ file allows it: no pickled code runs.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -279,3 +280,47 @@ def layout_errors(arch: str, state: Any, name: str | None = None) -> list[str]:
     except CheckpointError as exc:
         return [str(exc)]
     return []
+
+
+def verify_weights_file(path: str | os.PathLike, arch: str, *, name: str, payload_bytes: int,
+                        size_tolerance: tuple[float, float], recorded_sha256: str | None,
+                        official_sha256: str | None,
+                        provenance_errors: Sequence[str] = ()) -> dict[str, Any]:
+    """Check a weights file that exists; never raises for a bad file.
+
+    ``payload_bytes``: the tensor payload of the network in bytes; the size is plausible within
+    the factors ``size_tolerance`` of it. ``recorded_sha256`` (what was recorded when the file was
+    stored) and ``official_sha256`` (the published one), where known, must both equal the file's.
+    ``provenance_errors``: the caller's findings about where the file came from, listed after the
+    hash check. ``arch`` and ``name`` as for ``layout_errors``.
+
+    Returns ``size_bytes``, ``size_plausible``, ``sha256``, ``sha256_recorded``,
+    ``sha256_matches``, ``loads`` (``load_state_file`` succeeds), ``keys_match`` (names and
+    shapes equal the network's) and ``errors`` (list of str, empty for a good file).
+    """
+    path = Path(path)
+    errors: list[str] = []
+    size = path.stat().st_size
+    lo, hi = (payload_bytes * f for f in size_tolerance)
+    out: dict[str, Any] = {"size_bytes": size, "size_plausible": lo <= size <= hi}
+    if not out["size_plausible"]:
+        errors.append(f"size {size} B, expected about {payload_bytes} B")
+    digest = sha256_file(path)
+    expected = [h for h in (recorded_sha256, official_sha256) if h]
+    out.update(sha256=digest, sha256_recorded=recorded_sha256,
+               sha256_matches=bool(expected) and all(h == digest for h in expected))
+    if not expected:
+        errors.append("no sha256 recorded (file not fetched/installed by boxmask)")
+    elif not out["sha256_matches"]:
+        errors.append(f"sha256 {digest} differs from the recorded {expected[0]}: file changed")
+    errors.extend(provenance_errors)
+    out.update(loads=False, keys_match=False, errors=errors)
+    try:
+        state = load_state_file(path)
+    except Exception as exc:  # unpickling/zip errors of a damaged file
+        errors.append(f"cannot load: {type(exc).__name__}: {exc}")
+        return out
+    layout = layout_errors(arch, state, name)
+    errors.extend(layout)
+    out.update(loads=True, keys_match=not layout)
+    return out

@@ -16,8 +16,10 @@ The coarse and fine heads predict at ``input_size / 4`` and the outputs are upsa
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
+
+from .. import dataclassjson
 
 ARCHITECTURES = ("iog", "iog-refinement")
 
@@ -69,20 +71,12 @@ class IOGConfig:
         return (w, 2 * w, 4 * w, 8 * w)
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["blocks"] = list(self.blocks)
-        d["guidance_widths"] = list(self.guidance_widths)
-        return d
+        return dataclassjson.to_json(self)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> IOGConfig:
         """Inverse of ``to_json``; keys that are not fields (e.g. ``task``) are ignored."""
-        names = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in names}
-        for key in ("blocks", "guidance_widths"):
-            if key in kwargs:
-                kwargs[key] = tuple(int(v) for v in kwargs[key])
-        return cls(**kwargs)
+        return dataclassjson.from_json(cls, d, {"blocks": int, "guidance_widths": int})
 
     @classmethod
     def preset(cls, name: str, architecture: str = "iog", **overrides: Any) -> IOGConfig:

@@ -48,7 +48,7 @@ from ..atomic import atomic_write_text
 from ..imageio import DEFAULT_MAX_PIXELS
 from ..jobs.layout import JobLayout
 from ..jobs.plan import load_plan
-from .metrics import (
+from ..maskmetrics import (
     FRAGMENTED_LARGEST,
     FRAGMENTED_MIN_COMPONENTS,
     HOLE_MIN_FRACTION,

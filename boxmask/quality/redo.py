@@ -7,7 +7,7 @@ redo put in its place); each is a *reason*:
   ``verdicts.jsonl``, checked as ``boxmask export`` checks them
   (``boxmask.quality.export.judged_masks``: a sample of another run is refused; a verdict on a
   mask that changed since the review is not applied);
-* ``flag:<name>``: it carries one of ``flags`` (``boxmask.quality.metrics.FLAGS``);
+* ``flag:<name>``: it carries one of ``flags`` (``boxmask.maskmetrics.FLAGS``);
 * ``min_score``: its engine score is below ``min_score``.
 
 ``prepare`` writes ``<run>/redo/<name>/selection.jsonl`` (atomically) and ``redo.json``, and
@@ -37,10 +37,10 @@ from ..hashing import sha256_file
 from ..jobs.protocol import Plan, iter_results
 from ..jobs.redo import INFO_FILE, SELECTION_FILE, list_redos, redo_root, run_results
 from ..jobs.settings import Settings
+from ..maskmetrics import FLAGS
 from ..readers.records import SOURCE as RECORDS_SOURCE
 from ..safepath import check_component
 from .export import ExportError, judged_masks, merged_run
-from .metrics import FLAGS
 from .review import VERDICTS
 
 log = logging.getLogger(__name__)

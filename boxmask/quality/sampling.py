@@ -11,7 +11,7 @@ Two passes over the run (``boxmask.quality.runmasks``, merged or in progress):
 Population
 ----------
 All masks, or with ``flags_only`` only the flagged ones. A mask is *flagged* when its metrics
-carry a flag (``boxmask.quality.metrics.FLAGS``) or when its fill ratio is an outlier within its
+carry a flag (``boxmask.maskmetrics.FLAGS``) or when its fill ratio is an outlier within its
 class (robust z-score above ``FILL_OUTLIER_Z``, classes of at least ``MIN_CLASS_COUNT`` masks:
 ``metrics.ClassFillStats``); the latter adds the flag ``fill_outlier``, which exists only here.
 
@@ -83,11 +83,12 @@ import zlib
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
-from .metrics import FLAGS, MIN_CLASS_COUNT, ClassFillStats
+from .keys import FILL_OUTLIER, FLAG_BIT, SAMPLE_FLAGS, LightKeys
+from .metrics import MIN_CLASS_COUNT, ClassFillStats
 from .runmasks import Locator, MaskSource, fetch, iter_errors, iter_located, iter_masks, open_run
 from .summary import SummaryCollector
 
@@ -105,47 +106,8 @@ STRATIFY_DIMS = ("class", "score")
 """What ``stratify`` may name: the mask's class, the decile of its score."""
 SCORE_BINS = 10
 """Score quantile bins of the ``score`` stratification (deciles)."""
-FILL_OUTLIER = "fill_outlier"
-"""The flag for a fill ratio that is an outlier within its class (added at sampling)."""
 FILL_OUTLIER_Z = 3.5
 """Robust z-score beyond which a fill ratio is an outlier (Iglewicz & Hoaglin's cut)."""
-SAMPLE_FLAGS = (*FLAGS, FILL_OUTLIER)
-"""Every flag a sampled item can carry; bit ``i`` of ``LightKeys.bits`` is ``SAMPLE_FLAGS[i]``."""
-
-_FLAG_BIT = {f: 1 << i for i, f in enumerate(SAMPLE_FLAGS)}
-
-
-@dataclass
-class LightKeys:
-    """Per-mask keys of one pass over a run, in stream order (row ``i`` = the i-th mask)."""
-
-    label_ids: list[str]
-    """Class index -> label id."""
-    label_names: list[str]
-    label: np.ndarray
-    """int32 class index per mask."""
-    score: np.ndarray
-    """float32 engine score."""
-    fill: np.ndarray
-    """float32 fill ratio (NaN where the metrics have none)."""
-    bits: np.ndarray
-    """uint16 flag bits (``SAMPLE_FLAGS``), ``fill_outlier`` included."""
-    check: np.ndarray
-    """uint32 CRC-32 of ``image_id + NUL + box_id``: the second pass checks it."""
-    where: np.ndarray
-    """(N, 3) int32 ``Locator`` of each mask."""
-    fill_stats: ClassFillStats
-    flag_names: ClassVar[tuple[str, ...]] = SAMPLE_FLAGS
-    """Bit ``i`` of ``bits`` is ``flag_names[i]``."""
-
-    def __len__(self) -> int:
-        return int(self.label.size)
-
-    def flags(self, row: int) -> list[str]:
-        b = int(self.bits[row])
-        return [f for f in SAMPLE_FLAGS if b & _FLAG_BIT[f]]
-
-
 def _check(image_id: Any, box_id: Any) -> int:
     return zlib.crc32(f"{image_id}\x00{box_id}".encode())
 
@@ -176,7 +138,7 @@ class _KeyCollector:
         self.label.append(k)
         self.score.append(float(score) if score is not None else math.nan)
         self.fill.append(float(fill) if fill is not None else math.nan)
-        self.bits.append(sum(_FLAG_BIT.get(f, 0) for f in set(metrics.get("flags") or ())))
+        self.bits.append(sum(FLAG_BIT.get(f, 0) for f in set(metrics.get("flags") or ())))
         self.check.append(_check(m.get("image_id"), m.get("box_id")))
         self.where.extend(loc)
         if fill is not None:
@@ -210,7 +172,7 @@ def _mark_fill_outliers(keys: LightKeys) -> None:
     with np.errstate(invalid="ignore"):
         z = np.abs(keys.fill - center[keys.label]) / scale[keys.label]
         out = z > FILL_OUTLIER_Z
-    keys.bits[out] |= np.uint16(_FLAG_BIT[FILL_OUTLIER])
+    keys.bits[out] |= np.uint16(FLAG_BIT[FILL_OUTLIER])
 
 
 def scan_run(run: str | MaskSource | Any) -> tuple[MaskSource, LightKeys, dict[str, Any]]:

@@ -1,7 +1,7 @@
 """The overview of a run for its review report, gathered in the same pass as the sampling keys.
 
 Streaming and bounded: counters and fixed-bin histograms while the masks go by; the per-class table
-is computed at the end from the sampling keys (``boxmask.quality.sampling.LightKeys``), which
+is computed at the end from the sampling keys (``boxmask.quality.keys.LightKeys``), which
 already hold class, score, fill ratio and flags of every mask.
 """
 
@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from .keys import LightKeys
     from .runmasks import MaskSource
-    from .sampling import LightKeys
 
 HIST_BINS = 20
 """Bins of every histogram, equal width over [0, 1]."""

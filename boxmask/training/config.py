@@ -20,8 +20,10 @@ Stage 1 uses the IOG recipes (there is no official stage-1 recipe). Every field 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from .. import dataclassjson
 
 TASKS = ("iog", "stage1", "refine")
 RECIPES = ("official", "modern")
@@ -81,17 +83,12 @@ class TrainConfig:
             raise ValueError("output_weights needs five values")
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["output_weights"] = list(self.output_weights)
-        return d
+        return dataclassjson.to_json(self)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in names}
-        if "output_weights" in kwargs:
-            kwargs["output_weights"] = tuple(float(v) for v in kwargs["output_weights"])
-        return cls(**kwargs)
+        """Inverse of ``to_json``; keys that are not fields are ignored."""
+        return dataclassjson.from_json(cls, d, {"output_weights": float})
 
 
 def recipe(name: str = "official", task: str = "iog", pretrained: bool = True,

@@ -1,4 +1,4 @@
-"""Output formats, one module each; ``create_writer`` builds one by name.
+"""Output formats, one module each; ``create_writer`` (``registry.py``) builds one by name.
 
 * ``pixel-imagenet``: one instance PNG per image + ``label-v1.json`` (``pixel_imagenet.py``)
 * ``coco``: ``instances.json`` with RLE masks (``coco.py``)
@@ -11,43 +11,12 @@ one of the selectable formats.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-from ..labels import LabelMap
 from .base import ResultsFactory, Writer
 from .coco import CocoWriter
 from .openimages import OpenImagesWriter
 from .pixel_imagenet import PixelImageNetWriter
+from .registry import FORMATS, create_writer
 from .sidecar import SidecarWriter
-
-FORMATS = ("pixel-imagenet", "coco", "openimages")
-
-_WRITERS: dict[str, type[Writer]] = {
-    PixelImageNetWriter.name: PixelImageNetWriter,
-    CocoWriter.name: CocoWriter,
-    OpenImagesWriter.name: OpenImagesWriter,
-}
-
-
-def create_writer(name: str, output_dir: str | Path, labels: LabelMap | None = None,
-                  **options: Any) -> Writer:
-    """The writer of format ``name`` (one of ``FORMATS``) writing under ``output_dir/name``.
-
-    ``options`` go to the writers that take them and are ignored by the others:
-    ``images_root`` (the folder image paths are relative to) and ``copy_images`` (bool) for
-    ``openimages``, whose ``data/`` links to (or copies) the images.
-    """
-    try:
-        cls = _WRITERS[name]
-    except KeyError:
-        raise ValueError(f"unknown output format {name!r}; choose from {', '.join(FORMATS)}") \
-            from None
-    if cls is OpenImagesWriter:
-        return cls(output_dir, labels, images_root=options.get("images_root"),
-                   copy_images=bool(options.get("copy_images", False)))
-    return cls(output_dir, labels)
-
 
 __all__ = ["FORMATS", "CocoWriter", "OpenImagesWriter", "PixelImageNetWriter", "ResultsFactory",
            "SidecarWriter", "Writer", "create_writer"]

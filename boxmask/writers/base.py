@@ -14,8 +14,9 @@ Each format lives in its own folder under the output directory (``<output>/<form
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from ..labels import LabelMap
@@ -48,6 +49,19 @@ class Writer(ABC):
         """The IDs this format writes for ``mask`` (column name -> written ID) when they can
         differ from the source IDs; None when it writes the source IDs as they are."""
         return None
+
+    def label_map_with(self, seen: Iterable[str]) -> LabelMap:
+        """A copy of the run's label map plus the ``seen`` labels missing from it, appended after
+        it in sorted order (logged as a warning by the format's module)."""
+        label_map = LabelMap(list(self.labels.ids), dict(self.labels.names))
+        unknown = sorted(label for label in set(seen) if label not in label_map)
+        if unknown:
+            logging.getLogger(type(self).__module__).warning(
+                "%d labels missing from the label map, appended after it: %s",
+                len(unknown), ", ".join(unknown[:10]))
+        for label in unknown:
+            label_map.add(label)
+        return label_map
 
     @abstractmethod
     def merge(self, results: ResultsFactory) -> list[str]:

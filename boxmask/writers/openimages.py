@@ -259,7 +259,7 @@ class OpenImagesWriter(Writer):
             atomic_copy(self.root / CSV_NAME, official, fsync=self.fsync)
         else:
             place_file(Path(Path(CSV_NAME).name), official, copy=False, fsync=self.fsync)
-        label_map = self._label_map(rows_per_label)
+        label_map = self.label_map_with(rows_per_label)
         self._write_metadata(label_map, rows_per_label)
         label_ids = {written_id(label, "LabelName"): label for label in label_map.ids}
         self.summary = {
@@ -299,18 +299,6 @@ class OpenImagesWriter(Writer):
         except (OSError, UnsafePathError) as e:
             log.warning("no data/ entry for %r: %s", result.record.image_id, e)
             return "missing"
-
-    def _label_map(self, rows_per_label: Counter[str]) -> LabelMap:
-        """The run's label map plus labels met in the results but missing from it (after it,
-        sorted)."""
-        label_map = LabelMap(list(self.labels.ids), dict(self.labels.names))
-        unknown = sorted(label for label in rows_per_label if label not in label_map)
-        if unknown:
-            log.warning("%d labels missing from the label map, appended after it: %s",
-                        len(unknown), ", ".join(unknown[:10]))
-        for label in unknown:
-            label_map.add(label)
-        return label_map
 
     def _write_metadata(self, label_map: LabelMap, rows_per_label: Counter[str]) -> None:
         names = display_names(label_map)

@@ -93,13 +93,7 @@ class PixelImageNetWriter(Writer):
             if result.width is None or not self._is_safe(result.record):
                 continue  # no PNG for this image
             counts.update({m.label for m in result.masks if masklib.rle_area(m.rle) > 0})
-        label_map = LabelMap(list(self.labels.ids), dict(self.labels.names))
-        unknown = sorted(label for label in counts if label not in label_map)
-        if unknown:
-            log.warning("%d labels missing from the label map, appended after it: %s",
-                        len(unknown), ", ".join(unknown[:10]))
-        for label in unknown:
-            label_map.add(label)
+        label_map = self.label_map_with(counts)
         table = {
             str(label_map.index(label)): [label, label_map.name(label), counts[label]]
             for label in sorted(counts, key=label_map.index)

@@ -38,6 +38,7 @@ from ..labels import LabelMap
 from ..records import ErrorRecord, ImageResult, MaskResult
 from ..safepath import UnsafePathError
 from .base import ResultsFactory, Writer
+from .registry import create_writer
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,6 @@ class SidecarWriter(Writer):
         self.root = self.output_dir
         self.engine = engine
         self.inside_policy = inside_policy
-        from . import create_writer  # here: the package imports this module
-
         self.formats = [create_writer(f, self.output_dir, self.labels) if isinstance(f, str)
                         else f for f in formats]
 

@@ -273,9 +273,13 @@ def test_a_convert_killed_whole_3_times_on_one_image_resumes_to_the_full_output(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FAULT_INJECT), str(ROOT)]),
            "BOXMASK_TEST_SLOW_IMAGE": f"{slow}:120"}
 
+    killed: set[str] = set()  # lease tokens of killed runs: a killed worker not yet reaped
+    # still looks alive, and its lease must not be mistaken for the next run's
+
     def on_the_slow_image() -> bool:
         info, _ = read_lease(layout.lease_file(0))
-        return (info is not None and valid_prefix(layout.attempt_file(0, info.token))[0] == 1
+        return (info is not None and info.token not in killed
+                and valid_prefix(layout.attempt_file(0, info.token))[0] == 1
                 and pid_alive(info.pid))
 
     for _ in range(3):
@@ -284,6 +288,9 @@ def test_a_convert_killed_whole_3_times_on_one_image_resumes_to_the_full_output(
         wait_for(on_the_slow_image, timeout=120, poll=0.05)
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
+        info, _ = read_lease(layout.lease_file(0))
+        assert info is not None
+        killed.add(info.token)
     again = run_boxmask(*CONVERT_GRABCUT, "--workers", "2", "--output", str(out), timeout=300)
     assert again.returncode == 0, again.stderr
     deaths = job_status(out)["deaths"]

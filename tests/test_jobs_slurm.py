@@ -248,7 +248,9 @@ def test_a_worker_stopped_by_the_time_limit_signal_is_requeued(
         cancel([task], signal="USR1")  # what Slurm sends grace_s before the time limit
         wait_for(lambda: "Restarts=1" in slurm.run("scontrol", "show", "job", task).stdout,
                  timeout=20, what="the task to be requeued")
-        assert slurm_status([job]) == {task: "PENDING"}  # Slurm delays a requeued start
+        # Slurm delays a requeued start (the task may still be COMPLETING for a moment)
+        wait_for(lambda: slurm_status([job]) == {task: "PENDING"}, timeout=20,
+                 what="the requeued task to be pending")
     finally:
         slurm.run("scancel", job)
     log = (out / "logs" / f"slurm-{task}.out").read_text()

@@ -74,8 +74,9 @@ def make_coco(folder: Path, n_images: int, boxes_per_image: int, side: int = 32)
 
 
 def plan_job(coco: Path, out: Path, formats: list[str], shard_size: int) -> dict:
-    settings = Settings(source="coco", input=str(coco), images_root=str(coco.parent / "images"),
-                        formats=formats, engine="box", shard_size=shard_size)
+    settings = Settings(input_format="coco", input=str(coco),
+                        images_root=str(coco.parent / "images"), formats=formats,
+                        engine="box", shard_size=shard_size)
     plan, engine = prepare_plan(settings, out)
     engine.close()
     return plan
@@ -114,7 +115,7 @@ def busy_seconds(out: Path) -> float:
 def bench_engine() -> float:
     """Median ms per image of decode + GrabCut on the ILSVRC sample; prints and returns it."""
     engine = create_engine("grabcut")
-    settings = Settings(source="ilsvrc-loc", input=str(SAMPLE), formats=[])
+    settings = Settings(input_format="ilsvrc-loc", input=str(SAMPLE), formats=[])
     reader = open_reader("ilsvrc-loc", SAMPLE)
     times, boxes = [], 0
     for record in reader:

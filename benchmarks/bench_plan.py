@@ -117,7 +117,7 @@ def plan_source(source: str, path: Path, out: Path, shard_size: int, profile: bo
     from boxmask.engines import create_engine
     from boxmask.jobs.plan import Settings, make_plan
 
-    settings = Settings(source=source, input=str(path), images_root=str(path.parent),
+    settings = Settings(input_format=source, input=str(path), images_root=str(path.parent),
                         formats=["coco"], shard_size=shard_size)
     description = create_engine("grabcut").describe()
     if not profile:

@@ -79,7 +79,7 @@ def main() -> None:
     flags = tuple(f for f in args.flags.split(",") if f)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        settings = Settings(source="coco", input=str(COCO), images_root=str(IMAGES),
+        settings = Settings(input_format="coco", input=str(COCO), images_root=str(IMAGES),
                             formats=["coco", "openimages", "pixel-imagenet"], engine="grabcut",
                             shard_size=10)
         summary, convert_s = timed(api.convert, settings, run, progress=False)

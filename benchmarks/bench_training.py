@@ -132,7 +132,7 @@ def run_recipe(name: str, args: argparse.Namespace, init_state: dict, work: Path
     shutil.rmtree(out, ignore_errors=True)
     trainer = make_trainer(recipe_options(name, args, out))
     trainer.model.load_state_dict(init_state)
-    plain = CropDataset(trainer.train_set.source, trainer.train_set.refs, trainer.train_set.crop)
+    plain = CropDataset(trainer.train_set.dataset, trainer.train_set.refs, trainer.train_set.crop)
     probe = Probe(plain, trainer.val_set, trainer.device)
     rows = [{"recipe": name, "step": 0, "time_s": 0.0, **probe(trainer.model)}]
     clock = {"train": 0.0, "t": time.perf_counter()}

@@ -123,7 +123,7 @@ def inside_click(line: dict[str, Any]) -> tuple[float, float] | None:
 def run_row(ds: Dataset, engine: str, engine_options: dict[str, Any], policy: str,
             policy_options: dict[str, Any], out: Path) -> dict[str, Any]:
     """Convert ``ds`` with an engine and a policy into ``out``, evaluate, return the row."""
-    settings = Settings(source="coco", input=str(ds.source), images_root=str(ds.images),
+    settings = Settings(input_format="coco", input=str(ds.source), images_root=str(ds.images),
                         formats=["coco"], engine=engine, engine_options=dict(engine_options),
                         inside_point=policy, inside_options=dict(policy_options))
     started = time.perf_counter()

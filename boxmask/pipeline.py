@@ -211,7 +211,7 @@ def conversion_settings(options: Mapping[str, Any], *,
         reader_options["origin"] = p["box_origin"]
     policy = p.get("inside_point") or "center"
     settings = Settings(
-        source=p["source"],
+        input_format=p["source"],
         input=str(p["input"]),
         formats=_formats(p.get("formats")) or list(DEFAULT_FORMATS),
         images_root=str(p["images_root"]) if p.get("images_root") else None,

@@ -85,14 +85,15 @@ class ImageRecord:
     height: int | None = None
     group: str | None = None
     """Grouping folder of the source tree (ILSVRC: the WordNet id directory), if any."""
-    source: str | None = None
-    """Where the record came from (annotation file, CSV line), for error messages."""
+    location: str | None = None
+    """Where the record was read from (annotation file, ``file:line`` of a CSV row), for error
+    messages."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Source fields a writer may need (COCO: original integer id, file_name)."""
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"image_id": self.image_id, "image_path": self.image_path}
-        for key in ("width", "height", "group", "source"):
+        for key in ("width", "height", "group", "location"):
             value = getattr(self, key)
             if value is not None:
                 d[key] = value
@@ -110,7 +111,7 @@ class ImageRecord:
             width=d.get("width"),
             height=d.get("height"),
             group=d.get("group"),
-            source=d.get("source"),
+            location=d.get("location"),
             meta=dict(d.get("meta", {})),
         )
 
@@ -201,7 +202,8 @@ class ErrorRecord:
     reason: str
     image_id: str | None = None
     box_id: str | None = None
-    source: str | None = None
+    location: str | None = None
+    """Where the failing input was read from (annotation file, ``file:line``), when known."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -213,7 +215,7 @@ class ErrorRecord:
             reason=d["reason"],
             image_id=d.get("image_id"),
             box_id=d.get("box_id"),
-            source=d.get("source"),
+            location=d.get("location"),
         )
 
 

@@ -26,7 +26,7 @@ SKIP = {"state", "shards", "plan.json", "plan.lock", "manifest.json", "logs"}
 def sample_settings(shard_size: int, **overrides: Any) -> Settings:
     """Settings that convert the sample with the box engine into every format, in shards of
     ``shard_size`` images; ``overrides`` set any other field (engine, limit, formats, ...)."""
-    s = Settings(source="ilsvrc-loc", input=str(SAMPLE), formats=list(FORMATS), engine="box",
+    s = Settings(input_format="ilsvrc-loc", input=str(SAMPLE), formats=list(FORMATS), engine="box",
                  shard_size=shard_size)
     for k, v in overrides.items():
         setattr(s, k, v)

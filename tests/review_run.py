@@ -101,7 +101,7 @@ def build_results() -> list[ImageResult]:
     rng = np.random.default_rng(7)
     results = [ImageResult(record=ImageRecord(image_id="broken", image_path=""),
                            errors=[ErrorRecord("read", "annotation line 3: no image id",
-                                               source="boxes.csv:3")])]
+                                               location="boxes.csv:3")])]
     objects = gt_objects()
     for i, obj in enumerate(objects):
         box = mask_to_box(obj.mask)
@@ -166,7 +166,7 @@ def sidecar_lines(results: list[ImageResult], labels: LabelMap) -> list[dict]:
 
 def error_lines(results: list[ImageResult]) -> list[dict]:
     return [{"image_id": e.image_id, "box_id": e.box_id, "stage": e.stage, "reason": e.reason,
-             "source": e.source} for r in results for e in r.errors]
+             "source": e.location} for r in results for e in r.errors]
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:

@@ -218,7 +218,7 @@ def test_pipeline_presets_apply_and_flags_override_them(tmp_path: Path) -> None:
             "--input", str(COCO_JSON), "--images-root", str(COCO_MVAL / "img"), "--engine", "box",
             "--limit", "2", "--output", str(out), "--no-progress")
     settings = json.loads((out / "plan.json").read_text())["contract"]["settings"]
-    assert settings["source"] == "coco" and settings["formats"] == ["coco"]
+    assert settings["input_format"] == "coco" and settings["formats"] == ["coco"]
     assert settings["engine"] == "box" and settings["limit"] == 2
 
 

@@ -183,16 +183,19 @@ def test_engines_declare_what_workers_may_choose_and_the_size_hint(tmp_path):
     assert worker.engine.name == "grabcut" and worker._batch_boxes() == 1
 
 
-def test_a_plan_with_the_old_uncompressed_shard_format_is_refused_with_advice(tmp_path):
+@pytest.mark.parametrize("old_format", [1, 2])
+def test_a_plan_of_an_older_format_is_refused_with_advice(tmp_path, old_format):
+    """Format 1: uncompressed shards; format 2: ``source`` fields in the plan and the shards."""
     out = tmp_path / "out"
     plan_into(out, settings())
     path = JobLayout(out).plan
     plan = json.loads(path.read_text())
-    plan["plan_format"] = 1
+    plan["plan_format"] = old_format
     path.write_text(json.dumps(plan))
-    with pytest.raises(PlanMismatchError, match="format 1.*laid out differently.*--force"):
+    with pytest.raises(PlanMismatchError, match=f"format {old_format} .*laid out differently.*"
+                                                "reads format 3.*--force to plan again"):
         plan_into(out, settings())
-    with pytest.raises(PlanMismatchError, match="format 1"):
+    with pytest.raises(PlanMismatchError, match=f"format {old_format} "):
         run_worker(out, wait_for_others=False)
 
 
@@ -211,7 +214,8 @@ def test_shard_files_are_gzip_json_lines_and_a_plain_file_is_refused(tmp_path):
 
 def test_an_ungrouped_open_images_csv_plans_sorted_and_identically_twice(tmp_path):
     csv = Path(__file__).parent / "data" / "readers" / "openimages" / "ungrouped.csv"
-    oi = settings(source="openimages", input=str(csv), images_root=str(tmp_path), shard_size=2)
+    oi = settings(input_format="openimages", input=str(csv), images_root=str(tmp_path),
+                  shard_size=2)
     a, b = plan_into(tmp_path / "a", oi), plan_into(tmp_path / "b", oi)
     assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
     assert a["reader"]["grouped_by_image_id"] is False

@@ -50,7 +50,7 @@ def test_bundled_pipelines_load_from_python(path: Path, weights_home: Path) -> N
     assert preset["source"] == source and preset["formats"] == formats
     settings = load_pipeline(path, input="annotations", images_root="images")
     assert isinstance(settings, Settings)
-    assert settings.source == source and settings.formats == formats
+    assert settings.input_format == source and settings.formats == formats
     assert settings.input == "annotations" and settings.images_root == "images"
     assert settings.engine == "grabcut"  # auto with an empty weights cache
     assert settings.engine_options == {} and settings.inside_point == "center"

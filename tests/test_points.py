@@ -321,7 +321,7 @@ def test_iterate_works_with_the_iog_engine_and_its_clicks_show_the_final_point()
 
 
 def test_a_conversion_with_iterate_records_the_policy_in_the_plan_and_the_sidecar(tmp_path):
-    settings = Settings(source="coco", input=str(COCO_SOURCE),
+    settings = Settings(input_format="coco", input=str(COCO_SOURCE),
                         images_root=str(DATA / "coco_mval" / "img"), formats=["coco"],
                         engine="grabcut", inside_point="iterate",
                         inside_options={"max_rounds": 2}, limit=2)

@@ -113,7 +113,7 @@ def _whole_file_records(path: Path) -> tuple[list[dict], list[str]]:
         items += reader._image(image, position, by_image.pop(image.get("id"), []), str(path))
     for key, anns in by_image.items():
         items.append(ErrorRecord("read", f"{len(anns)} annotation(s) refer to image_id {key!r}, "
-                                 "which is not in 'images'", source=f"{path}: annotations"
+                                 "which is not in 'images'", location=f"{path}: annotations"
                                  f"[{anns[0][0]}]"))
     return [i.to_json() for i in items], reader.labels().ids
 

@@ -88,7 +88,7 @@ def test_bad_rows_become_errors_and_reading_goes_on():
     assert "not a safe file name" in reasons[2]
     assert "neither a train id" in reasons[3]
     assert "'../x'" in reasons[4] and errors[4].image_id == "ILSVRC2012_val_00000001"
-    assert "fields" in reasons[5] and errors[5].source.endswith("bad_rows.csv:7")
+    assert "fields" in reasons[5] and errors[5].location.endswith("bad_rows.csv:7")
     assert len(errors) == 6
     # The second row keeps its good first box.
     (rec,) = records

@@ -73,7 +73,7 @@ def test_ungrouped_csv_is_sorted_by_image_id_and_loses_no_row():
     # Rows: a a b a c b (lines 2-7) -> records in ImageID order, boxes in file order.
     assert [(type(i).__name__, i.image_id, len(i.boxes)) for i in items] == [
         ("ImageRecord", a, 3), ("ImageRecord", b, 2), ("ImageRecord", c, 1)]
-    assert [i.source.rsplit(":", 1)[1] for i in items] == ["2", "4", "6"]
+    assert [i.location.rsplit(":", 1)[1] for i in items] == ["2", "4", "6"]
     assert [box.index for box in items[0].boxes] == [0, 1, 2]
     assert [box.box_id for box in items[1].boxes] == [stable_box_id(b, 0), stable_box_id(b, 1)]
 
@@ -185,7 +185,7 @@ def test_sorting_keeps_memory_bounded_and_reports_bad_rows(tmp_path):
     finally:
         tracemalloc.stop()
     assert len(errors) == 1 and "row has 3 fields" in errors[0].reason
-    assert errors[0].source.endswith(f":{n_rows + 2}")
+    assert errors[0].location.endswith(f":{n_rows + 2}")
     assert (n_records, n_boxes) == (n_rows // 3, n_rows) and ids == sorted(set(ids))
     # The whole file as csv rows would take ~8x its size; the sort holds one chunk.
     assert peak < size / 2, (peak, size)

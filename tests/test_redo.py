@@ -43,7 +43,7 @@ def cli(*args: str) -> list[str]:
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A merged GrabCut run of 10 images in shards of 3, with a 6-mask review sample."""
     out = tmp_path_factory.mktemp("redo") / "run"
-    settings = Settings(source="coco", input=str(COCO_JSON), images_root=str(IMAGES),
+    settings = Settings(input_format="coco", input=str(COCO_JSON), images_root=str(IMAGES),
                         formats=FORMATS, engine="grabcut", limit=10, shard_size=3)
     assert api.convert(settings, out, progress=False)["complete"]
     api.sample(out, out / "review", n=6)

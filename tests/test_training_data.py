@@ -12,11 +12,11 @@ from PIL import Image
 
 from boxmask.guidance import CropSettings
 from boxmask.training.datasets import (
-    CombinedSource,
+    CombinedDatasets,
     DataSpec,
     FolderInstances,
     holdout_split,
-    open_source,
+    open_dataset,
 )
 from boxmask.training.samples import CropDataset, epoch_batches
 from boxmask.training.transforms import (
@@ -54,13 +54,13 @@ def voc_png(name: str) -> np.ndarray:
 
 
 def test_voc_reader_yields_one_sample_per_object_with_void_and_class(voc_root):
-    source = open_source(f"voc:{voc_root}")
-    refs = source.refs()
+    dataset = open_dataset(f"voc:{voc_root}")
+    refs = dataset.refs()
     assert [(r.image_id, r.instance, r.label) for r in refs] == [
         (VOC_ID, 1, "12"), (VOC_ID, 2, "9")]  # dog, chair (VOC class indices)
     objects = voc_png("SegmentationObject")
     for ref in refs:
-        inst = source.load(ref)
+        inst = dataset.load(ref)
         assert inst.image.shape == (375, 500, 3) and inst.image.dtype == np.uint8
         np.testing.assert_array_equal(inst.mask, objects == ref.instance)
         np.testing.assert_array_equal(inst.void, objects == 255)
@@ -68,29 +68,29 @@ def test_voc_reader_yields_one_sample_per_object_with_void_and_class(voc_root):
 
 
 def test_voc_val_split_is_read_from_its_list(voc_root):
-    assert open_source(f"voc:{voc_root},split=val").refs() == []
+    assert open_dataset(f"voc:{voc_root},split=val").refs() == []
 
 
 def test_sbd_reader_reads_the_instance_mat_like_the_voc_png():
-    source = open_source(f"sbd:{DATA}/training/sbd")
-    refs = source.refs()
+    dataset = open_dataset(f"sbd:{DATA}/training/sbd")
+    refs = dataset.refs()
     assert [(r.instance, r.label) for r in refs] == [(1, "12"), (2, "9")]
     objects = voc_png("SegmentationObject")
     for ref in refs:
-        inst = source.load(ref)
+        inst = dataset.load(ref)
         np.testing.assert_array_equal(inst.mask, objects == ref.instance)
         assert not inst.void.any()  # SBD has no void
 
 
 def test_coco_reader_decodes_polygons_and_rle_and_skips_crowd():
-    source = open_source(COCO_SPEC)
-    refs = source.refs()
+    dataset = open_dataset(COCO_SPEC)
+    refs = dataset.refs()
     ann = json.loads((DATA / "training/coco/instances_polygons.json").read_text())
     crowd = [a for a in ann["annotations"] if a["iscrowd"]]
     assert len(refs) == 4 and len(crowd) == 1
     assert crowd[0]["id"] not in {r.instance for r in refs}
     for ref in refs:
-        inst = source.load(ref)
+        inst = dataset.load(ref)
         stem = next(i["file_name"] for i in ann["images"] if str(i["id"]) == ref.image_id)
         gt = np.array(Image.open(DATA / "coco_mval/gt" / stem.replace(".jpg", ".png"))) == 255
         iou = (inst.mask & gt).sum() / (inst.mask | gt).sum()
@@ -109,22 +109,22 @@ def test_mask_folder_reads_instance_index_and_binary_pngs():
     assert len(davis.refs()) == n_expected > 21  # some frames hold several instances
     ref = next(r for r in davis.refs() if r.image_id == "017")
     np.testing.assert_array_equal(davis.load(ref).mask, values == ref.instance)
-    mval = open_source(f"folder:{DATA}/coco_mval,images_dir=img,masks_dir=gt")
+    mval = open_dataset(f"folder:{DATA}/coco_mval,images_dir=img,masks_dir=gt")
     refs = mval.refs()
     assert len(refs) == 40 and all(r.instance == 255 for r in refs)  # 0/255: one object each
     inst = mval.load(refs[0])
     assert inst.mask.any() and not inst.void.any()
 
 
-def test_combined_sources_exclude_the_validation_images(voc_root):
-    voc = open_source(f"voc:{voc_root}")
-    sbd = open_source(f"sbd:{DATA}/training/sbd")
-    assert len(CombinedSource([voc, sbd]).refs()) == 4
-    assert CombinedSource([voc, sbd], exclude_ids={VOC_ID}).refs() == []
+def test_combined_datasets_exclude_the_validation_images(voc_root):
+    voc = open_dataset(f"voc:{voc_root}")
+    sbd = open_dataset(f"sbd:{DATA}/training/sbd")
+    assert len(CombinedDatasets([voc, sbd]).refs()) == 4
+    assert CombinedDatasets([voc, sbd], exclude_ids={VOC_ID}).refs() == []
 
 
 def test_holdout_split_keeps_images_whole_and_is_stable():
-    refs = open_source(f"folder:{DATA}/davis,images_dir=img,masks_dir=gt").refs()
+    refs = open_dataset(f"folder:{DATA}/davis,images_dir=img,masks_dir=gt").refs()
     train, val = holdout_split(refs, 0.3)
     assert {r.image_id for r in train}.isdisjoint({r.image_id for r in val})
     assert len(train) + len(val) == len(refs) and val
@@ -214,8 +214,8 @@ def test_augmentation_is_a_function_of_the_generator_and_keeps_the_object():
 
 
 def test_dataset_samples_repeat_per_epoch_seed_and_differ_between_epochs():
-    source = open_source(f"folder:{DATA}/coco_mval,images_dir=img,masks_dir=gt")
-    ds = CropDataset(source, source.refs()[:3], CropSettings(size=128), AugmentSettings(),
+    dataset = open_dataset(f"folder:{DATA}/coco_mval,images_dir=img,masks_dir=gt")
+    ds = CropDataset(dataset, dataset.refs()[:3], CropSettings(size=128), AugmentSettings(),
                      seed=5)
     first = ds[1]["x"]
     assert first.shape == (5, 128, 128)

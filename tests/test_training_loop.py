@@ -52,7 +52,7 @@ def options(out: Path, **kw) -> TrainOptions:
 
 def plain_copy(dataset: CropDataset) -> CropDataset:
     """The same instances without augmentation (a fixed evaluation set)."""
-    return CropDataset(dataset.source, dataset.refs, dataset.crop)
+    return CropDataset(dataset.dataset, dataset.refs, dataset.crop)
 
 
 def train_mode_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:

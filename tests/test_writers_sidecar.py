@@ -58,7 +58,7 @@ def results() -> tuple[list[ImageResult], list[np.ndarray]]:
                                                        "2011_003353", person[0].box_id)])
     third = ImageResult(ImageRecord("broken", "JPEGImages/broken.jpg"),
                         errors=[ErrorRecord("decode", "truncated JPEG", "broken",
-                                            source="JPEGImages/broken.jpg")])
+                                            location="JPEGImages/broken.jpg")])
     return [first, second, third], gts
 
 
@@ -69,7 +69,7 @@ def write_all(out: Path, run: list[ImageResult]) -> SidecarWriter:
         for writer in writers:
             result.files.extend(writer.write_image(result))
     sidecar = SidecarWriter(out, LABELS, engine="iog", inside_policy="center", formats=writers)
-    read_error = ErrorRecord("read", "malformed XML", source="Annotations/bad.xml")
+    read_error = ErrorRecord("read", "malformed XML", location="Annotations/bad.xml")
     assert sidecar.merge(lambda: iter(run), errors=[read_error]) == ["masks.jsonl",
                                                                      "errors.jsonl"]
     return sidecar

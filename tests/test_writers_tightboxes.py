@@ -212,14 +212,14 @@ def test_coco_keeps_the_source_and_replaces_bbox_with_the_tight_box(tmp_path: Pa
 
 def _result(image_path: str, mask: np.ndarray | None) -> ImageResult:
     box = Box("b0", "n01440764", 0, (1, 1, 6, 4))
-    record = ImageRecord("x", image_path, [box], width=8, height=6, source="/nonexistent.xml")
+    record = ImageRecord("x", image_path, [box], width=8, height=6, location="/nonexistent.xml")
     found = [] if mask is None else [MaskResult("b0", box.label, 0, box.xyxy,
                                                 masks.encode_rle(mask), 0.5)]
     return ImageResult(record, 8, 6, masks=found)
 
 
 def test_an_empty_mask_keeps_its_input_box_and_is_marked(tmp_path: Path) -> None:
-    writer = TightBoxWriter(tmp_path, reader={"source": "ilsvrc-loc", "origin": 0})
+    writer = TightBoxWriter(tmp_path, reader={"input_format": "ilsvrc-loc", "origin": 0})
     writer.merge(lambda: iter([_result("train/a.JPEG", np.zeros((6, 8), bool)),
                                _result("train/b.JPEG", None)]))
     for name, status in (("a", "empty"), ("b", "no_mask")):
@@ -238,7 +238,7 @@ def test_a_hostile_image_path_cannot_escape_the_output_folder(tmp_path: Path,
     out = tmp_path / "a" / "b" / "out"
     mask = np.zeros((6, 8), bool)
     mask[2:4, 2:5] = True
-    writer = TightBoxWriter(out, reader={"source": "ilsvrc-loc", "origin": 0})
+    writer = TightBoxWriter(out, reader={"input_format": "ilsvrc-loc", "origin": 0})
     writer.merge(lambda: iter([_result(image_path, mask), _result("ok.JPEG", mask)]))
     assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.xml")] == [
         "a/b/out/tight-boxes/ilsvrc-loc/ok.xml"]
@@ -254,8 +254,9 @@ def test_kaggle_and_xml_coordinates_invert_the_readers_box_origin(tmp_path: Path
     result = _result("train/n01440764/n01440764_7.JPEG", mask)
     result.record.image_id = "n01440764_7"
     reader = {"origin": origin, "input": str(tmp_path / "LOC_train_solution.csv")}
-    for source in ("kaggle-loc", "ilsvrc-loc"):
-        TightBoxWriter(tmp_path, reader={**reader, "source": source}).merge(lambda: iter([result]))
+    for input_format in ("kaggle-loc", "ilsvrc-loc"):
+        TightBoxWriter(tmp_path, reader={**reader, "input_format": input_format}).merge(
+            lambda: iter([result]))
     folder = tmp_path / "tight-boxes"
     for source, path in (("kaggle-loc", folder / "kaggle-loc" / "LOC_train_solution.csv"),
                          ("ilsvrc-loc", folder / "ilsvrc-loc")):
@@ -275,7 +276,7 @@ def test_an_object_the_reader_refused_stays_in_the_xml_marked(tmp_path: Path) ->
     box = record.boxes[0]
     result = ImageResult(record, 500, 375, masks=[
         MaskResult(box.box_id, box.label, 0, box.xyxy, masks.encode_rle(mask), 0.5)])
-    TightBoxWriter(tmp_path / "out", reader={"source": "ilsvrc-loc", "origin": 0}).merge(
+    TightBoxWriter(tmp_path / "out", reader={"input_format": "ilsvrc-loc", "origin": 0}).merge(
         lambda: iter([result]))
     root = etree.parse(str(tmp_path / "out" / "tight-boxes" / "ilsvrc-loc" /
                            "one_box_nonnumeric.xml")).getroot()

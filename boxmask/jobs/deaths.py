@@ -91,12 +91,12 @@ def skip_reason(records: list[FailureRecord], position: int,
 def skipped_result(item: ImageRecord | ErrorRecord, reason: str) -> ImageResult:
     """The result line of a skipped item: the item's record and one error of stage ``worker``."""
     if isinstance(item, ErrorRecord):
-        record = ImageRecord(image_id=item.image_id or "", image_path="", source=item.source)
+        record = ImageRecord(image_id=item.image_id or "", image_path="", location=item.location)
         errors = [item]
     else:
         record, errors = item, []
     errors.append(ErrorRecord(SKIP_STAGE, f"skipped: {reason}; `--retry-failed` tries it again",
-                              record.image_id, None, record.source))
+                              record.image_id, None, record.location))
     return ImageResult(record=record, errors=errors)
 
 

@@ -97,7 +97,7 @@ def resolve_settings(settings: Settings) -> Settings:
     """Normalised settings with the reader's default images root filled in."""
     settings = settings.normalized()
     if settings.images_root is None:
-        reader = open_reader(settings.source, settings.input, None,
+        reader = open_reader(settings.input_format, settings.input, None,
                              labels_file=settings.labels_file, **settings.reader_options)
         settings.images_root = str(Path(reader.images_root).absolute())
     return settings
@@ -249,7 +249,7 @@ def make_plan(settings: Settings, out_dir: str | Path, engine_description: dict[
             shutil.rmtree(d)
     layout.make_dirs()
     fingerprint = input_fingerprint(settings)
-    reader = open_reader(settings.source, settings.input, settings.images_root,
+    reader = open_reader(settings.input_format, settings.input, settings.images_root,
                          labels_file=settings.labels_file, **settings.reader_options)
     started = time.time()
     sink = _ShardSink(layout, settings.shard_size)

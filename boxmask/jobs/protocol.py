@@ -51,7 +51,7 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-PLAN_FORMAT = 2
+PLAN_FORMAT = 3
 """1: shard files of plain JSON lines (``.jsonl``); 2: gzip-compressed (``.jsonl.gz``)."""
 
 
@@ -188,8 +188,8 @@ def check_plan_format(plan_format: Any) -> None:
     """Raise ``PlanMismatchError`` unless ``plan_format`` is ``PLAN_FORMAT``."""
     if plan_format != PLAN_FORMAT:
         raise PlanMismatchError(
-            f"the plan has format {plan_format!r} (its shard files are laid out "
-            f"differently); this boxmask reads format {PLAN_FORMAT}: finish the job with the "
+            f"the plan has format {plan_format!r} (its plan and shard files are laid "
+            f"out differently); this boxmask reads format {PLAN_FORMAT}: finish the job with the "
             "boxmask that planned it, or use --force to plan again.")
 
 

@@ -9,8 +9,8 @@ A redo is a conversion of its own inside the run folder (``boxmask redo``,
       selection.jsonl    one line per image with chosen boxes: {"record": the run's image record
                          with only those boxes, "reasons": {box_id: [why it was chosen]}}
       plan.json shards/ state/ masks.jsonl errors.jsonl manifest.json
-                         a boxmask conversion of selection.jsonl (source ``records``, no output
-                         format: its masks live in its state/results only), resumable as any
+                         a boxmask conversion of selection.jsonl (input format ``records``, no
+                         output format: its masks live in its state/results only), resumable as any
 
 The run's own files are never touched by the redo's conversion. A redo applies only to the
 conversion it was made for (``run_plan_id``: the run's ``plan_id``; planning the run again with

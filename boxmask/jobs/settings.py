@@ -7,6 +7,7 @@ Stored in the plan (``plan.json``: ``contract.settings``) in their normalised fo
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ class Settings:
     most (None: all).
     """
 
-    source: str
+    input_format: str
+    """The input format read (``--source``: ``ilsvrc-loc``, ``coco``, ..., or ``records``)."""
     input: str
     formats: list[str]
     images_root: str | None = None
@@ -59,3 +61,17 @@ class Settings:
             s.inside_options["weights"] = str(Path(s.inside_options["weights"]).absolute())
         s.formats = sorted(set(s.formats))
         return s
+
+
+_dataclass_init = Settings.__init__
+
+
+def _init(self: Settings, *args: Any, source: str | None = None, **kwargs: Any) -> None:
+    if source is not None:
+        warnings.warn("Settings(source=...) is deprecated; use input_format=",
+                      DeprecationWarning, stacklevel=2)
+        kwargs.setdefault("input_format", source)
+    _dataclass_init(self, *args, **kwargs)
+
+
+Settings.__init__ = _init  # type: ignore[method-assign]

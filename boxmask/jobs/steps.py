@@ -52,7 +52,7 @@ class LoadedImage:
 
 def error_result(error: ErrorRecord) -> ImageResult:
     """The result line for an input item that was already an error (a read error)."""
-    record = ImageRecord(image_id=error.image_id or "", image_path="", source=error.source)
+    record = ImageRecord(image_id=error.image_id or "", image_path="", location=error.location)
     return ImageResult(record=record, errors=[error])
 
 
@@ -79,12 +79,12 @@ def resolve_boxes(record: ImageRecord, width: int, height: int, min_side: int,
             xyxy = B.from_normalized(*box.xyxy_norm, width, height)
         else:
             result.errors.append(ErrorRecord("box", "box has no coordinates", record.image_id,
-                                             box.box_id, record.source))
+                                             box.box_id, record.location))
             continue
         checked = B.validate(xyxy, width, height, min_side=min_side)
         if checked.error or checked.box is None:
             result.errors.append(ErrorRecord("box", checked.error or "unusable box",
-                                             record.image_id, box.box_id, record.source))
+                                             record.image_id, box.box_id, record.location))
             continue
         if checked.warning:
             result.warnings.append(f"{box.box_id}: {checked.warning}")
@@ -101,7 +101,7 @@ def load(record: ImageRecord, images_root: Path, settings: Settings) -> LoadedIm
     try:
         path = join_inside(images_root, record.image_path, "image path")
     except UnsafePathError as e:
-        result.errors.append(ErrorRecord("read", str(e), record.image_id, None, record.source))
+        result.errors.append(ErrorRecord("read", str(e), record.image_id, None, record.location))
         return loaded
     declared = (record.width, record.height) if record.width and record.height else None
     try:
@@ -165,7 +165,7 @@ def _segment_all(policy: InsidePointPolicy, engine: Engine, todo: Sequence[Loade
 def _engine_error(li: LoadedImage, e: Exception) -> None:
     log.exception("engine failed on %s", li.result.record.image_id)
     li.result.errors.append(ErrorRecord("engine", f"{type(e).__name__}: {e}",
-                                        li.result.record.image_id, None, li.result.record.source))
+                                        li.result.record.image_id, None, li.result.record.location))
     li.predictions = None
 
 
@@ -189,5 +189,5 @@ def finish(li: LoadedImage, writers: Sequence[Writer]) -> ImageResult:
             result.files.extend(writer.write_image(result))
         except UnsafePathError as e:
             result.errors.append(ErrorRecord("write", str(e), result.record.image_id, None,
-                                             result.record.source))
+                                             result.record.location))
     return result

@@ -308,9 +308,9 @@ def summary_section(s: dict[str, Any], evaluation: dict[str, Any] | None = None)
                + _table(("class", "masks", "mean score", "flagged", "fill median", "top flag"),
                         class_rows, sortable=True, cls="classes")
                + "</div></div>")
-    source = ("the merged masks.jsonl" if s["read_from"] == "sidecar"
-              else "the shards done so far (run in progress)")
-    return (f'<section id="summary"><h2>Run summary</h2><p class="note">Read from {_e(source)}.'
+    read_from = ("the merged masks.jsonl" if s["read_from"] == "sidecar"
+                 else "the shards done so far (run in progress)")
+    return (f'<section id="summary"><h2>Run summary</h2><p class="note">Read from {_e(read_from)}.'
             f'</p><div class="cards">{"".join(cards)}</div><br><div class="panels">'
             f'{"".join(panels)}</div><br><div class="panels">{"".join(hists)}</div><br>'
             f'<div class="panels">{classes}{eval_panel(evaluation)}</div></section>')

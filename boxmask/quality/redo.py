@@ -38,7 +38,7 @@ from ..jobs.protocol import Plan, iter_results
 from ..jobs.redo import INFO_FILE, SELECTION_FILE, list_redos, redo_root, run_results
 from ..jobs.settings import Settings
 from ..maskmetrics import FLAGS
-from ..readers.records import SOURCE as RECORDS_SOURCE
+from ..readers.records import INPUT_FORMAT as RECORDS_FORMAT
 from ..safepath import check_component
 from .export import ExportError, judged_masks, merged_run
 from .review import VERDICTS
@@ -186,7 +186,7 @@ def prepare(run_dir: str | Path, request: RedoRequest) -> tuple[Path, Settings, 
         atomic_write_text(folder / INFO_FILE, json.dumps(info, indent=1, ensure_ascii=False,
                                                         default=str) + "\n")
     settings = Settings(
-        source=RECORDS_SOURCE, input=str(selection), formats=[],
+        input_format=RECORDS_FORMAT, input=str(selection), formats=[],
         images_root=run_settings.images_root,
         reader_options={"labels": str(job.layout.labels)}
         if job.layout.labels.is_file() else {},

@@ -14,8 +14,8 @@ naming a missing file is skipped with a warning.
 
 Which one is read (``open_run``): ``masks.jsonl`` when the manifest says the merge was complete or
 no shard is marked done; otherwise the done shards' results (fresher than a partial merge). The
-choice and the list of files are fixed once (a ``MaskSource``), so that a second pass over the
-same source sees the same masks even while workers keep finishing shards.
+choice and the list of files are fixed once (a ``RunSnapshot``), so that a second pass over the
+same snapshot sees the same masks even while workers keep finishing shards.
 
 Every mask has a ``Locator`` ``(file index, line number, position in the line)``: ``fetch`` reads
 back chosen masks without parsing any other line.
@@ -42,12 +42,12 @@ log = logging.getLogger(__name__)
 _MARKER_NAME = re.compile(r"\d+\.json")
 
 Locator = tuple[int, int, int]
-"""``(file index in MaskSource.files, 0-based line number, 0-based position of the mask in the
+"""``(file index in RunSnapshot.files, 0-based line number, 0-based position of the mask in the
 line)``; the position is always 0 in ``masks.jsonl``."""
 
 
 @dataclass(frozen=True)
-class MaskSource:
+class RunSnapshot:
     """A snapshot of where a run's masks are."""
 
     run_dir: Path
@@ -108,7 +108,7 @@ def _done_results(layout: JobLayout) -> tuple[list[Path], int]:
     return files, images
 
 
-def open_run(run_dir: str | Path) -> MaskSource:
+def open_run(run_dir: str | Path) -> RunSnapshot:
     """Decide where the masks of ``run_dir`` are read from (see the module docstring).
 
     Raises ``FileNotFoundError`` when the folder has neither ``masks.jsonl`` nor a done shard.
@@ -121,16 +121,16 @@ def open_run(run_dir: str | Path) -> MaskSource:
     sidecar = layout.sidecar
     if sidecar.is_file() and (manifest.get("complete") or not results):
         counted = (manifest.get("counts") or {}).get("images")
-        return MaskSource(layout.root, "sidecar", (sidecar,), plan, labels,
+        return RunSnapshot(layout.root, "sidecar", (sidecar,), plan, labels,
                           int(counted) if counted is not None else None)
     if results:
-        return MaskSource(layout.root, "results", tuple(results), plan, labels, images)
+        return RunSnapshot(layout.root, "results", tuple(results), plan, labels, images)
     raise FileNotFoundError(f"{run_dir} has neither masks.jsonl nor a done shard "
                             "(state/done/*.json)")
 
 
-def _as_source(run: str | Path | MaskSource) -> MaskSource:
-    return run if isinstance(run, MaskSource) else open_run(run)
+def _as_snapshot(run: str | Path | RunSnapshot) -> RunSnapshot:
+    return run if isinstance(run, RunSnapshot) else open_run(run)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -148,7 +148,7 @@ def _parse(path: Path, n: int, line: str) -> dict[str, Any] | None:
         return None
 
 
-def _line_masks(src: MaskSource, writer: SidecarWriter | None,
+def _line_masks(src: RunSnapshot, writer: SidecarWriter | None,
                 d: dict[str, Any]) -> list[dict[str, Any]]:
     """The per-mask dicts of one parsed line of ``src``."""
     if writer is None:
@@ -157,9 +157,9 @@ def _line_masks(src: MaskSource, writer: SidecarWriter | None,
     return [writer.mask_line(result, m) for m in result.masks]
 
 
-def iter_located(run: str | Path | MaskSource) -> Iterator[tuple[Locator, dict[str, Any]]]:
+def iter_located(run: str | Path | RunSnapshot) -> Iterator[tuple[Locator, dict[str, Any]]]:
     """``(locator, mask dict)`` of every mask of the run, in plan order then box order."""
-    src = _as_source(run)
+    src = _as_snapshot(run)
     writer = src._sidecar_writer() if src.kind == "results" else None
     for fi, path in enumerate(src.files):
         for n, line in _lines(path):
@@ -170,17 +170,17 @@ def iter_located(run: str | Path | MaskSource) -> Iterator[tuple[Locator, dict[s
                 yield (fi, n, pos), mask
 
 
-def iter_masks(run: str | Path | MaskSource) -> Iterator[dict[str, Any]]:
-    """Every mask of a run (a run folder or an opened ``MaskSource``) as a ``masks.jsonl`` dict,
+def iter_masks(run: str | Path | RunSnapshot) -> Iterator[dict[str, Any]]:
+    """Every mask of a run (a run folder or an opened ``RunSnapshot``) as a ``masks.jsonl`` dict,
     whether the run is merged or still in progress; see the module docstring."""
     for _, mask in iter_located(run):
         yield mask
 
 
-def iter_errors(run: str | Path | MaskSource) -> Iterator[dict[str, Any]]:
+def iter_errors(run: str | Path | RunSnapshot) -> Iterator[dict[str, Any]]:
     """Every error record of a run as an ``errors.jsonl`` dict (``image_id, box_id, stage,
     reason, source``)."""
-    src = _as_source(run)
+    src = _as_snapshot(run)
     if src.kind == "sidecar":
         errors = JobLayout(src.run_dir).errors
         if errors.is_file():
@@ -199,7 +199,7 @@ def iter_errors(run: str | Path | MaskSource) -> Iterator[dict[str, Any]]:
                     yield error_line(e)
 
 
-def fetch(src: MaskSource, locators: Iterable[Locator]) -> dict[Locator, dict[str, Any]]:
+def fetch(src: RunSnapshot, locators: Iterable[Locator]) -> dict[Locator, dict[str, Any]]:
     """The mask dicts at ``locators`` (from ``iter_located`` over the same ``src``), reading only
     their lines. Raises ``LookupError`` when one is missing (the files changed in between)."""
     wanted: dict[tuple[int, int], set[int]] = {}

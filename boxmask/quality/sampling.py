@@ -89,7 +89,7 @@ import numpy as np
 
 from .keys import FILL_OUTLIER, FLAG_BIT, SAMPLE_FLAGS, LightKeys
 from .metrics import MIN_CLASS_COUNT, ClassFillStats
-from .runmasks import Locator, MaskSource, fetch, iter_errors, iter_located, iter_masks, open_run
+from .runmasks import Locator, RunSnapshot, fetch, iter_errors, iter_located, iter_masks, open_run
 from .summary import SummaryCollector
 
 log = logging.getLogger(__name__)
@@ -175,13 +175,13 @@ def _mark_fill_outliers(keys: LightKeys) -> None:
     keys.bits[out] |= np.uint16(FLAG_BIT[FILL_OUTLIER])
 
 
-def scan_run(run: str | MaskSource | Any) -> tuple[MaskSource, LightKeys, dict[str, Any]]:
-    """Pass 1 over a run folder (or an opened source): ``(source, keys, summary)``.
+def scan_run(run: str | RunSnapshot | Any) -> tuple[RunSnapshot, LightKeys, dict[str, Any]]:
+    """Pass 1 over a run folder (or an opened ``RunSnapshot``): ``(snapshot, keys, summary)``.
 
     ``summary`` is the run's overview (``boxmask.quality.summary``): counts, histograms, flag
     rates, the per-class table.
     """
-    src = run if isinstance(run, MaskSource) else open_run(run)
+    src = run if isinstance(run, RunSnapshot) else open_run(run)
     collector = _KeyCollector()
     summary = SummaryCollector()
     for loc, m in iter_located(src):
@@ -436,7 +436,7 @@ def _design(keys: LightKeys, sample: Sample, pop: np.ndarray, n: int,
     }
 
 
-def sample_items(src: MaskSource, keys: LightKeys, sample: Sample) -> list[dict[str, Any]]:
+def sample_items(src: RunSnapshot, keys: LightKeys, sample: Sample) -> list[dict[str, Any]]:
     """Pass 2: the sampled masks' full dicts (RLE included) with the design's fields added.
 
     Each item is the ``masks.jsonl`` dict plus ``sample_index``, ``flags`` (metrics flags and

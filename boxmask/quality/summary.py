@@ -14,7 +14,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from .keys import LightKeys
-    from .runmasks import MaskSource
+    from .runmasks import RunSnapshot
 
 HIST_BINS = 20
 """Bins of every histogram, equal width over [0, 1]."""
@@ -60,7 +60,7 @@ class SummaryCollector:
     def add_error(self, e: dict[str, Any]) -> None:
         self.errors_by_stage[str(e.get("stage", "unknown"))] += 1
 
-    def finish(self, keys: LightKeys, src: MaskSource) -> dict[str, Any]:
+    def finish(self, keys: LightKeys, src: RunSnapshot) -> dict[str, Any]:
         """The JSON-able summary (see ``boxmask.quality.gallery`` for how it is shown)."""
         n = len(keys)
         flagged = keys.bits != 0

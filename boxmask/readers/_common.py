@@ -10,10 +10,10 @@ from ..records import Box, ErrorRecord
 
 
 def read_error(reason: str, image_id: str | None = None, box_id: str | None = None,
-               source: str | None = None) -> ErrorRecord:
+               location: str | None = None) -> ErrorRecord:
     """An ``ErrorRecord`` of the ``read`` stage."""
     return ErrorRecord(stage="read", reason=reason, image_id=image_id, box_id=box_id,
-                       source=source)
+                       location=location)
 
 
 def parse_number(text: str | None, what: str) -> float:

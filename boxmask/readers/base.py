@@ -25,7 +25,8 @@ Item = ImageRecord | ErrorRecord
 class Reader(ABC):
     """Iterate to get records; ``ImageRecord.image_path`` is relative to ``images_root``."""
 
-    source: str = "reader"
+    input_format: str = "reader"
+    """The input format this reader reads (``--source``)."""
 
     def __init__(self, input_path: str | Path, images_root: str | Path | None = None,
                  labels_file: str | Path | None = None) -> None:
@@ -52,7 +53,7 @@ class Reader(ABC):
 
     def describe(self) -> dict[str, Any]:
         """What was read, for the plan and the manifest."""
-        return {"source": self.source, "input": str(self.input_path),
+        return {"input_format": self.input_format, "input": str(self.input_path),
                 "images_root": str(self.images_root)}
 
 

@@ -106,7 +106,7 @@ class COCOReader(Reader):
     The ``categories`` enter ``labels()`` when iteration starts (the file is read only then).
     """
 
-    source = "coco"
+    input_format = "coco"
 
     def default_images_root(self) -> Path:
         """``<root>/<split>`` for ``<root>/annotations/instances_<split>.json``, else its folder."""
@@ -151,7 +151,7 @@ class COCOReader(Reader):
             grouped.close()
         for key, (count, first) in unknown.items():
             yield read_error(f"{count} annotation(s) refer to image_id {key!r}, which is not "
-                             "in 'images'", source=f"{src}: annotations[{first}]")
+                             "in 'images'", location=f"{src}: annotations[{first}]")
 
     def _items(self, array: str) -> Iterator[Any]:
         """The elements of the top-level array ``array`` (none when it is absent)."""
@@ -202,9 +202,9 @@ class COCOReader(Reader):
 
     def _image(self, image: Any, position: int, anns: list[tuple[int, dict]],
                src: str) -> list[Item]:
-        source = f"{src}: images[{position}]"
+        location = f"{src}: images[{position}]"
         if not isinstance(image, dict) or not isinstance(image.get("id"), int | str):
-            return [read_error("image entry has no usable 'id'", source=source)]
+            return [read_error("image entry has no usable 'id'", location=location)]
         coco_id = image["id"]
         try:
             image_id = check_component(str(coco_id), "image id")
@@ -212,7 +212,7 @@ class COCOReader(Reader):
             width = parse_size(image.get("width"), "width")
             height = parse_size(image.get("height"), "height")
         except (UnsafePathError, ValueError) as exc:
-            return [read_error(str(exc), image_id=str(coco_id), source=source)]
+            return [read_error(str(exc), image_id=str(coco_id), location=location)]
         items: list[Item] = []
         boxes: list[Box] = []
         skipped: list[dict[str, str]] = []
@@ -242,24 +242,24 @@ class COCOReader(Reader):
             meta["assigned_box_ids"] = assigned
         if boxes or skipped or not items:  # every box broken: only the errors
             items.append(ImageRecord(image_id=image_id, image_path=file_name, boxes=boxes,
-                                     width=width, height=height, source=source, meta=meta))
+                                     width=width, height=height, location=location, meta=meta))
         return items
 
 
-def _box(ann: Any, box_id: str, index: int, image_id: str, source: str) -> Box | ErrorRecord:
+def _box(ann: Any, box_id: str, index: int, image_id: str, location: str) -> Box | ErrorRecord:
     """One (non-crowd) annotation -> ``Box``, or the error record saying why not."""
     try:
         box_id = check_component(box_id, "annotation id")
     except UnsafePathError as exc:
-        return read_error(str(exc), image_id, source=source)
+        return read_error(str(exc), image_id, location=location)
     bbox = ann.get("bbox")
     if (not isinstance(bbox, list) or len(bbox) != 4
             or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
             or not all(abs(v) < float("inf") for v in bbox)):
         return read_error(f"bbox {bbox!r} is not four finite numbers [x, y, w, h]", image_id,
-                          box_id, source)
+                          box_id, location)
     if "category_id" not in ann:
-        return read_error("annotation has no category_id", image_id, box_id, source)
+        return read_error("annotation has no category_id", image_id, box_id, location)
     return Box(box_id=box_id, label=str(ann["category_id"]), index=index, xyxy=from_xywh(*bbox))
 
 

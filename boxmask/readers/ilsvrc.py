@@ -52,7 +52,7 @@ class ILSVRCReader(Reader):
     Options: ``split`` = ``"all"`` (default), ``"train"`` or ``"val"``.
     """
 
-    source = "ilsvrc-loc"
+    input_format = "ilsvrc-loc"
 
     def __init__(self, input_path: str | Path, images_root: str | Path | None = None,
                  labels_file: str | Path | None = None, *, split: str = "all",
@@ -89,39 +89,40 @@ class ILSVRCReader(Reader):
             yield from self._read_one(xml_path, parser)
 
     def _read_one(self, xml_path: Path, parser: etree.XMLParser) -> list[Item]:
-        source = str(xml_path)
+        location = str(xml_path)
         image_id = xml_path.stem
         try:
             check_component(image_id, "image id (XML file stem)")
             rel = xml_path.relative_to(self._base).with_suffix(".JPEG").as_posix()
             image_path = str(safe_relative(rel, "image path"))
         except UnsafePathError as exc:
-            return [read_error(str(exc), source=source)]
+            return [read_error(str(exc), location=location)]
         try:
             root = read_xml(xml_path, parser)
         except XMLRefused as exc:
-            return [read_error(str(exc), image_id=image_id, source=source)]
+            return [read_error(str(exc), image_id=image_id, location=location)]
         except OSError as exc:
-            return [read_error(f"cannot read XML: {exc.strerror or exc}", image_id, source=source)]
-        return self._record(root, image_id, image_path, xml_path.parent.name, source)
+            return [read_error(f"cannot read XML: {exc.strerror or exc}", image_id,
+                               location=location)]
+        return self._record(root, image_id, image_path, xml_path.parent.name, location)
 
     def _record(self, root: etree._Element, image_id: str, image_path: str, folder: str,
-                source: str) -> list[Item]:
+                location: str) -> list[Item]:
         if root.tag != "annotation":
             return [read_error(f"root element is <{root.tag}>, not <annotation>", image_id,
-                               source=source)]
+                               location=location)]
         try:
             width = parse_size(root.findtext("size/width"), "width")
             height = parse_size(root.findtext("size/height"), "height")
         except ValueError as exc:
-            return [read_error(str(exc), image_id, source=source)]
+            return [read_error(str(exc), image_id, location=location)]
         objects = root.findall("object")
         group = folder if WNID.fullmatch(folder) else _first_name(objects)
         if group is not None:
             try:
                 check_component(group, "group (first object <name>)")
             except UnsafePathError as exc:
-                return [read_error(str(exc), image_id, source=source)]
+                return [read_error(str(exc), image_id, location=location)]
         items: list[Item] = []
         boxes: list[Box] = []
         for index, obj in enumerate(objects):
@@ -131,11 +132,11 @@ class ILSVRCReader(Reader):
             try:
                 boxes.append(_box(obj, box_id, index, self.origin))
             except ValueError as exc:
-                items.append(read_error(f"object {index}: {exc}", image_id, box_id, source))
+                items.append(read_error(f"object {index}: {exc}", image_id, box_id, location))
         add_labels(self.label_map, boxes)
         if boxes or not items:
             items.append(ImageRecord(image_id=image_id, image_path=image_path, boxes=boxes,
-                                     width=width, height=height, group=group, source=source))
+                                     width=width, height=height, group=group, location=location))
         return items
 
     def describe(self) -> dict[str, Any]:

@@ -36,7 +36,7 @@ EVAL_ID = re.compile(r"ILSVRC\d{4}_(val|test)_\d+")
 class KaggleLOCReader(Reader):
     """Stream ``ImageRecord``s from a Kaggle ``LOC_*_solution.csv`` (source ``kaggle-loc``)."""
 
-    source = "kaggle-loc"
+    input_format = "kaggle-loc"
 
     def __init__(self, input_path: str | Path, images_root: str | Path | None = None,
                  labels_file: str | Path | None = None, *, origin: int = 0) -> None:
@@ -69,22 +69,22 @@ class KaggleLOCReader(Reader):
             for row in rows:
                 if not row:
                     continue
-                source = f"{self.input_path}:{rows.line_num}"
+                location = f"{self.input_path}:{rows.line_num}"
                 if len(row) != len(header):
                     yield read_error(f"row has {len(row)} fields, the header {len(header)}",
-                                     source=source)
+                                     location=location)
                     continue
-                yield from self._row(row[id_col].strip(), row[pred_col], source)
+                yield from self._row(row[id_col].strip(), row[pred_col], location)
 
-    def _row(self, image_id: str, prediction: str, source: str) -> list[Item]:
+    def _row(self, image_id: str, prediction: str, location: str) -> list[Item]:
         try:
             check_component(image_id, "ImageId")
         except UnsafePathError as exc:
-            return [read_error(str(exc), source=source)]
+            return [read_error(str(exc), location=location)]
         tokens = prediction.split()
         if len(tokens) % 5:
             return [read_error(f"PredictionString has {len(tokens)} values, not groups of 5 "
-                               "(wnid xmin ymin xmax ymax)", image_id, source=source)]
+                               "(wnid xmin ymin xmax ymax)", image_id, location=location)]
         items: list[Item] = []
         boxes: list[Box] = []
         for index in range(len(tokens) // 5):
@@ -96,7 +96,7 @@ class KaggleLOCReader(Reader):
                                               strict=True))
                 xyxy = from_voc(xmin, ymin, xmax, ymax, origin=self.origin)
             except ValueError as exc:
-                items.append(read_error(f"box {index}: {exc}", image_id, box_id, source))
+                items.append(read_error(f"box {index}: {exc}", image_id, box_id, location))
                 continue
             boxes.append(Box(box_id=box_id, label=label, index=index, xyxy=xyxy))
         if items and not boxes:
@@ -104,10 +104,10 @@ class KaggleLOCReader(Reader):
         try:
             group, image_path = self._place(image_id, boxes)
         except (ValueError, UnsafePathError) as exc:
-            return [*items, read_error(str(exc), image_id, source=source)]
+            return [*items, read_error(str(exc), image_id, location=location)]
         add_labels(self.label_map, boxes)
         items.append(ImageRecord(image_id=image_id, image_path=image_path, boxes=boxes,
-                                 group=group, source=source))
+                                 group=group, location=location))
         return items
 
     def _place(self, image_id: str, boxes: list[Box]) -> tuple[str | None, str]:

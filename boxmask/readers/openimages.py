@@ -12,7 +12,7 @@ into one record while reading, in file order. A quick first pass over the ImageI
 that; a file whose ImageIDs are not grouped (an ImageID comes back after other ones) is instead
 read through an external sort by ImageID (``_extsort``: sorted chunks spilled to ``TMPDIR``, then
 merged; about the CSV's size on disk, bounded memory), so its records come in ImageID order, each
-with its rows in file order. Row numbers in ``source`` and error messages are the file's lines.
+with its rows in file order. Row numbers in ``location`` and error messages are the file's lines.
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ class OpenImagesReader(Reader):
     ``labels_file``: the class-description CSV (``/m/0cmf2,Airplane``, with or without header).
     """
 
-    source = "openimages"
+    input_format = "openimages"
 
     sort_chunk_rows: int = DEFAULT_CHUNK_ROWS
     """Rows sorted in memory at a time when the file is not grouped by ImageID."""
@@ -271,7 +271,7 @@ class OpenImagesReader(Reader):
 
     def _length_error(self, row: list[str], layout: _Layout, line: int) -> Item:
         return read_error(f"row has {len(row)} fields, the header {layout.n_fields}",
-                          source=self._where(line))
+                          location=self._where(line))
 
     def _groups(self, numbered: Iterable[tuple[int, list[str]]], layout: _Layout,
                 pending: list[Item] | None = None) -> Iterator[Item]:
@@ -301,7 +301,7 @@ class OpenImagesReader(Reader):
                 except UnsafePathError as exc:
                     group.unsafe = True
                     yield read_error(f"{exc}; all rows of this image are skipped",
-                                     source=self._where(line))
+                                     location=self._where(line))
             if not group.unsafe:
                 index = group.rows
                 box_id = stable_box_id(image_id, index)
@@ -331,7 +331,7 @@ class OpenImagesReader(Reader):
             return []
         add_labels(self.label_map, group.boxes)
         return [ImageRecord(image_id=group.image_id, image_path=f"{group.image_id}.jpg",
-                            boxes=group.boxes, source=self._where(group.line))]
+                            boxes=group.boxes, location=self._where(group.line))]
 
 
 __all__ = ["OpenImagesReader"]

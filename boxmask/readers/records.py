@@ -21,11 +21,11 @@ from ..labels import LabelMap
 from ..records import ErrorRecord, ImageRecord
 from .base import Item, Reader
 
-SOURCE = "records"
+INPUT_FORMAT = "records"
 
 
 class RecordsReader(Reader):
-    source = SOURCE
+    input_format = INPUT_FORMAT
 
     def __init__(self, input_path: str | Path, images_root: str | Path | None = None,
                  labels_file: str | Path | None = None, labels: str | None = None) -> None:
@@ -43,7 +43,7 @@ class RecordsReader(Reader):
                     yield ImageRecord.from_json(json.loads(line)["record"])
                 except (ValueError, KeyError, TypeError) as e:
                     yield ErrorRecord("read", f"line {n} is not an image record: {e}",
-                                      source=f"{self.input_path}:{n}")
+                                      location=f"{self.input_path}:{n}")
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "labels": self.labels_json}

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from .config import RECIPES, TASKS, TrainConfig, recipe
-from .datasets import DataSpec, open_source
+from .datasets import DataSpec, open_dataset
 from .loop import ResumeError, Trainer
 from .run import TrainOptions, make_trainer, run_training
 
@@ -26,7 +26,7 @@ __all__ = [
     "TrainOptions",
     "Trainer",
     "make_trainer",
-    "open_source",
+    "open_dataset",
     "recipe",
     "run_training",
 ]

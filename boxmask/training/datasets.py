@@ -1,10 +1,10 @@
 """Training data with instance masks: one sample = one object instance of one image.
 
-Every source lists its instances (``refs``) and loads one (``load``) as an ``Instance``: the RGB
+Every dataset lists its instances (``refs``) and loads one (``load``) as an ``Instance``: the RGB
 image, the object's binary mask and the void (ignore) pixels, all in the stored pixel grid of the
 image (EXIF orientation is not applied: the masks were drawn on the stored grid).
 
-Sources (``open_source`` builds one from a ``DataSpec``)
+Datasets (``open_dataset`` builds one from a ``DataSpec``)
 --------------------------------------------------------
 ``voc``
     PASCAL VOC 2012: ``JPEGImages/<id>.jpg``, ``SegmentationObject/<id>.png`` (palette indices:
@@ -26,7 +26,7 @@ Sources (``open_source`` builds one from a ``DataSpec``)
     Optional image list ``<split>.txt`` in the root.
 
 Instances whose mask has fewer than ``min_area`` pixels (default 1) are skipped. Listing VOC,
-SBD and folder sources reads every mask once (the instance values of each image).
+SBD and folder datasets reads every mask once (the instance values of each image).
 """
 
 from __future__ import annotations
@@ -57,13 +57,13 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 class InstanceRef:
     """Where one training sample comes from."""
 
-    source: str
-    """Name of the source (``voc``, ``sbd``, ...)."""
+    dataset: str
+    """Name of the dataset the instance is in (``voc``, ``sbd``, ...)."""
     image_id: str
     instance: int
     """Instance value in the mask (VOC/SBD/folder) or COCO annotation id."""
     label: str | None = None
-    """Class of the instance when the source says (VOC/SBD class index, COCO category id)."""
+    """Class of the instance when the dataset says (VOC/SBD class index, COCO category id)."""
 
 
 @dataclass
@@ -79,10 +79,10 @@ class Instance:
     """H x W bool: pixels to ignore in the loss and in IoU (never part of ``mask``)."""
 
 
-class InstanceSource(ABC):
+class InstanceDataset(ABC):
     """A list of instances of one dataset."""
 
-    name: str = "source"
+    name: str = "dataset"
 
     @abstractmethod
     def refs(self) -> list[InstanceRef]:
@@ -95,7 +95,7 @@ class InstanceSource(ABC):
 
 @dataclass(frozen=True)
 class DataSpec:
-    """A data source named on the command line: ``FORMAT:PATH[,key=value...]``.
+    """A training dataset named on the command line: ``FORMAT:PATH[,key=value...]``.
 
     Keys: ``split`` (VOC/SBD/folder image list), ``images`` (COCO images folder; default: the
     JSON's folder), ``images_dir`` / ``masks_dir`` (folder layout), ``min_area``.
@@ -124,26 +124,26 @@ class DataSpec:
         return DataSpec(self.format, self.path, {**self.options, "split": split})
 
 
-def open_source(spec: DataSpec | str, default_split: str = "train") -> InstanceSource:
-    """The ``InstanceSource`` a spec names (``split`` defaults to ``default_split``)."""
+def open_dataset(spec: DataSpec | str, default_split: str = "train") -> InstanceDataset:
+    """The ``InstanceDataset`` a spec names (``split`` defaults to ``default_split``)."""
     if isinstance(spec, str):
         spec = DataSpec.parse(spec)
     opts = dict(spec.options)
     split = opts.pop("split", default_split)
     min_area = int(opts.pop("min_area", 1))
     if spec.format == "voc":
-        source: InstanceSource = VOCInstances(spec.path, split, min_area=min_area)
+        dataset: InstanceDataset = VOCInstances(spec.path, split, min_area=min_area)
     elif spec.format == "sbd":
-        source = SBDInstances(spec.path, split, min_area=min_area)
+        dataset = SBDInstances(spec.path, split, min_area=min_area)
     elif spec.format == "coco":
-        source = COCOInstances(spec.path, opts.pop("images", None), min_area=min_area)
+        dataset = COCOInstances(spec.path, opts.pop("images", None), min_area=min_area)
     else:
-        source = FolderInstances(spec.path, split=split, min_area=min_area,
+        dataset = FolderInstances(spec.path, split=split, min_area=min_area,
                                  images_dir=opts.pop("images_dir", "images"),
                                  masks_dir=opts.pop("masks_dir", "masks"))
     if opts:
         raise ValueError(f"data spec {spec.format}:{spec.path}: unknown options {sorted(opts)}")
-    return source
+    return dataset
 
 
 # --------------------------------------------------------------------------- helpers
@@ -186,14 +186,14 @@ def _find_image(folder: Path, stem: str) -> Path:
 
 def _check_shape(ref: InstanceRef, image: np.ndarray, mask_hw: tuple[int, ...]) -> None:
     if image.shape[:2] != tuple(mask_hw):
-        raise ValueError(f"{ref.source} {ref.image_id}: image is {image.shape[1]}x"
+        raise ValueError(f"{ref.dataset} {ref.image_id}: image is {image.shape[1]}x"
                          f"{image.shape[0]} but its mask {mask_hw[1]}x{mask_hw[0]}")
 
 
 # --------------------------------------------------------------------------- VOC
 
 
-class VOCInstances(InstanceSource):
+class VOCInstances(InstanceDataset):
     """PASCAL VOC ``SegmentationObject`` instances of one split (see the module doc)."""
 
     name = "voc"
@@ -262,7 +262,7 @@ def _load_sbd_inst(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(seg), (None if cats is None else np.asarray(cats).reshape(-1))
 
 
-class SBDInstances(InstanceSource):
+class SBDInstances(InstanceDataset):
     """SBD instance masks of one split (see the module doc)."""
 
     name = "sbd"
@@ -316,7 +316,7 @@ class SBDInstances(InstanceSource):
 # --------------------------------------------------------------------------- COCO
 
 
-class COCOInstances(InstanceSource):
+class COCOInstances(InstanceDataset):
     """COCO instance annotations (see the module doc). ``images`` defaults to the JSON's folder."""
 
     name = "coco"
@@ -372,7 +372,7 @@ def _folder_values(values: np.ndarray, min_area: int) -> tuple[list[int], bool]:
     return _instance_values(values, min_area), False
 
 
-class FolderInstances(InstanceSource):
+class FolderInstances(InstanceDataset):
     """``images/<id>.<ext>`` + ``masks/<id>.png`` instance-index PNGs (see the module doc)."""
 
     name = "folder"
@@ -413,35 +413,35 @@ class FolderInstances(InstanceSource):
 # --------------------------------------------------------------------------- combining
 
 
-class CombinedSource(InstanceSource):
-    """Several sources as one list; images whose id is in ``exclude_ids`` are left out (e.g. the
+class CombinedDatasets(InstanceDataset):
+    """Several datasets as one list; images whose id is in ``exclude_ids`` are left out (e.g. the
     SBD images that are also in the VOC val split, as the official training does)."""
 
     name = "combined"
 
-    def __init__(self, sources: Sequence[InstanceSource],
+    def __init__(self, datasets: Sequence[InstanceDataset],
                  exclude_ids: Iterable[str] = ()) -> None:
-        self.sources = {s.name: s for s in sources}
-        if len(self.sources) != len(sources):
-            raise ValueError("combine sources of different formats only (one per format)")
+        self.datasets = {s.name: s for s in datasets}
+        if len(self.datasets) != len(datasets):
+            raise ValueError("combine datasets of different formats only (one per format)")
         self.exclude = set(exclude_ids)
 
     def refs(self) -> list[InstanceRef]:
-        return [r for s in self.sources.values() for r in s.refs()
+        return [r for s in self.datasets.values() for r in s.refs()
                 if r.image_id not in self.exclude]
 
     def load(self, ref: InstanceRef) -> Instance:
-        return self.sources[ref.source].load(ref)
+        return self.datasets[ref.dataset].load(ref)
 
 
 def holdout_split(refs: Sequence[InstanceRef], fraction: float,
                   seed: int = 0) -> tuple[list[InstanceRef], list[InstanceRef]]:
     """Split instances into ``(train, val)`` by image: an image goes to val when a hash of
-    ``(seed, source, image_id)`` falls below ``fraction``. Stable when the list grows."""
+    ``(seed, dataset, image_id)`` falls below ``fraction``. Stable when the list grows."""
     import hashlib
 
     def key(r: InstanceRef) -> float:
-        h = hashlib.sha256(f"{seed}/{r.source}/{r.image_id}".encode()).digest()
+        h = hashlib.sha256(f"{seed}/{r.dataset}/{r.image_id}".encode()).digest()
         return int.from_bytes(h[:8], "big") / 2.0**64
 
     train = [r for r in refs if key(r) >= fraction]

@@ -35,22 +35,23 @@ log = logging.getLogger(__name__)
 class InitReport:
     """What an initialisation did."""
 
-    source: str
+    weights: str
+    """The weights initialised from (``imagenet:PATH`` or ``checkpoint:LABEL``)."""
     copied: list[str] = field(default_factory=list)
-    """Model keys set from the source."""
+    """Model keys set from those weights."""
     fresh: list[str] = field(default_factory=list)
     """Model keys left at their random initialisation."""
     unused: list[str] = field(default_factory=list)
-    """Source keys not used (absent from the model, or of another shape)."""
+    """Keys of the weights not used (absent from the model, or of another shape)."""
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "copied": len(self.copied), "fresh": self.fresh,
+        return {"weights": self.weights, "copied": len(self.copied), "fresh": self.fresh,
                 "unused": self.unused, "notes": self.notes}
 
     def log(self) -> None:
-        log.info("init from %s: %d tensors copied, %d fresh, %d source tensors unused",
-                 self.source, len(self.copied), len(self.fresh), len(self.unused))
+        log.info("init from %s: %d tensors copied, %d fresh, %d tensors of the weights unused",
+                 self.weights, len(self.copied), len(self.fresh), len(self.unused))
         for note in self.notes:
             log.info("init: %s", note)
 

@@ -78,7 +78,7 @@ def refs_fingerprint(dataset: CropDataset) -> str:
     """sha256 of the ordered instance list (a resumed run must see the same data)."""
     h = hashlib.sha256()
     for r in dataset.refs:
-        h.update(f"{r.source}\t{r.image_id}\t{r.instance}\n".encode())
+        h.update(f"{r.dataset}\t{r.image_id}\t{r.instance}\n".encode())
     return h.hexdigest()
 
 

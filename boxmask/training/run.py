@@ -1,6 +1,6 @@
 """``boxmask train``: one call from options to a trained checkpoint.
 
-``run_training(TrainOptions(...))`` opens the data sources, builds and initialises the network,
+``run_training(TrainOptions(...))`` opens the training datasets, builds and initialises the network,
 and runs the ``Trainer`` (see ``boxmask.training.loop`` for the output folder). Tasks:
 
 * ``iog``: the IOG network (inside + corner clicks).
@@ -12,7 +12,7 @@ Initialisation: the official random init, then optionally an ImageNet ResNet-101
 (``imagenet``) and/or an IOG checkpoint (``init_checkpoint``; for ``refine`` and ``stage1`` an
 IOG checkpoint is the natural start). On resume the weights come from the run's checkpoint.
 
-Validation: ``val_data`` sources (VOC/SBD default to split ``val``); images of the validation set
+Validation: ``val_data`` datasets (VOC/SBD default to split ``val``); images of the validation set
 are removed from the training set (as the official training removes VOC val images from SBD).
 Without ``val_data``, ``val_fraction`` of the training images (chosen by a hash of their ids) are
 held out.
@@ -32,7 +32,7 @@ import torch
 from ..guidance import CropSettings
 from ..models import IOGConfig, IOGNetworkBase, build_model
 from .config import TrainConfig, recipe
-from .datasets import CombinedSource, InstanceRef, InstanceSource, holdout_split, open_source
+from .datasets import CombinedDatasets, InstanceDataset, InstanceRef, holdout_split, open_dataset
 from .init import init_from_checkpoint, init_from_imagenet, official_init
 from .loop import CHECKPOINT, RESUMABLE_CHANGES, ResumeError, Trainer
 from .samples import CropDataset
@@ -47,7 +47,8 @@ class TrainOptions:
 
     output: str | Path
     data: list[str]
-    """Training sources, ``FORMAT:PATH[,key=value...]`` (``boxmask.training.datasets.DataSpec``)."""
+    """Training datasets, ``FORMAT:PATH[,key=value...]``
+    (``boxmask.training.datasets.DataSpec``)."""
     val_data: list[str] = field(default_factory=list)
     val_fraction: float = 0.0
     val_max: int | None = None
@@ -73,11 +74,11 @@ class TrainOptions:
     """``TrainConfig`` fields replacing the recipe's (``epochs``, ``lr``, ``batch_size``...)."""
 
 
-def _combine(sources: list[InstanceSource],
-             exclude: frozenset[str] | set[str] = frozenset()) -> InstanceSource:
-    if len(sources) == 1 and not exclude:
-        return sources[0]
-    return CombinedSource(sources, exclude)
+def _combine(datasets: list[InstanceDataset],
+             exclude: frozenset[str] | set[str] = frozenset()) -> InstanceDataset:
+    if len(datasets) == 1 and not exclude:
+        return datasets[0]
+    return CombinedDatasets(datasets, exclude)
 
 
 def _spread(refs: list[InstanceRef], n: int | None) -> list[InstanceRef]:
@@ -87,22 +88,22 @@ def _spread(refs: list[InstanceRef], n: int | None) -> list[InstanceRef]:
     return [refs[i] for i in picks]
 
 
-def open_data(options: TrainOptions) -> tuple[InstanceSource, list[InstanceRef],
-                                              InstanceSource | None, list[InstanceRef]]:
-    """``(train source, train refs, val source, val refs)`` of the options."""
-    val_sources = [open_source(s, default_split="val") for s in options.val_data]
-    val_refs = [r for s in val_sources for r in s.refs()]
+def open_data(options: TrainOptions) -> tuple[InstanceDataset, list[InstanceRef],
+                                              InstanceDataset | None, list[InstanceRef]]:
+    """``(train dataset, train refs, val dataset, val refs)`` of the options."""
+    val_datasets = [open_dataset(s, default_split="val") for s in options.val_data]
+    val_refs = [r for s in val_datasets for r in s.refs()]
     exclude = {r.image_id for r in val_refs}
-    train_source = _combine([open_source(s, default_split="train") for s in options.data],
+    train_dataset = _combine([open_dataset(s, default_split="train") for s in options.data],
                             exclude)
-    train_refs = train_source.refs()
-    val_source: InstanceSource | None = _combine(val_sources) if val_sources else None
-    if val_source is None and options.val_fraction > 0:
+    train_refs = train_dataset.refs()
+    val_dataset: InstanceDataset | None = _combine(val_datasets) if val_datasets else None
+    if val_dataset is None and options.val_fraction > 0:
         train_refs, val_refs = holdout_split(train_refs, options.val_fraction)
-        val_source = train_source
+        val_dataset = train_dataset
     if options.max_instances is not None:
         train_refs = train_refs[:options.max_instances]
-    return train_source, train_refs, val_source, _spread(val_refs, options.val_max)
+    return train_dataset, train_refs, val_dataset, _spread(val_refs, options.val_max)
 
 
 def train_config(options: TrainOptions) -> TrainConfig:
@@ -172,13 +173,13 @@ def make_trainer(options: TrainOptions, **trainer_kwargs: Any) -> Trainer:
         cfg = train_config(options)
     if not options.data:
         raise ValueError("no training data given")
-    train_source, train_refs, val_source, val_refs = open_data(options)
+    train_dataset, train_refs, val_dataset, val_refs = open_data(options)
     log.info("%d training instances, %d validation instances", len(train_refs), len(val_refs))
     crop = CropSettings(size=IOGConfig.from_json(cfg.model).input_size,
                         inside=cfg.task != "stage1")
-    train_set = CropDataset(train_source, train_refs, crop,
+    train_set = CropDataset(train_dataset, train_refs, crop,
                             AugmentSettings() if cfg.augment else None, cfg.seed)
-    val_set = CropDataset(val_source, val_refs, crop) if val_source is not None else None
+    val_set = CropDataset(val_dataset, val_refs, crop) if val_dataset is not None else None
     if options.resume:
         model, report = build_model(IOGConfig.from_json(cfg.model)), None
     else:

@@ -1,6 +1,6 @@
 """Torch dataset of training crops and the deterministic batch order.
 
-``CropDataset[i]`` loads instance ``i`` of a source, augments it (training) and runs the crop
+``CropDataset[i]`` loads instance ``i`` of a dataset, augments it (training) and runs the crop
 pipeline. The augmentation of sample ``i`` in epoch ``e`` is drawn from a generator seeded with
 ``(seed, e, i)``, and the order of epoch ``e`` is a permutation seeded with ``(seed, e)``: a run
 resumed at step ``k`` sees exactly the batches and augmentations the uninterrupted run saw, with
@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..guidance import CropSettings
-from .datasets import InstanceRef, InstanceSource
+from .datasets import InstanceDataset, InstanceRef
 from .transforms import AugmentSettings, augment, crop_sample
 
 log = logging.getLogger(__name__)
@@ -27,16 +27,16 @@ MAX_SKIPS = 20
 
 
 class CropDataset(Dataset):
-    """Crops of the instances ``refs`` of ``source``.
+    """Crops of the instances ``refs`` of ``dataset``.
 
     Items are dicts of tensors: ``x`` (5, S, S) float32, ``gt`` (1, S, S) float32 soft mask,
     ``void`` (1, S, S) float32, ``clicks`` (5, 2) int64 (S-space ``(x, y)``), ``index`` (int64).
     """
 
-    def __init__(self, source: InstanceSource, refs: Sequence[InstanceRef],
+    def __init__(self, dataset: InstanceDataset, refs: Sequence[InstanceRef],
                  crop: CropSettings | None = None,
                  augment_with: AugmentSettings | None = None, seed: int = 0) -> None:
-        self.source = source
+        self.dataset = dataset
         self.refs = list(refs)
         self.crop = crop if crop is not None else CropSettings()
         self.augment_with = augment_with
@@ -60,17 +60,17 @@ class CropDataset(Dataset):
             try:
                 item = self._make(i, ref)
             except Exception as exc:  # a corrupt file must not end a long run
-                log.warning("skipping %s %s instance %s: %s", ref.source, ref.image_id,
+                log.warning("skipping %s %s instance %s: %s", ref.dataset, ref.image_id,
                             ref.instance, exc)
                 continue
             if item is not None:
                 return item
-            log.debug("skipping %s %s instance %s: empty at the network size", ref.source,
+            log.debug("skipping %s %s instance %s: empty at the network size", ref.dataset,
                       ref.image_id, ref.instance)
         raise RuntimeError(f"{MAX_SKIPS} consecutive samples from index {index} are unusable")
 
     def _make(self, index: int, ref: InstanceRef) -> dict[str, torch.Tensor] | None:
-        inst = self.source.load(ref)
+        inst = self.dataset.load(ref)
         image = inst.image.astype(np.float32)
         mask, void = inst.mask, inst.void & ~inst.mask
         if self.augment_with is not None:

@@ -19,7 +19,8 @@ Always written, whatever the output formats:
   versions, oldest first: ``{"version", "redo", "engine", "inside_policy", "score", "flags",
   "mask_xyxy", "rle_sha256", "replaced_by", "replaced_at"}``; see ``boxmask.jobs.redo``).
 * ``<output>/errors.jsonl``: one line per error record, keys ``image_id, box_id, stage, reason,
-  source`` (null where unknown).
+  source`` (null where unknown; ``source`` holds ``ErrorRecord.location``, where the failing input
+  was read from).
 
 Same results in, same bytes out: keys in a fixed order, no timestamps.
 """
@@ -56,7 +57,7 @@ def _list(box: tuple[int, int, int, int] | None) -> list[int] | None:
 
 def error_line(error: ErrorRecord) -> dict[str, Any]:
     return {"image_id": error.image_id, "box_id": error.box_id, "stage": error.stage,
-            "reason": error.reason, "source": error.source}
+            "reason": error.reason, "source": error.location}
 
 
 class SidecarWriter(Writer):

@@ -33,7 +33,7 @@ image by ``boxmask.boxes.rescale`` (covering pixels), so only there can reading 
 one pixel larger than the mask's.
 
 The files cover the images of the run (like every output). The XML keeps every other element of
-the source file (read again from ``ImageRecord.source``; when it cannot be read, an XML is built
+the source file (read again from ``ImageRecord.location``; when it cannot be read, an XML is built
 from the record), objects the reader refused included (status ``no_mask``). The CSVs are written
 from the run's records, so boxes the reader refused are not in them (see ``errors.jsonl``).
 COCO keeps ``info``, ``licenses``, ``categories``, the run's image entries and
@@ -102,7 +102,7 @@ def tight_boxes(result: ImageResult) -> list[tuple[Box, str, BoxXYXY | None]]:
 class TightBoxWriter(Writer):
     """Writes ``<output>/tight-boxes/<source>/`` for the run's source (see the module doc).
 
-    ``reader``: the plan's reader description (``Reader.describe()``: ``source``, ``input``,
+    ``reader``: the plan's reader description (``Reader.describe()``: ``input_format``, ``input``,
     ``origin``). ``summary`` counts boxes by status, files written and images refused.
     """
 
@@ -111,13 +111,13 @@ class TightBoxWriter(Writer):
     def __init__(self, output_dir: str | Path, labels: LabelMap | None = None, *,
                  reader: dict[str, Any]) -> None:
         super().__init__(output_dir, labels)
-        source = reader.get("source")
-        if source not in SOURCES:
-            raise ValueError(f"tight boxes cannot be written for source {source!r}")
-        self.source: str = source
+        input_format = reader.get("input_format")
+        if input_format not in SOURCES:
+            raise ValueError(f"tight boxes cannot be written for source {input_format!r}")
+        self.input_format: str = input_format
         self.input = Path(reader.get("input", ""))
         self.origin = int(reader.get("origin", 0))
-        self.root = self.output_dir / FOLDER / self.source
+        self.root = self.output_dir / FOLDER / self.input_format
         self._counts: Counter = Counter()
 
     def _rel(self, path: Path) -> str:
@@ -128,12 +128,12 @@ class TightBoxWriter(Writer):
         which the summary counts, like the other per-image files)."""
         self._counts = Counter()
         write = {"ilsvrc-loc": self._xml, "kaggle-loc": self._kaggle,
-                 "openimages": self._openimages, "coco": self._coco}[self.source]
+                 "openimages": self._openimages, "coco": self._coco}[self.input_format]
         files = write(results)
-        self.summary = {"source": self.source, "folder": self._rel(self.root),
+        self.summary = {"source": self.input_format, "folder": self._rel(self.root),
                         "boxes": {s: self._counts[s] for s in (TIGHT, EMPTY, NO_MASK)},
                         "files": len(files), "refused": self._counts["refused"]}
-        return [] if self.source == "ilsvrc-loc" else files
+        return [] if self.input_format == "ilsvrc-loc" else files
 
     def _count(self, rows: list[tuple[Box, str, BoxXYXY | None]]) -> None:
         self._counts.update(status for _, status, _ in rows)
@@ -177,14 +177,14 @@ class TightBoxWriter(Writer):
         from ..readers._xml import XMLRefused, read_xml
 
         record = result.record
-        if record.source:
+        if record.location:
             try:
-                root = read_xml(Path(record.source), parser)
+                root = read_xml(Path(record.location), parser)
                 if root.tag == "annotation":
                     return root
             except (XMLRefused, OSError) as exc:
                 log.warning("tight boxes: %s cannot be read again (%s); writing an XML built "
-                            "from the record", record.source, exc)
+                            "from the record", record.location, exc)
         root = etree.Element("annotation")
         etree.SubElement(root, "folder").text = record.group or ""
         etree.SubElement(root, "filename").text = record.image_id

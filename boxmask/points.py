@@ -70,8 +70,13 @@ import numpy as np
 from .boxes import int_box
 from .engines.base import Engine, Prediction, SegmentRequest, default_inside_points
 from .hashing import sha256_file
+from .registry import Registry
 
-POLICIES = ("center", "iterate", "grabcut", "u2net", "stage1")
+POLICY_CLASSES: Registry[InsidePointPolicy] = Registry("inside-point policy", "boxmask.points", {
+    "center": ":CenterPolicy", "iterate": ":IteratePolicy", "grabcut": ":GrabCutPolicy",
+    "u2net": ":U2NetPolicy", "stage1": ":Stage1Policy"})
+"""Policy name -> class (the classes below; ``Registry`` like the engines and readers)."""
+POLICIES = POLICY_CLASSES.names
 RUNTIME_OPTIONS = frozenset({"device", "batch_size"})
 """Policy options that change speed, not masks (like the engines' runtime options)."""
 TIE_MARGIN = 0.5
@@ -373,12 +378,8 @@ class Stage1Policy(_ChosenOncePolicy):
 
 def create_policy(name: str, **options: Any) -> InsidePointPolicy:
     """Build the inside-point policy ``name`` with its options (see each policy's constructor)."""
-    classes: dict[str, type[InsidePointPolicy]] = {
-        "center": CenterPolicy, "iterate": IteratePolicy, "grabcut": GrabCutPolicy,
-        "u2net": U2NetPolicy, "stage1": Stage1Policy}
-    if name not in classes:
-        raise ValueError(f"unknown inside-point policy {name!r}; choose from {', '.join(POLICIES)}")
+    cls = POLICY_CLASSES.get(name)
     try:
-        return classes[name](**options)
+        return cls(**options)
     except TypeError as e:  # an option the policy does not have
         raise ValueError(f"inside-point policy {name!r}: {e}") from None

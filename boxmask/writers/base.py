@@ -28,6 +28,8 @@ ResultsFactory = Callable[[], Iterator[ImageResult]]
 
 class Writer(ABC):
     name: str = "writer"
+    OPTIONS: frozenset[str] = frozenset()
+    """Constructor options beyond ``output_dir`` and ``labels`` that ``create_writer`` passes on."""
 
     def __init__(self, output_dir: str | Path, labels: LabelMap | None = None) -> None:
         self.output_dir = Path(output_dir)

@@ -176,6 +176,7 @@ class _RowWriter:
 
 class OpenImagesWriter(Writer):
     name = "openimages"
+    OPTIONS = frozenset({"images_root", "copy_images"})
 
     def __init__(self, output_dir: str | Path, labels: LabelMap | None = None,
                  fsync: bool = True, images_root: str | Path | None = None,

@@ -58,6 +58,7 @@ from .. import masks as masklib
 from ..atomic import atomic_open, atomic_write_bytes
 from ..boxes import decimal_text, normalized_edges, rescale, to_xywh
 from ..labels import LabelMap
+from ..readers import SOURCES
 from ..records import Box, BoxXYXY, ImageResult
 from ..safepath import UnsafePathError, join_inside
 from .base import ResultsFactory, Writer
@@ -65,7 +66,6 @@ from .base import ResultsFactory, Writer
 log = logging.getLogger(__name__)
 
 FOLDER = "tight-boxes"
-SOURCES = ("ilsvrc-loc", "kaggle-loc", "openimages", "coco")
 TIGHT, EMPTY, NO_MASK = "tight", "empty", "no_mask"
 OPENIMAGES_COLUMNS = ("ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin",
                       "YMax", "IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside")

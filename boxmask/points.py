@@ -23,7 +23,7 @@ Policies (``create_policy(name, **options)``)
   once with it.
 * ``stage1`` (options ``weights`` (required), ``device`` ["auto"], ``batch_size`` [8]): a
   stage-1 network (``boxmask train --task stage1``) predicts a box-only mask and the point is its
-  interior point (``boxmask.stage1.stage1_inside_points``); then the engine runs once.
+  interior point (``boxmask.models.stage1.stage1_inside_points``); then the engine runs once.
 
 The interior point
 ------------------
@@ -360,7 +360,7 @@ class Stage1Policy(_ChosenOncePolicy):
         self.sha256 = sha256_file(path)
         self.batch_size = max(int(batch_size), 1)
         from .device import resolve_device  # torch: imported only by the policies that need it
-        from .stage1 import load_stage1
+        from .models.stage1 import load_stage1
 
         self.net = load_stage1(path, resolve_device(device))
 
@@ -370,7 +370,7 @@ class Stage1Policy(_ChosenOncePolicy):
                 "input_size": int(getattr(cfg, "input_size", 512))}
 
     def choose(self, request: SegmentRequest) -> tuple[np.ndarray, list[str]]:
-        from .stage1 import stage1_inside_points
+        from .models.stage1 import stage1_inside_points
 
         points = stage1_inside_points(self.net, request.image, request.boxes, self.batch_size)
         return points, ["stage1"] * len(points)

@@ -250,7 +250,7 @@ def stage1_checkpoint(tmp_path_factory) -> Path:
 
 
 def test_stage1_policy_runs_the_engine_with_the_networks_points(stage1_checkpoint):
-    from boxmask.stage1 import load_stage1, stage1_inside_points
+    from boxmask.models.stage1 import load_stage1, stage1_inside_points
 
     rgb, box, _ = instance("davis", "102.jpg")
     boxes = [box, (300, 200, 500, 400)]

@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from boxmask.models import CheckpointError, IOGConfig, build_iog, build_model, export_checkpoint
-from boxmask.stage1 import stage1_inside_points
+from boxmask.models.stage1 import stage1_inside_points
 from boxmask.training.init import init_from_checkpoint, init_from_imagenet, official_init
 
 

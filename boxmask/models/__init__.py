@@ -1,4 +1,5 @@
-"""Neural networks (``nn.Module`` only) and checkpoint loading.
+"""Neural networks (``nn.Module`` only) and checkpoint loading; the stage-1 network at inference
+(``boxmask.models.stage1``: inside points from boxes alone).
 
 ``build_iog()`` gives the IOG network of ``IOG_PASCAL_SBD.pth`` / ``IOG_PASCAL.pth``;
 ``build_iog(refinement=True)`` the refinement network of ``IOG_PASCAL_SBD_REFINEMENT.pth``.

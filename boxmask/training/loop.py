@@ -49,8 +49,8 @@ from ..atomic import atomic_open, atomic_write_text
 from ..boxes import mask_to_box
 from ..device import resolve_device
 from ..models import IOGConfig, IOGNetworkBase, IOGRefinementNetwork, export_checkpoint
+from ..models.stage1 import inside_point_512
 from ..software import software_versions
-from ..stage1 import inside_point_512
 from .config import TrainConfig
 from .losses import bce_loss, crop_iou, multi_output_loss
 from .optim import (

@@ -5,7 +5,7 @@ and runs the ``Trainer`` (see ``boxmask.training.loop`` for the output folder). 
 
 * ``iog``: the IOG network (inside + corner clicks).
 * ``stage1``: the same network with the inside channel empty (boxes only); its masks give inside
-  points (``boxmask.stage1.stage1_inside_points``).
+  points (``boxmask.models.stage1.stage1_inside_points``).
 * ``refine``: the refinement network with simulated corrective clicks.
 
 Initialisation: the official random init, then optionally an ImageNet ResNet-101 file

@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import guidance as G
-from .boxes import int_box
-from .guidance import CropSettings, box_input
-from .maskmath import deepest_pixel
-from .models.iog import IOGNetworkBase
+from .. import guidance as G
+from ..boxes import int_box
+from ..guidance import CropSettings, box_input
+from ..maskmath import deepest_pixel
+from .checkpoint import build_from_checkpoint, read_checkpoint
+from .iog import IOGNetworkBase
 
 
 def load_stage1(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
@@ -43,8 +44,6 @@ def load_stage1(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     Raises ``ValueError`` for a checkpoint of another task (an IOG network expects an inside
     click and gives poor box-only masks).
     """
-    from .models import build_from_checkpoint, read_checkpoint
-
     _, config = read_checkpoint(path)
     task = (config or {}).get("task")
     sidecar = Path(path).with_suffix(".json")

@@ -40,7 +40,7 @@ test-fiftyone:
 	test -x $(FO_VENV)/bin/python || $(PYTHON) -m venv $(FO_VENV)
 	$(FO_VENV)/bin/pip install -q -e '.[test,fiftyone]' 2>&1 | grep -v "is ignored" || true
 	BOXMASK_REQUIRE_FIFTYONE=1 $(FO_VENV)/bin/python -m pytest -q -p no:cacheprovider \
-		tests/test_writers_fiftyone.py tests/test_readme_loaders.py
+		tests/writers/test_fiftyone.py tests/test_readme_loaders.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check boxmask tests benchmarks

@@ -4,8 +4,8 @@ number of trials and failures (by kind of kill, moment and phase reached) as JSO
     python benchmarks/bench_faults.py --trials 200 --workers 2 [--max-kills 3] [--seed N]
 
 Each trial converts a tiny COCO set (8 small images, GrabCut, 4 shards) in a fresh folder; see
-``tests/fault_harness.py`` for the kinds, moments and checks. Failed trials are listed with their
-problems and the re-run's stderr tail.
+``tests/helpers/fault_harness.py`` for the kinds, moments and checks. Failed trials are listed
+with their problems and the re-run's stderr tail.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "helpers"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fault_harness as H  # noqa: E402

@@ -1,9 +1,10 @@
 """IOG throughput: pure forward per mode, the engine end to end, and an official-style loop.
 
 All runs in one invocation use the same random weights: the parity recipe of
-``tests/parity_weights.py`` (``--seed``, default 5, whose masks on the COCO-MVal sample are neither
-empty nor full) or PyTorch's default initialisation (``--init default``). Timings do not depend
-on the weights; mask agreement does (a random network is much less decisive than a trained one).
+``tests/helpers/parity_weights.py`` (``--seed``, default 5, whose masks on the COCO-MVal sample
+are neither empty nor full) or PyTorch's default initialisation (``--init default``). Timings do
+not depend on the weights; mask agreement does (a random network is much less decisive than a
+trained one).
 
 Sections
 --------
@@ -56,7 +57,7 @@ from boxmask.maskmath import mask_iou as iou
 from boxmask.models import build_iog
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # test helpers: parity weights, COCO-MVal requests
+sys.path.insert(0, str(ROOT / "tests" / "helpers"))  # parity weights, COCO-MVal requests
 from iog_cases import coco_mval_requests  # noqa: E402
 from parity_weights import parity_weights  # noqa: E402
 

@@ -32,7 +32,7 @@ ENGINES = {"grabcut": ("grabcut", {}), "u2netp": ("u2net", {"weights": "u2netp",
 
 
 def _worker(engine_key: str, threads: int, images: list[int], barrier, out) -> None:
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "helpers"))
     from iog_cases import coco_mval_requests
 
     from boxmask.device import set_threads

@@ -45,7 +45,7 @@ from boxmask.models.config import IOGConfig
 from boxmask.models.iog import IOGNetwork
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_iog import count_gflop  # noqa: E402
 from iog_cases import COCO_MVAL, coco_mval_requests  # noqa: E402

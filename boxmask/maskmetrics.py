@@ -45,7 +45,7 @@ instances, ``davis``: 21 frames, ``voc2012``: the 2 objects of 2007_000063, void
 * ``low_score``: the engine's confidence below ``LOW_SCORE = 0.5`` (only where the score is known).
 
 Flag rate on the 63 GT masks with their tight boxes: 2 of 63 masks flagged (``holes`` twice),
-checked by ``tests/test_quality_metrics.py``. ``mask_metrics`` took ~0.6-0.9 ms per mask on those
+checked by ``tests/quality/test_metrics.py``. ``mask_metrics`` took ~0.6-0.9 ms per mask on those
 images (640x480 and 854x480, a shared 2-core machine: noisy).
 """
 

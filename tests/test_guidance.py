@@ -1,7 +1,7 @@
 """IOG guidance against the official implementation: crops, clicks, heatmaps, refinement clicks.
 
 Every number of a parity case is read from its case.json (tests/fixtures/iog_parity/<case>/, see
-tests/iog_cases.py), so a further case folder with the same layout is tested the same way.
+tests/helpers/iog_cases.py), so a further case folder with the same layout is tested the same way.
 """
 
 from __future__ import annotations

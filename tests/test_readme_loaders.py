@@ -3,7 +3,7 @@
 The code blocks are read from README.md and executed with ``OUT`` set to the output of a
 conversion of the bundled ILSVRC-LOC sample (box engine, every format); what each one loads is
 compared with the sidecar. The FiftyOne block runs where FiftyOne is installed and its database
-starts (``tests/test_writers_fiftyone.py`` runs FiftyOne's importers without the database).
+starts (``tests/writers/test_fiftyone.py`` runs FiftyOne's importers without the database).
 """
 
 from __future__ import annotations

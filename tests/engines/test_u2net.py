@@ -270,6 +270,38 @@ def test_fused_options_are_checked():
         FusedEngine(fit_ratio=2.0)
 
 
+class RecordingSaliency(CraftedSaliency):
+    """A crafted network that also records the input shapes it was given."""
+
+    def __init__(self, draw) -> None:
+        super().__init__(draw)
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape))
+        return super().forward_fused(x)
+
+
+def test_input_size_sets_the_network_input_and_is_described():
+    img, box = scene()
+    net = RecordingSaliency(lambda h, w: np.ones((h, w), bool))
+    engine = U2NetEngine.from_network(net, device="cpu", input_size=256, batch_size=2)
+    (pred,), = engine.segment([SegmentRequest(img, np.array([box]))])
+    assert net.shapes == [(1, 3, 256, 256)]
+    assert engine.describe()["input_size"] == 256
+    assert pred.mask[60:140, 80:160].all() and pred.mask.sum() == 80 * 80  # the whole box
+    default = U2NetEngine.from_network(RecordingSaliency(lambda h, w: np.ones((h, w), bool)),
+                                       device="cpu")
+    assert default.describe()["input_size"] == 320
+
+
+@pytest.mark.parametrize("size", [0, 48, 300, 2048, 320.5])
+def test_input_size_must_be_a_multiple_of_32_in_range(size):
+    with pytest.raises(ValueError, match="input_size"):
+        U2NetEngine.from_network(CraftedSaliency(lambda h, w: np.ones((h, w), bool)),
+                                 device="cpu", input_size=size)
+
+
 # --------------------------------------------------------------------------- auto
 
 

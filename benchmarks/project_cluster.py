@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gpu-utilisation", type=float, default=0.35,
                     help="share of the peak sustained by the network's convolutions")
     ap.add_argument("--cores-per-gpu", type=int, default=16)
-    ap.add_argument("--plan-boxes-per-s", type=float, default=36_000,
-                    help="planner rate (bench_plan.py: 36k boxes/s wall for 14M boxes)")
+    ap.add_argument("--plan-boxes-per-s", type=float, default=75_000,
+                    help="planner rate (bench_plan.py: 75k boxes/s wall for 14M boxes on 2 "
+                         "idle cores)")
     ap.add_argument("--gpus", default="1,8")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)

@@ -52,7 +52,8 @@ Options (constructor)
   s on 2 idle cores, in every new process: the inductor cache keeps the kernels, but tracing and
   the freezing passes run again); ``"auto"``: ``compile`` when ``expected_crops`` is at least
   ``COMPILE_MIN_CROPS`` for the device (``expected_crops``: the job's number of boxes; workers
-  pass it, or ``expect``), else ``small_job_mode``: ``freeze`` on a CPU, ``fold`` on a GPU.
+  pass it, or ``expect``), else ``small_job_mode``: ``freeze`` for fp32 on a CPU, ``fold`` for
+  bf16/fp16 on a CPU and on a GPU.
   Results of all modes agree within fp32 rounding.
 * ``channels_last`` (default True), ``threshold`` (0.5), ``stability_delta`` (0.25),
   ``preprocess`` (``"auto"``: torch on CUDA, numpy on CPU; ``"numpy"``, ``"torch"``),
@@ -107,12 +108,19 @@ much: tracing and the freezing passes run every time) and saves about 2 % per cr
 AVX-512 CPUs), so it breaks even at 2,600-5,300 crops; a GPU needs large batches to gain."""
 
 
-def small_job_mode(device: torch.device) -> str:
-    """The form ``mode="auto"`` uses below ``COMPILE_MIN_CROPS``: ``freeze`` on a CPU (on an
-    AVX2-only EPYC, idle: 1.18x the official-style loop end to end against 1.10x for ``fold``,
-    for about 11 s more on the first call, so ahead from about 50 crops; ahead on AVX-512 CPUs
-    too), ``fold`` on a GPU (what has been measured there)."""
-    return "freeze" if device.type == "cpu" else "fold"
+def small_job_mode(device: torch.device, precision: str = "fp32") -> str:
+    """The form ``mode="auto"`` uses below ``COMPILE_MIN_CROPS``.
+
+    * fp32 on a CPU: ``freeze``. On an idle AVX2-only EPYC it ran 1.18x the official-style loop
+      end to end against 1.10x for ``fold``, for about 11 s more on the first call (ahead from
+      about 50 crops); on an idle Zen 4 EPYC with AVX-512 the two are level (1.17-1.18 crops/s
+      against 1.13-1.16 over 40 boxes, two runs), for 4.5 s more on the first call.
+    * bf16 / fp16 on a CPU: ``fold``. On the Zen 4 EPYC (AVX512_BF16) the frozen network under
+      autocast ran at 1.75-1.81 crops/s end to end against 2.27-2.32 for ``fold`` (two runs of
+      ``benchmarks/bench_iog.py --engine-only --images 40``).
+    * a GPU: ``fold`` (what has been measured there).
+    """
+    return "freeze" if device.type == "cpu" and precision == "fp32" else "fold"
 
 
 # --------------------------------------------------------------------------- single object
@@ -283,7 +291,7 @@ class IOGEngine(Engine):
             return self.requested_mode
         threshold = COMPILE_MIN_CROPS.get(self.device.type)
         big = threshold is not None and expected_crops is not None and expected_crops >= threshold
-        return "compile" if big else small_job_mode(self.device)
+        return "compile" if big else small_job_mode(self.device, self.precision)
 
     def expect(self, crops: int) -> None:
         """Tell the engine how many crops its job has, before the first ``segment``: with

@@ -24,6 +24,7 @@ from test_iog_parity_network import (
     read_case,
 )
 
+from boxmask.device import cpu_supports
 from boxmask.engines.iog import COMPILE_MIN_CROPS, IOGEngine, small_job_mode
 from boxmask.models import build_iog
 from boxmask.models.checkpoint import build_model
@@ -165,9 +166,19 @@ def test_auto_compiles_only_from_the_cpu_threshold(crops, mode):
     assert engine(expected_crops=crops).mode == mode
 
 
-def test_small_jobs_freeze_on_the_cpu_and_fold_on_a_gpu():
+def test_small_jobs_freeze_in_fp32_on_the_cpu_and_fold_in_bf16_and_on_a_gpu():
     assert small_job_mode(torch.device("cpu")) == "freeze"
-    assert small_job_mode(torch.device("cuda")) == "fold"
+    assert small_job_mode(torch.device("cpu"), "fp32") == "freeze"
+    assert small_job_mode(torch.device("cpu"), "bf16") == "fold"
+    assert small_job_mode(torch.device("cpu"), "fp16") == "fold"
+    assert small_job_mode(torch.device("cuda"), "fp32") == "fold"
+    assert small_job_mode(torch.device("cuda"), "bf16") == "fold"
+
+
+@pytest.mark.skipif(not cpu_supports("bf16"), reason="needs a CPU with native bf16")
+def test_a_bf16_engine_on_the_cpu_folds_for_small_jobs():
+    assert engine(precision="bf16", expected_crops=40).mode == "fold"
+    assert engine(precision="fp32", expected_crops=40).mode == "freeze"
 
 
 def test_expect_chooses_the_form_of_an_engine_built_before_the_plan():

@@ -33,6 +33,19 @@ def cpu_supports(precision: str) -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Intel Xeon from Sapphire Rapids on)."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def default_batch_size(sizes: dict[str, int], device: torch.device) -> int:
+    """An engine's default crops per forward on ``device`` from its table ``sizes``: the key
+    ``"cpu-amx"`` on a CPU with AMX (``cpu_has_amx``), else the device type (``"cpu"``,
+    ``"cuda"``); 1 for a device the table does not name."""
+    key = "cpu-amx" if device.type == "cpu" and cpu_has_amx() else device.type
+    return int(sizes.get(key, sizes.get(device.type, 1)))
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """Raise ``ValueError`` unless ``precision`` is known and runs natively on ``device``."""
     if precision not in PRECISIONS:

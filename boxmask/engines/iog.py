@@ -42,7 +42,8 @@ Options (constructor)
 ---------------------
 * ``weights``: checkpoint path or registry name (``boxmask.weights``); required.
 * ``device``: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
-* ``batch_size``: crops per forward (default 2 on CPU, 32 on CUDA).
+* ``batch_size``: crops per forward (default 32 on CUDA; on a CPU 1, or 2 with AMX:
+  ``DEFAULT_BATCH_SIZE``).
 * ``precision``: ``"fp32"`` (on CUDA with TF32 disabled, process-wide:
   ``torch.backends.fp32_precision = "ieee"``), ``"bf16"`` or ``"fp16"`` (autocast). On the CPU,
   bf16/fp16 need native support (AVX512-BF16/AMX, AMX-FP16); otherwise the engine refuses.
@@ -83,6 +84,7 @@ from ..boxes import int_box
 from ..device import (
     autocast,
     cpu_supports,
+    default_batch_size,
     disable_tf32,
     resolve_device,
     runtime,
@@ -97,7 +99,12 @@ logger = logging.getLogger(__name__)
 
 MODES = ("auto", "eager", "fold", "freeze", "compile")
 PREPROCESS = ("auto", "numpy", "torch")
-DEFAULT_BATCH_SIZE = {"cpu": 2, "cuda": 32}
+DEFAULT_BATCH_SIZE = {"cpu": 1, "cpu-amx": 2, "cuda": 32}
+"""Crops per forward by default (``boxmask.device.default_batch_size``). CPU: on a 2-core Zen 4
+EPYC (AVX-512, no AMX) batch 1 ran the forward at 1.28 crops/s against 1.19-1.20 for batch 2
+and 1.00-1.07 for batch 4, and the engine end to end at 1.36x the official-style loop against
+1.22-1.28x with batch 2 (``benchmarks/bench_iog.py --engine-only``); on the 2-core Xeon with AMX
+batch 2 was ahead of 4 (batch 1 not measured there)."""
 PIPELINE_BATCHES = 4
 """Forward batches per ``segment`` call that a caller should aim for (``batch_boxes``)."""
 COMPILE_MIN_CROPS = {"cuda": 50_000, "cpu": 5_000}
@@ -268,7 +275,7 @@ class IOGEngine(Engine):
         self.precision, self.threshold = precision, float(threshold)
         self.stability_delta = float(stability_delta)
         self.channels_last = bool(channels_last)
-        self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE.get(self.device.type, 4))
+        self.batch_size = int(batch_size or default_batch_size(DEFAULT_BATCH_SIZE, self.device))
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.use_torch_preprocess = (preprocess == "torch"

@@ -24,10 +24,10 @@ the clicks). ``extras``: ``confidence`` (the first factor), ``fit``, ``fill`` (m
 area).
 
 Options: ``weights`` (registry name ``u2net`` / ``u2netp`` or a state-dict path), ``device``,
-``batch_size`` (default 4 on CPU, 32 on CUDA), ``precision`` (``fp32``, ``bf16``, ``fp16``:
-autocast, refused where not native), ``channels_last`` [True], ``num_threads``, ``input_size``
-(a multiple of 32 from 64 to 1024). Only ``weights``, ``context``, ``threshold``, ``input_size`` and
-``precision`` change masks (``describe``).
+``batch_size`` (default 32 on CUDA; on a CPU 1, or 4 with AMX), ``precision`` (``fp32``,
+``bf16``, ``fp16``: autocast, refused where not native), ``channels_last`` [True],
+``num_threads``, ``input_size`` (a multiple of 32 from 64 to 1024). Only ``weights``,
+``context``, ``threshold``, ``input_size`` and ``precision`` change masks (``describe``).
 """
 
 from __future__ import annotations
@@ -43,14 +43,18 @@ import numpy as np
 import torch
 
 from ..boxes import int_box
-from ..device import autocast, runtime
+from ..device import autocast, default_batch_size, runtime
 from ..models.u2net import INPUT_SIZE, MEAN, STD, U2Net
 from .base import Engine, Prediction, SegmentRequest, default_inside_points, iog_clicks
 from .fusion import confidence, fit_score, main_fit
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 32}
+DEFAULT_BATCH_SIZE = {"cpu": 1, "cpu-amx": 4, "cuda": 32}
+"""Crops per forward by default (``boxmask.device.default_batch_size``). CPU: on a 2-core Zen 4
+EPYC (AVX-512, no AMX) batch 1 took 0.69 s per 320² crop against 0.71 for batch 4 with 2
+threads, 1.22 against 1.28 with one thread (``benchmarks/bench_u2net_speed.py``: 0.624 against
+0.675); CPUs with AMX keep 4 (not measured)."""
 DEFAULT_WEIGHTS = "u2net"
 DEFAULT_CONTEXT = 0.25
 """Window margin as a fraction of the box side; 0.25 measured best of 0, 0.1, 0.2, 0.25, 0.4 and
@@ -142,7 +146,7 @@ class U2NetEngine(Engine):
         self.precision, self.context, self.threshold = precision, float(context), float(threshold)
         self.channels_last = bool(channels_last)
         self.input_size = int(input_size)
-        self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE.get(self.device.type, 4))
+        self.batch_size = int(batch_size or default_batch_size(DEFAULT_BATCH_SIZE, self.device))
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         net = net.eval().to(self.device)

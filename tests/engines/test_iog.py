@@ -361,7 +361,7 @@ def test_default_inside_point_is_the_box_centre_and_clicks_come_back_in_image_pi
 def test_score_is_the_stability_of_the_fine_logits(engines) -> None:
     requests = mixed_requests()[:1]
     net = EchoNet()
-    [[a, b]] = engines(net, stability_delta=0.2).segment(requests)
+    [[a, b]] = engines(net, stability_delta=0.2, batch_size=2).segment(requests)  # one input
     fine = net.forward_fine(net.inputs[0]).numpy()
     assert a.score == pytest.approx(G.stability_score(fine[0], 0.2))
     assert b.score == pytest.approx(G.stability_score(fine[1], 0.2))

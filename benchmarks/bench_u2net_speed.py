@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_iog import cpu_features, cpu_model, gemm_roof, timed  # noqa: E402
 
-from boxmask.device import cpu_supports  # noqa: E402
+from boxmask.device import autocast, cpu_supports  # noqa: E402
 from boxmask.models.u2net import load_u2net  # noqa: E402
 from boxmask.weights import resolve_weights  # noqa: E402
 
@@ -61,8 +61,7 @@ def forward_seconds(net: torch.nn.Module, size: int, batch: int, reps: int,
     cpu = torch.device("cpu")
 
     def run() -> None:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16,
-                                                     enabled=dtype is not None):
+        with torch.inference_mode(), autocast("bf16" if dtype is not None else "fp32", cpu):
             net.forward_fused(x)
 
     return timed(run, cpu, reps) / batch

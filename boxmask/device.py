@@ -28,14 +28,21 @@ def cpu_supports(precision: str) -> bool:
     """Whether this CPU runs ``precision`` natively (bf16: AVX512-BF16 or AMX; fp16: AMX-FP16)."""
     if precision == "fp32":
         return True
-    probes = {"bf16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"),
-              "fp16": ("_is_amx_fp16_supported",)}[precision]
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+    if precision == "bf16":
+        return _cpu_probe("_is_avx512_bf16_supported") or cpu_has_amx()
+    if precision == "fp16":
+        return _cpu_probe("_is_amx_fp16_supported")
+    raise KeyError(precision)
 
 
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (Intel Xeon from Sapphire Rapids on)."""
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return _cpu_probe("_is_amx_tile_supported")
+
+
+def _cpu_probe(name: str) -> bool:
+    """torch's CPU feature probe ``torch.cpu.<name>()``; False where this torch lacks it."""
+    return bool(getattr(torch.cpu, name, lambda: False)())
 
 
 def default_batch_size(sizes: dict[str, int], device: torch.device) -> int:

@@ -1,6 +1,7 @@
 """CPU engines on all cores: boxes/s of one worker and of several, and the thread split chosen.
 
-For each engine (default ``grabcut`` and ``u2netp``: the U²-Net engine with the small weights)
+For each engine (default ``grabcut`` and ``u2netp``: the U²-Net engine with the small weights;
+also ``u2net``, ``iog`` and ``iog-loop``, the official-style IOG loop, both on random weights)
 the COCO-MVal sample images (``tests/data/coco_mval``, one box each) are segmented by
 
 * ``1w x 1t``: one worker process with one intra-op thread (the per-core baseline),
@@ -23,25 +24,66 @@ import argparse
 import multiprocessing as mp
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 ENGINES = {"grabcut": ("grabcut", {}), "u2netp": ("u2net", {"weights": "u2netp", "device": "cpu"}),
-           "u2net": ("u2net", {"weights": "u2net", "device": "cpu"})}
+           "u2net": ("u2net", {"weights": "u2net", "device": "cpu"}),
+           "iog": ("iog", {"device": "cpu", "precision": "fp32"}),
+           "iog-loop": ("iog-loop", {})}
+"""Engine keys. ``iog`` is the IOG engine (fp32, its default inference form and CPU batch) and
+``iog-loop`` the official-style per-instance loop of ``bench_iog.py``, both on the parity recipe's
+random weights (seed 5; timings do not depend on the weights), so that no checkpoint is needed."""
+
+
+class _OfficialLoop:
+    """``bench_iog.official_style_loop`` behind the engine's ``segment``/``close``."""
+
+    def __init__(self, net) -> None:
+        self.net = net
+
+    def segment(self, requests):
+        import torch
+        from bench_iog import official_style_loop
+
+        return official_style_loop(self.net, requests, torch.device("cpu"))
+
+    def close(self) -> None:
+        pass
+
+
+def _create(engine_key: str):
+    """The engine of ``engine_key`` (IOG ones on parity weights)."""
+    from boxmask.engines import create_engine
+
+    name, options = ENGINES[engine_key]
+    if not name.startswith("iog"):
+        return create_engine(name, **options)
+    from bench_iog import make_network
+
+    from boxmask.engines.iog import IOGEngine
+
+    net = make_network("parity", 5)
+    if name == "iog-loop":
+        return _OfficialLoop(net)
+    return IOGEngine.from_network(net, **options)
 
 
 def _worker(engine_key: str, threads: int, images: list[int], barrier, out) -> None:
     sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     from iog_cases import coco_mval_requests
 
     from boxmask.device import set_threads
-    from boxmask.engines import create_engine
+    from boxmask.engines import default_inside_points
 
     set_threads(threads)
-    name, options = ENGINES[engine_key]
-    engine = create_engine(name, **options)
+    engine = _create(engine_key)
     requests = coco_mval_requests(max(images) + 1)
+    if engine_key.startswith("iog"):  # the box centre, as bench_iog
+        requests = [replace(r, inside=default_inside_points(r.boxes)) for r in requests]
     mine = [requests[i] for i in images]
     engine.segment(mine[:1])  # warm-up
     barrier.wait()

@@ -40,6 +40,12 @@ def cpu_has_amx() -> bool:
     return _cpu_probe("_is_amx_tile_supported")
 
 
+def cpu_kernels() -> str:
+    """The widest vector kernels torch dispatches to on this CPU: ``"AVX512"``, ``"AVX2"``,
+    ``"DEFAULT"`` (none of those), or another architecture's name (e.g. ``"SVE256"``)."""
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
 def _cpu_probe(name: str) -> bool:
     """torch's CPU feature probe ``torch.cpu.<name>()``; False where this torch lacks it."""
     return bool(getattr(torch.cpu, name, lambda: False)())

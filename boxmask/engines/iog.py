@@ -53,8 +53,8 @@ Options (constructor)
   s on 2 idle cores, in every new process: the inductor cache keeps the kernels, but tracing and
   the freezing passes run again); ``"auto"``: ``compile`` when ``expected_crops`` is at least
   ``COMPILE_MIN_CROPS`` for the device (``expected_crops``: the job's number of boxes; workers
-  pass it, or ``expect``), else ``small_job_mode``: ``freeze`` for fp32 on a CPU, ``fold`` for
-  bf16/fp16 on a CPU and on a GPU.
+  pass it, or ``expect``), else ``small_job_mode``: ``freeze`` for fp32 on a CPU with AVX2
+  kernels only, ``fold`` elsewhere.
   Results of all modes agree within fp32 rounding.
 * ``channels_last`` (default True), ``threshold`` (0.5), ``stability_delta`` (0.25),
   ``preprocess`` (``"auto"``: torch on CUDA, numpy on CPU; ``"numpy"``, ``"torch"``),
@@ -83,6 +83,7 @@ from .. import guidance as G
 from ..boxes import int_box
 from ..device import (
     autocast,
+    cpu_kernels,
     cpu_supports,
     default_batch_size,
     disable_tf32,
@@ -101,10 +102,10 @@ MODES = ("auto", "eager", "fold", "freeze", "compile")
 PREPROCESS = ("auto", "numpy", "torch")
 DEFAULT_BATCH_SIZE = {"cpu": 1, "cpu-amx": 2, "cuda": 32}
 """Crops per forward by default (``boxmask.device.default_batch_size``). CPU: on a 2-core Zen 4
-EPYC (AVX-512, no AMX) batch 1 ran the forward at 1.28 crops/s against 1.19-1.20 for batch 2
-and 1.00-1.07 for batch 4, and the engine end to end at 1.36x the official-style loop against
-1.22-1.28x with batch 2 (``benchmarks/bench_iog.py --engine-only``); on the 2-core Xeon with AMX
-batch 2 was ahead of 4 (batch 1 not measured there)."""
+EPYC (AVX-512, no AMX), each contender in a process of its own (``benchmarks/bench_iog.py
+--engine-only``), the fp32 engine ran at 1.09-1.15x the official-style loop end to end with
+batch 1 against 1.03x with batch 2, and ``fold`` bf16 at 1.94-2.00x against 2.09x; on the 2-core
+Xeon with AMX batch 2 was ahead of 4 (batch 1 not measured there)."""
 PIPELINE_BATCHES = 4
 """Forward batches per ``segment`` call that a caller should aim for (``batch_boxes``)."""
 COMPILE_MIN_CROPS = {"cuda": 50_000, "cpu": 5_000}
@@ -115,19 +116,24 @@ much: tracing and the freezing passes run every time) and saves about 2 % per cr
 AVX-512 CPUs), so it breaks even at 2,600-5,300 crops; a GPU needs large batches to gain."""
 
 
-def small_job_mode(device: torch.device, precision: str = "fp32") -> str:
-    """The form ``mode="auto"`` uses below ``COMPILE_MIN_CROPS``.
+def small_job_mode(device: torch.device, precision: str = "fp32",
+                   kernels: str | None = None) -> str:
+    """The form ``mode="auto"`` uses below ``COMPILE_MIN_CROPS``; ``kernels`` is this CPU's
+    ``cpu_kernels()`` unless given. Measured with ``benchmarks/bench_iog.py --engine-only``:
 
-    * fp32 on a CPU: ``freeze``. On an idle AVX2-only EPYC it ran 1.18x the official-style loop
-      end to end against 1.10x for ``fold``, for about 11 s more on the first call (ahead from
-      about 50 crops); on an idle Zen 4 EPYC with AVX-512 the two are level (1.17-1.18 crops/s
-      against 1.13-1.16 over 40 boxes, two runs), for 4.5 s more on the first call.
-    * bf16 / fp16 on a CPU: ``fold``. On the Zen 4 EPYC (AVX512_BF16) the frozen network under
-      autocast ran at 1.75-1.81 crops/s end to end against 2.27-2.32 for ``fold`` (two runs of
-      ``benchmarks/bench_iog.py --engine-only --images 40``).
+    * fp32 on a CPU with AVX2 kernels only: ``freeze``. On an idle AVX2-only EPYC it ran 1.18x
+      the official-style loop end to end against 1.10x for ``fold`` (16 boxes, for about 11 s more
+      on the first call; every contender in one process, the method of the time).
+    * fp32 on any other CPU: ``fold``. On an idle Zen 4 EPYC with AVX-512, every contender in a
+      process of its own, the two ran level (1.22 / 1.21 crops/s at batch 1, 1.08 / 1.09 at batch
+      2, 40 boxes, two rounds each) and ``fold``'s first call took 1.1-2.8 s against 4.1-7.3 s.
+    * bf16 / fp16 on a CPU: ``fold``. On the same Zen 4 the frozen network under autocast ran at
+      1.98 crops/s (batch 1) and 1.60 (batch 2) against 2.13 and 2.20 for ``fold``.
     * a GPU: ``fold`` (what has been measured there).
     """
-    return "freeze" if device.type == "cpu" and precision == "fp32" else "fold"
+    if device.type != "cpu" or precision != "fp32":
+        return "fold"
+    return "freeze" if (kernels or cpu_kernels()) == "AVX2" else "fold"
 
 
 # --------------------------------------------------------------------------- single object

@@ -24,7 +24,7 @@ from test_iog_parity_network import (
     read_case,
 )
 
-from boxmask.device import cpu_supports
+from boxmask.device import cpu_kernels, cpu_supports
 from boxmask.engines.iog import COMPILE_MIN_CROPS, IOGEngine, small_job_mode
 from boxmask.models import build_iog
 from boxmask.models.checkpoint import build_model
@@ -166,19 +166,34 @@ def test_auto_compiles_only_from_the_cpu_threshold(crops, mode):
     assert engine(expected_crops=crops).mode == mode
 
 
-def test_small_jobs_freeze_in_fp32_on_the_cpu_and_fold_in_bf16_and_on_a_gpu():
-    assert small_job_mode(torch.device("cpu")) == "freeze"
-    assert small_job_mode(torch.device("cpu"), "fp32") == "freeze"
-    assert small_job_mode(torch.device("cpu"), "bf16") == "fold"
-    assert small_job_mode(torch.device("cpu"), "fp16") == "fold"
-    assert small_job_mode(torch.device("cuda"), "fp32") == "fold"
-    assert small_job_mode(torch.device("cuda"), "bf16") == "fold"
+def test_small_jobs_freeze_only_in_fp32_on_an_avx2_cpu():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert small_job_mode(cpu, "fp32", kernels="AVX2") == "freeze"
+    for kernels in ("AVX512", "DEFAULT", "SVE256"):
+        assert small_job_mode(cpu, "fp32", kernels=kernels) == "fold"
+    for precision in ("bf16", "fp16"):
+        assert small_job_mode(cpu, precision, kernels="AVX2") == "fold"
+        assert small_job_mode(cpu, precision, kernels="AVX512") == "fold"
+    assert small_job_mode(cuda, "fp32", kernels="AVX2") == "fold"
+    assert small_job_mode(cuda, "bf16") == "fold"
+    assert small_job_mode(cpu) == small_job_mode(cpu, "fp32", kernels=cpu_kernels())
+
+
+def test_the_engine_asks_this_cpu_for_its_kernels(monkeypatch):
+    import boxmask.engines.iog as iog
+
+    monkeypatch.setattr(iog, "cpu_kernels", lambda: "AVX2")
+    assert engine(precision="fp32", expected_crops=40).mode == "freeze"
+    monkeypatch.setattr(iog, "cpu_kernels", lambda: "AVX512")
+    assert engine(precision="fp32", expected_crops=40).mode == "fold"
 
 
 @pytest.mark.skipif(not cpu_supports("bf16"), reason="needs a CPU with native bf16")
-def test_a_bf16_engine_on_the_cpu_folds_for_small_jobs():
+def test_a_bf16_engine_on_the_cpu_folds_for_small_jobs(monkeypatch):
+    import boxmask.engines.iog as iog
+
+    monkeypatch.setattr(iog, "cpu_kernels", lambda: "AVX2")
     assert engine(precision="bf16", expected_crops=40).mode == "fold"
-    assert engine(precision="fp32", expected_crops=40).mode == "freeze"
 
 
 def test_expect_chooses_the_form_of_an_engine_built_before_the_plan():

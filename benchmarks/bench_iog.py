@@ -457,8 +457,8 @@ def main(argv: list[str] | None = None) -> None:
                 achieved = rate * fine_gflop * 1e9
                 share = f"{100 * achieved / roof[precision]:.1f}%"
                 rows.append([name, b, rate, achieved / 1e12, share, first])
-        table("Pure forward (fine logits)", ["mode", "batch", "crops/s", "TFLOP/s", "of roof",
-                                             "first call s"], rows)
+        table("Pure forward (fine logits; all modes in this one process)",
+              ["mode", "batch", "crops/s", "TFLOP/s", "of roof", "first call s"], rows)
 
     # -- engine end to end, official-style loop, pure forward: each in a process of its own
     precisions = ("fp32", "bf16") if with_bf16 else ("fp32",)

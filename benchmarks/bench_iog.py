@@ -299,6 +299,17 @@ class IsolatedRun:
     roof_fp32: list[float] = field(default_factory=list)
     packed: list[tuple[bytes, tuple[int, int]]] = field(default_factory=list)
 
+    def add(self, other: IsolatedRun) -> None:
+        """Sum ``other`` (one process's run) into this one; its masks replace these."""
+        self.seconds += other.seconds
+        self.crops += other.crops
+        self.pure_seconds += other.pure_seconds
+        self.pure_crops += other.pure_crops
+        self.first_call = max(self.first_call, other.first_call)
+        self.batch_boxes = other.batch_boxes
+        self.roof_fp32 += other.roof_fp32
+        self.packed = other.packed
+
     def masks(self) -> list[np.ndarray]:
         return [np.unpackbits(np.frombuffer(b, np.uint8))[:h * w].reshape(h, w).astype(bool)
                 for b, (h, w) in self.packed]
@@ -365,15 +376,7 @@ def run_isolated(specs: dict[str, Contender], setting: Setting,
             proc.start()
             res = out.get()
             proc.join()
-            total = runs[name]
-            total.seconds += res.seconds
-            total.crops += res.crops
-            total.pure_seconds += res.pure_seconds
-            total.pure_crops += res.pure_crops
-            total.first_call = max(total.first_call, res.first_call)
-            total.batch_boxes = res.batch_boxes
-            total.packed = res.packed
-            total.roof_fp32 += res.roof_fp32
+            runs[name].add(res)
             print(f"# round {r + 1}: {name}: {res.crops / res.seconds:.3f} crops/s", flush=True)
     return runs
 
@@ -388,8 +391,6 @@ def main(argv: list[str] | None = None) -> None:
                     help="comma-separated (default: 1,2,4 on CPU, 1,8,16,32,64 on CUDA)")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions (median)")
     ap.add_argument("--images", type=int, default=40, help="COCO-MVal images end to end")
-    ap.add_argument("--official-images", type=int, default=None,
-                    help="instances for the official-style loop (default: --images)")
     ap.add_argument("--engine-batch", type=int, default=None,
                     help="engine batch size end to end (default: the largest of --batch-sizes)")
     ap.add_argument("--init", choices=("parity", "default"), default="parity")
@@ -400,8 +401,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=2,
                     help="processes per contender for sections 3-5 (each runs every image)")
     ap.add_argument("--engine-only", action="store_true",
-                    help="skip sections 1-2 (GEMM roof, FLOPs, pure forward per mode): only the "
-                         "interleaved engine / official-style comparison")
+                    help="skip sections 1-2 (GEMM roof, pure forward per mode): only the "
+                         "engine / official-style comparison, each in a process of its own")
     ap.add_argument("--quick", action="store_true",
                     help="batch size 2, 1 rep, 4 images: checks the script in about a minute")
     args = ap.parse_args(argv)
@@ -429,13 +430,13 @@ def main(argv: list[str] | None = None) -> None:
           f"{torch.get_num_threads()} threads), torch {torch.__version__}, weights "
           f"{args.init}" + (f" seed {args.seed}" if args.init == "parity" else ""))
     net = make_network(args.init, args.seed).to(device)
+    fine_gflop, full_gflop = count_gflop(net, device)
 
     if not args.engine_only:
         roof = gemm_roof(device, gemm_size, max(args.reps, 3))
         table(f"GEMM roof ({gemm_size}^3 matmul)", ["dtype", "TFLOP/s"],
               [[k, v / 1e12] for k, v in roof.items()])
 
-        fine_gflop, full_gflop = count_gflop(net, device)
         print(f"\nFLOPs per 512^2 crop: fine path {fine_gflop:.1f} GFLOP, full 5-output forward "
               f"{full_gflop:.1f} GFLOP (stated: {REFERENCE_GFLOP})")
 
@@ -480,16 +481,13 @@ def main(argv: list[str] | None = None) -> None:
     table(f"Engine end to end ({args.images} COCO-MVal images, {chunk} boxes per call, each "
           f"contender in a process of its own, {args.rounds} round(s))",
           ["engine", "batch", "crops/s", "first call s", "/ own pure forward", "/ loop"], rows)
-    fine_gflop, full_gflop = count_gflop(net, device)
     roof32 = {k: float(np.mean(r.roof_fp32)) / 1e9 for k, r in runs.items()}  # GFLOP/s
-    fp32_names = ["official"] + [k for k in engines if k.endswith("fp32")]
+    gflop = {"official": full_gflop} | {k: fine_gflop for k in engines if k.endswith("fp32")}
     table(f"fp32 against the matrix-product rate ({gemm_size}^3 matmul, measured in each "
           "contender's process right after its images)",
           ["contender", "GFLOP/crop", "GFLOP/s", "matmul GFLOP/s", "share"],
-          [[k, full_gflop if k == "official" else fine_gflop,
-            rate[k] * (full_gflop if k == "official" else fine_gflop), roof32[k],
-            f"{100 * rate[k] * (full_gflop if k == 'official' else fine_gflop) / roof32[k]:.0f}%"]
-           for k in fp32_names])
+          [[k, g, rate[k] * g, roof32[k], f"{100 * rate[k] * g / roof32[k]:.0f}%"]
+           for k, g in gflop.items()])
     ceiling = float(np.mean(list(roof32.values()))) / fine_gflop / rate["official"]
     masks = {k: r.masks() for k, r in runs.items()}
     auto32 = f"{small_job_mode(device, 'fp32')} fp32"  # what `auto` runs in fp32 here
